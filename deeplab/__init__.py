@@ -1,0 +1,36 @@
+"""DeepLab v1, v2, v3 and v3+ semantic segmentation in PyTorch.
+
+The model API imports only torch, torchvision (and timm for Xception); the training stack is
+imported on first use of :func:`train` or :func:`evaluate`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .models import Segmenter, create_model, list_models
+
+__version__ = "0.1.0"
+__all__ = ["Predictor", "Segmenter", "__version__", "create_model", "evaluate", "list_models",
+           "load_checkpoint", "train"]
+
+if TYPE_CHECKING:
+    from .engine.checkpoint import load_checkpoint
+    from .engine.evaluate import evaluate
+    from .engine.train import train
+    from .inference import Predictor
+
+_LAZY = {
+    "Predictor": "deeplab.inference",
+    "load_checkpoint": "deeplab.engine.checkpoint",
+    "train": "deeplab.engine.train",
+    "evaluate": "deeplab.engine.evaluate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'deeplab' has no attribute {name!r}")

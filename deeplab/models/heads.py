@@ -1,0 +1,134 @@
+"""Heads: each turns the backbone's named features into class logits at feature resolution."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .aspp import ASPP, ASPPv2
+from .layers import ConvBNReLU, conv3x3_bn_relu
+
+
+def fc_branch(in_channels: int, rate: int, num_classes: int, hidden: int = 1024) -> nn.Sequential:
+    """VGG's fully connected layers made convolutional: fc6 (3x3, atrous), fc7 (1x1), fc8 classifier.
+
+    Dropout 0.5 after fc6 and fc7, as in the v1/v2 Caffe models.
+    """
+    return nn.Sequential(
+        nn.Conv2d(in_channels, hidden, 3, padding=rate, dilation=rate),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Conv2d(hidden, hidden, 1),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Conv2d(hidden, num_classes, 1),
+    )
+
+
+class LargeFOVHead(nn.Sequential):
+    """DeepLab v1 LargeFOV: one fc6 (3x3, rate 12, 1024) - fc7 (1x1, 1024) - fc8 branch."""
+
+    def __init__(self, in_channels: int, num_classes: int, *, rate: int = 12) -> None:
+        super().__init__(*fc_branch(in_channels, rate, num_classes))
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        return super().forward(features["out"])
+
+
+class DeepLabV2Head(nn.Module):
+    """DeepLab v2 ASPP-L: four class-score branches at rates 6/12/18/24, summed.
+
+    ``fc_layers=True`` gives the VGG variant (fc6-fc7-fc8 per branch); ``False`` gives the
+    ResNet variant (one 3x3 atrous classifier per branch).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, atrous_rates: Sequence[int], *, fc_layers: bool):
+        super().__init__()
+        if fc_layers:
+            branches = [fc_branch(in_channels, rate, num_classes) for rate in atrous_rates]
+        else:
+            branches = [nn.Conv2d(in_channels, num_classes, 3, padding=r, dilation=r) for r in atrous_rates]
+        self.aspp = ASPPv2(branches)
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        return self.aspp(features["out"])
+
+
+class DeepLabV3Head(nn.Sequential):
+    """DeepLab v3: ASPP -> [3x3 conv, torchvision's extra layer] -> 1x1 classifier."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        atrous_rates: Sequence[int],
+        *,
+        channels: int = 256,
+        extra_conv: bool = False,
+        image_pooling: bool = True,
+        dropout: float = 0.1,
+    ) -> None:
+        layers: list[nn.Module] = [
+            ASPP(in_channels, atrous_rates, channels, image_pooling=image_pooling, dropout=dropout)
+        ]
+        if extra_conv:
+            layers.append(ConvBNReLU(channels, channels, 3))
+        layers.append(nn.Conv2d(channels, num_classes, 1))
+        super().__init__(*layers)
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        return super().forward(features["out"])
+
+
+class DeepLabV3PlusHead(nn.Module):
+    """DeepLab v3+: ASPP encoder output, upsampled to the stride-4 feature and fused with it.
+
+    low-level 1x1 -> 48 channels; concat with the upsampled ASPP output; two 3x3 convs (256,
+    separable for Xception); 1x1 classifier.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        low_level_channels: int,
+        num_classes: int,
+        atrous_rates: Sequence[int],
+        *,
+        channels: int = 256,
+        low_level_projection: int = 48,
+        separable: bool = False,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.aspp = ASPP(in_channels, atrous_rates, channels, separable=separable, dropout=dropout)
+        self.low_level = ConvBNReLU(low_level_channels, low_level_projection, 1)
+        self.fuse = nn.Sequential(
+            conv3x3_bn_relu(channels + low_level_projection, channels, separable=separable),
+            conv3x3_bn_relu(channels, channels, separable=separable),
+        )
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        low_level = self.low_level(features["low_level"])
+        x = self.aspp(features["out"])
+        x = F.interpolate(x, size=low_level.shape[-2:], mode="bilinear", align_corners=False)
+        return self.classifier(self.fuse(torch.cat([x, low_level], dim=1)))
+
+
+class AuxHead(nn.Sequential):
+    """Auxiliary FCN head on the ``aux`` feature (ResNet stage 3), used only by the training loss.
+
+    Flat layout (conv, bn, relu, dropout, conv) mirrors torchvision's FCNHead for weight loading.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 256) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.1),
+            nn.Conv2d(channels, num_classes, 1),
+        )

@@ -1,0 +1,54 @@
+"""One container for every DeepLab version: backbone -> head -> logits at the input's size."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def upsample_to(logits: Tensor, size: tuple[int, int] | list[int]) -> Tensor:
+    """Bilinear, ``align_corners=False``: the one resize rule used for every output."""
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class Segmenter(nn.Module):
+    """A DeepLab model.
+
+    ``forward(x)`` returns one logits tensor, N x num_classes x H x W, at the input's size.
+    ``forward_with_aux(x)`` also returns the auxiliary head's logits (training only).
+
+    Args:
+        backbone: returns a dict of named features and declares them in ``feature_specs``.
+        head: maps that dict to logits at feature resolution.
+        aux_head: optional head on the ``aux`` feature.
+        num_classes: number of output classes.
+        output_stride: the backbone's output stride (recorded for users and checkpoints).
+    """
+
+    def __init__(
+        self, backbone: nn.Module, head: nn.Module, aux_head: nn.Module | None = None, *,
+        num_classes: int, output_stride: int,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.aux_head = aux_head
+        self.num_classes = num_classes
+        self.output_stride = output_stride
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected an N x 3 x H x W image batch, got shape {tuple(x.shape)}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        return upsample_to(self.head(self.backbone(x)), x.shape[-2:])
+
+    def forward_with_aux(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Main and auxiliary logits, both at the input's size (aux is None without an aux head)."""
+        self._check_input(x)
+        features = self.backbone(x)
+        logits = upsample_to(self.head(features), x.shape[-2:])
+        if self.aux_head is None:
+            return logits, None
+        return logits, upsample_to(self.aux_head(features["aux"]), x.shape[-2:])

@@ -1,0 +1,61 @@
+"""The model table: name, version, backbone, parameters and multiply-adds against the papers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .complexity import count_macs, count_parameters
+from .zoo import create_model, list_models, model_entry
+
+OUTPUT_STRIDES = (16, 8)
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    name: str
+    version: str
+    backbone: str
+    params: int
+    macs: dict[int, int]  # output stride -> multiply-adds at the given size
+    paper_macs: dict[int, float]  # output stride -> GMACs reported by the paper
+
+
+def model_rows(*, macs: bool = False, size: int = 513, num_classes: int = 21) -> list[ModelRow]:
+    """One row per registered model; models are built on the meta device, so nothing is computed."""
+    rows = []
+    for name in list_models():
+        entry = model_entry(name)
+        counts = {}
+        with torch.device("meta"):
+            model = create_model(name, num_classes=num_classes)
+            if macs:
+                for stride in OUTPUT_STRIDES:
+                    counts[stride] = count_macs(create_model(name, num_classes=num_classes, output_stride=stride),
+                                                size)
+        rows.append(ModelRow(name, entry.version, entry.backbone, count_parameters(model), counts,
+                             dict(entry.paper_macs)))
+    return rows
+
+
+def format_model_table(rows: list[ModelRow], *, size: int = 513) -> str:
+    """A Markdown table (it reads well in a terminal and pastes into the README)."""
+    header = ["model", "version", "backbone", "params (M)"]
+    with_macs = bool(rows and rows[0].macs)
+    if with_macs:
+        for stride in OUTPUT_STRIDES:
+            header += [f"GMACs OS{stride}", f"paper OS{stride}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row.name, row.version, row.backbone, f"{row.params / 1e6:.2f}"]
+        if with_macs:
+            for stride in OUTPUT_STRIDES:
+                paper = row.paper_macs.get(stride)
+                cells += [f"{row.macs[stride] / 1e9:.2f}", f"{paper:.2f}" if paper else "—"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if with_macs:
+        lines.append(f"\nMultiply-adds of conv and linear weights at {size}x{size}, 21 classes, aux head excluded. "
+                     "The papers count TensorFlow graphs (SAME padding, tf-slim ResNet, 3-conv stem), "
+                     "hence higher figures for ResNet.")
+    return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""Weight loading: torchvision's DeepLabV3 state dicts, our checkpoints, ImageNet backbones (offline)."""
+
+import pytest
+import torch
+import torchvision
+
+from deeplab.models import create_model, zoo
+from deeplab.models.backbones import MobileNetV2Backbone
+
+
+def _randomise_batchnorm(model: torch.nn.Module) -> None:
+    """Random BN statistics so an equivalence check cannot pass by accident."""
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            for tensor, low, high in [(module.running_mean, -0.5, 0.5), (module.running_var, 0.5, 1.5),
+                                      (module.weight.data, 0.5, 1.5), (module.bias.data, -0.2, 0.2)]:
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
+
+
+@pytest.mark.parametrize(("name", "aux"), [("deeplabv3_resnet50", True), ("deeplabv3_resnet50", False),
+                                           ("deeplabv3_resnet101", False)])
+def test_torchvision_deeplabv3_weights_give_the_same_logits(name, aux):
+    torch.manual_seed(0)
+    builder = getattr(torchvision.models.segmentation, name)
+    theirs = builder(weights=None, weights_backbone=None, num_classes=7, aux_loss=aux).eval()
+    _randomise_batchnorm(theirs)
+    ours = create_model(name, num_classes=7, output_stride=8, aux_loss=aux, weights=theirs.state_dict()).eval()
+    x = torch.randn(1, 3, 71, 65)
+    with torch.no_grad():
+        expected = theirs(x)
+        logits, aux_logits = ours.forward_with_aux(x)
+    assert (logits - expected["out"]).abs().max() < 1e-4
+    if aux:
+        assert (aux_logits - expected["aux"]).abs().max() < 1e-4
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+
+
+def test_torchvision_aux_weights_are_dropped_without_aux_head():
+    theirs = torchvision.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None,
+                                                                 num_classes=3, aux_loss=True)
+    ours = create_model("deeplabv3_resnet50", num_classes=3, weights=theirs.state_dict())
+    assert ours.aux_head is None and ours.head[1][0].kernel_size == (3, 3)  # torchvision's extra conv
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_checkpoint_files_load(tmp_path, suffix):
+    source = create_model("deeplabv3plus_mobilenetv2", num_classes=4)
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".pt":
+        torch.save({"model": source.state_dict(), "step": 3}, path)  # our training checkpoint layout
+    else:
+        from safetensors.torch import save_file
+
+        save_file(source.state_dict(), str(path))
+    loaded = create_model("deeplabv3plus_mobilenetv2", num_classes=4, weights=path)
+    for key, value in source.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key])
+
+
+def test_missing_weights_file_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+        create_model("deeplabv3plus_mobilenetv2", weights=tmp_path / "nothing.pt")
+
+
+def _imagenet_mobilenetv2(path):
+    """What torchvision publishes: every backbone key plus the 1280 conv and classifier we drop."""
+    state = torchvision.models.mobilenet_v2(weights=None).state_dict()
+    torch.save(state, path)
+    return state
+
+
+def test_pretrained_backbone_from_local_file(tmp_path):
+    state = _imagenet_mobilenetv2(tmp_path / "mobilenet_v2.pth")
+    model = create_model("deeplabv3plus_mobilenetv2", pretrained_backbone=str(tmp_path / "mobilenet_v2.pth"))
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_pretrained_backbone_through_torch_hub_with_file_url(tmp_path, monkeypatch):
+    state = _imagenet_mobilenetv2(tmp_path / "mobilenet_v2-7ebf99e0.pth")
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    monkeypatch.setitem(zoo.IMAGENET_URLS, "mobilenetv2", (tmp_path / "mobilenet_v2-7ebf99e0.pth").as_uri())
+    model = create_model("deeplabv3_mobilenetv2", pretrained_backbone=True)
+    assert torch.equal(model.backbone.features[5].conv[1][0].weight, state["features.5.conv.1.0.weight"])
+    assert (tmp_path / "hub" / "checkpoints" / "mobilenet_v2-7ebf99e0.pth").is_file()  # cached like torchvision
+
+
+def test_pretrained_backbone_offline_fails_fast_and_says_what(monkeypatch, tmp_path):
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    url = "http://127.0.0.1:9/mobilenet_v2-b0353104.pth"  # nothing listens on the discard port
+    monkeypatch.setitem(zoo.IMAGENET_URLS, "mobilenetv2", url)
+    with pytest.raises(RuntimeError, match=r"could not fetch the ImageNet mobilenetv2 weights from "
+                                           r"http://127.0.0.1:9/.*pretrained_backbone='/path/to/file.pth'"):
+        create_model("deeplabv3_mobilenetv2", pretrained_backbone=True)
+
+
+def test_backbone_weights_lacking_keys_are_an_error(tmp_path):
+    state = MobileNetV2Backbone().state_dict()
+    del state["features.3.conv.0.0.weight"]
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="lack 1 backbone keys.*features.3.conv.0.0.weight"):
+        create_model("deeplabv3_mobilenetv2", pretrained_backbone=str(tmp_path / "partial.pth"))
+
+
+def test_xception_pretrained_backbone_from_local_file(tmp_path):
+    import timm
+
+    reference = timm.create_model("xception65", pretrained=False)
+    torch.save(reference.state_dict(), tmp_path / "xception65.pth")
+    model = create_model("deeplabv3plus_xception65", pretrained_backbone=str(tmp_path / "xception65.pth"))
+    assert torch.equal(model.backbone.body.state_dict()["stem_0.conv.weight"], reference.stem[0].conv.weight)
+    assert torch.equal(model.backbone.body.state_dict()["blocks_20.stack.conv3.conv_pw.weight"],
+                       reference.blocks[20].stack.conv3.conv_pw.weight)
