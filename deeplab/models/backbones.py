@@ -186,9 +186,9 @@ class MobileNetV2Backbone(nn.Module):
         for t, c, n, s in self._SETTINGS:
             stride, first_dilation, dilation = planner.step(s)
             for i in range(n):
-                layers.append(
-                    _InvertedResidual(in_channels, c, stride if i == 0 else 1, t, first_dilation if i == 0 else dilation)
-                )
+                first = i == 0
+                layers.append(_InvertedResidual(in_channels, c, stride if first else 1, t,
+                                                first_dilation if first else dilation))
                 in_channels = c
         self.features = nn.Sequential(*layers)
         self.feature_specs = {"low_level": FeatureSpec(24, 4), "out": FeatureSpec(320, output_stride)}
