@@ -1,0 +1,132 @@
+"""The ``deeplab`` command: train | eval | predict | models | data. Thin: parse, call the library, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override config values, e.g. train.iterations=2000 model.output_stride=8")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a model from a YAML config (plus overrides); evaluate on the val split as it goes."""
+    from .config import load_config
+    from .engine.train import train
+
+    config = load_config(args.config, args.overrides)
+    if args.resume and not args.config:
+        run_dir = Path(config.train.run_dir)
+        if not (run_dir / "last.pt").is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {run_dir / 'last.pt'}")
+        config = load_config(run_dir / "config.yaml", args.overrides)
+    result = train(config, resume=args.resume)
+    print(f"{'interrupted' if result.interrupted else 'finished'} at step {result.step}; "
+          f"best val mIoU {result.best_miou:.4f}; checkpoints in {result.run_dir}")
+    return 130 if result.interrupted else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint on its dataset's val split: mIoU table, optional JSON."""
+    from .config import apply_overrides, parse_override
+    from .engine.checkpoint import read_checkpoint
+    from .engine.evaluate import evaluate_checkpoint
+    from .engine.train import resolve_device
+    from .imageio import atomic_write
+    from .metrics import format_metrics_table, metrics_to_json
+
+    config = apply_overrides(read_checkpoint(args.checkpoint).config, args.overrides)
+    if any(parse_override(o)[0] == "model.output_stride" for o in args.overrides):
+        config.eval.output_stride = config.model.output_stride  # an explicit model OS wins
+    metrics, classes = evaluate_checkpoint(args.checkpoint, config, device=resolve_device(config.train.device))
+    print(format_metrics_table(metrics, classes))
+    if args.json:
+        with atomic_write(args.json, "w") as handle:
+            json.dump(metrics_to_json(metrics, classes), handle, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict masks for image files, folders or globs: index, colour and overlay PNGs."""
+    from .engine.checkpoint import load_checkpoint
+    from .engine.train import resolve_device
+    from .inference import Predictor, predict_paths
+
+    device = resolve_device(args.device)
+    model, checkpoint = load_checkpoint(args.checkpoint, output_stride=args.output_stride, device=device)
+    predictor = Predictor(model, num_classes=len(checkpoint.classes), classes=checkpoint.classes,
+                          palette=checkpoint.palette, device=device, scales=args.scales, flip=args.flip,
+                          window=args.window)
+    report = predict_paths(predictor, args.inputs, args.out, area_table=args.areas)
+    print(f"wrote {len(report.written)} prediction(s) to {args.out}")
+    for path, reason in report.failed:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    return 1 if report.failed and not report.written else 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the models: version, backbone, parameters (and multiply-adds with --macs)."""
+    from .models.table import format_model_table, model_rows
+
+    print(format_model_table(model_rows(macs=args.macs, size=args.size), size=args.size))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .data.cli_data import add_data_commands
+
+    parser = argparse.ArgumentParser(prog="deeplab", description="DeepLab v1/v2/v3/v3+ semantic segmentation.")
+    parser.add_argument("--version", action="version", version=f"deeplab {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = commands.add_parser("train", help=cmd_train.__doc__)
+    p.add_argument("--config", type=Path, help="YAML config (see configs/); defaults apply where it is silent")
+    p.add_argument("--resume", action="store_true", help="continue from run_dir/last.pt")
+    _config_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("eval", help=cmd_eval.__doc__)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--json", type=Path, help="also write the metrics as JSON here")
+    _config_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = commands.add_parser("predict", help=cmd_predict.__doc__)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--output-stride", type=int, default=None, help="rebuild the model at this output stride")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale inference, e.g. 0.75 1 1.25")
+    p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
+    p.add_argument("--window", type=int, default=None, help="sliding-window side for large images")
+    p.add_argument("--areas", action="store_true", help="write areas.csv with per-image class areas")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+    p = commands.add_parser("models", help=cmd_models.__doc__)
+    p.add_argument("--macs", action="store_true", help="count multiply-adds at OS 16 and OS 8 (a few seconds)")
+    p.add_argument("--size", type=int, default=513, help="input side for --macs")
+    p.set_defaults(func=cmd_models)
+
+    add_data_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, RuntimeError, FloatingPointError) as err:  # the user's input, not a bug
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Run configuration: dataclasses, with YAML as their file format and typed ``section.key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "deeplabv3plus_mobilenetv2"
+    output_stride: int = 16
+    atrous_rates: list[int] | None = None  # None: the paper's rates for the output stride
+    pretrained_backbone: bool | str = False  # True: torchvision/timm ImageNet weights; or a local path / URL
+    aux_loss: bool = False
+    weights: str | None = None  # initial weights: our checkpoint or torchvision's DeepLabV3 state dict
+
+
+@dataclass
+class DataConfig:
+    name: str = "demo"  # demo | folder | voc | voc_aug | cityscapes | ade20k
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    crop_size: int = 513
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    scale_step: float = 0.25  # the recipe's discrete scales 0.5, 0.75, ..., 2.0; 0 = continuous
+    hflip: bool = True
+    num_classes: int | None = None  # folder datasets without classes.txt
+    ignore_index: int = 255
+    val_ratio: float = 0.2  # folder datasets without splits/
+    skip_bad: bool = False  # folder datasets: skip bad pairs with a warning instead of failing
+    image_size: int = 128  # demo dataset
+    num_images: int | None = None  # demo dataset: images per split (None: its defaults)
+    num_workers: int = 2
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 30000
+    batch_size: int = 16
+    lr: float = 0.007
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    warmup_iterations: int = 0
+    backbone_lr_mult: float = 1.0
+    aux_weight: float = 0.4
+    freeze_bn: bool = False
+    amp: str = "off"  # off | bf16 | fp16 (fp16 on CUDA only)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    run_dir: str = "runs/default"
+    eval_every: int = 1000
+    log_every: int = 10
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    output_stride: int | None = 8  # None: the training output stride
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = False
+    window: int | None = None  # sliding-window side in pixels for large images
+    batch_size: int = 1
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _fields(section: Any) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(section)}
+
+
+def _hints(section: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(section))
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
+
+
+def coerce(value: Any, hint: Any, key: str) -> Any:
+    """Checks ``value`` against a field's type (int, float, bool, str, lists, optionals and unions)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return None
+        if typing.get_origin(option) is list and isinstance(value, list | tuple):
+            (item,) = typing.get_args(option)
+            return [coerce(v, item, key) for v in value]
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: expected {_type_name(hint)}, got {value!r}")
+
+
+def _set(config: Config, key: str, value: Any) -> None:
+    parts = key.split(".")
+    sections = _fields(config)
+    if len(parts) != 2 or parts[0] not in sections:
+        raise ConfigError(f"unknown config key {key!r}; keys look like section.name with section one of: "
+                          f"{', '.join(sections)}")
+    section = getattr(config, parts[0])
+    if parts[1] not in _fields(section):
+        raise ConfigError(f"unknown key {key!r}; valid keys in '{parts[0]}': {', '.join(_fields(section))}")
+    setattr(section, parts[1], coerce(value, _hints(section)[parts[1]], key))
+
+
+def from_dict(data: dict[str, Any], *, base: Config | None = None) -> Config:
+    """A config from nested dicts (unknown sections or keys are errors)."""
+    config = base or Config()
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"section {section!r} must be a mapping of keys, got {values!r}")
+        for key, value in values.items():
+            _set(config, f"{section}.{key}", value)
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Reads a YAML file (or starts from the defaults) and applies ``section.key=value`` overrides."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        try:
+            config = from_dict(data)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from err
+    return apply_overrides(config, overrides)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    for text in overrides:
+        _set(config, *parse_override(text))
+    return config
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    from .imageio import atomic_write
+
+    with atomic_write(path, "w") as handle:
+        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)

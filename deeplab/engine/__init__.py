@@ -1,0 +1,1 @@
+"""Training, evaluation and checkpoints: the only code below the CLI that reads config objects."""

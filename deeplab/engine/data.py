@@ -1,0 +1,91 @@
+"""Config -> datasets, and a step-indexed sampler that makes resumed runs repeat uninterrupted ones."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..config import DataConfig
+from ..data import DemoDataset, FolderDataset, SegmentationDataset, eval_transforms, train_transforms
+from ..data.base import PairTransform
+from ..data.registry_standard import DATASETS as STANDARD_DATASETS
+
+DATASET_NAMES = ("demo", "folder", *STANDARD_DATASETS)
+
+
+def build_dataset(cfg: DataConfig, split: str, transforms: PairTransform | None) -> SegmentationDataset:
+    """The dataset named by ``cfg.name`` for one split."""
+    if cfg.name not in DATASET_NAMES:
+        raise ValueError(f"unknown dataset {cfg.name!r}; valid choices: {', '.join(DATASET_NAMES)}")
+    if cfg.name == "demo":
+        return DemoDataset(split=split, transforms=transforms, num_images=cfg.num_images,
+                           image_size=cfg.image_size)
+    if cfg.root is None:
+        raise ValueError(f"data.root is required for data.name={cfg.name!r}")
+    if cfg.name == "folder":
+        return FolderDataset(cfg.root, split, transforms=transforms, val_ratio=cfg.val_ratio,
+                             num_classes=cfg.num_classes, ignore_index=cfg.ignore_index, skip_bad=cfg.skip_bad)
+    return STANDARD_DATASETS[cfg.name](cfg.root, split, transforms=transforms)
+
+
+def build_train_val(cfg: DataConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
+    augment = train_transforms(cfg.crop_size, scale_range=(cfg.scale_min, cfg.scale_max),
+                               scale_step=cfg.scale_step, hflip=cfg.hflip, ignore_index=cfg.ignore_index)
+    return build_dataset(cfg, cfg.train_split, augment), build_dataset(cfg, cfg.val_split, eval_transforms())
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset so each sample's random augmentation is a pure function of its position in the run."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):  # leaves the model's RNG stream (dropout) untouched
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+class StepBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches for steps ``start_step, start_step + 1, ...``: sample ``p`` of the run is element
+    ``p % n`` of epoch ``p // n``'s seeded permutation, so batch ``k`` never depends on the past.
+
+    With ``world_size > 1`` each rank takes its own slice of the global batch (DDP).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, *, seed: int, start_step: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if num_samples == 0:
+            raise ValueError("the training split is empty")
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.start_step, self.rank, self.world_size = start_step, rank, world_size
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
+
+    def _index(self, position: int) -> int:
+        epoch = position // self.num_samples
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._order = epoch, torch.randperm(self.num_samples, generator=generator)
+        return int(self._order[position % self.num_samples])
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start_step
+        global_batch = self.batch_size * self.world_size
+        while True:
+            first = step * global_batch + self.rank * self.batch_size
+            positions = range(first, first + self.batch_size)
+            yield [(self._index(p), self.seed * 7_919 + p) for p in positions]
+            step += 1
+
+
+def train_loader(dataset: Dataset, *, batch_size: int, seed: int, start_step: int, num_workers: int,
+                 pin_memory: bool = False) -> DataLoader:
+    sampler = StepBatchSampler(len(dataset), batch_size, seed=seed, start_step=start_step)
+    return DataLoader(SeededSamples(dataset), batch_sampler=sampler, num_workers=num_workers,
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0)

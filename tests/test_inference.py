@@ -1,0 +1,294 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from deeplab.inference import Predictor, _tile_starts, expand_inputs, predict_paths
+
+
+def _pixel_linear(num_classes: int = 4, seed: int = 0) -> nn.Conv2d:
+    """A 1x1 conv: translation- and flip-equivariant, no spatial context."""
+    torch.manual_seed(seed)
+    return nn.Conv2d(3, num_classes, kernel_size=1)
+
+
+class ColumnRamp(nn.Module):
+    """Every class's logit equals the column index inside the input: not flip- or shift-equivariant."""
+
+    def __init__(self, num_classes: int = 2) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.calls: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(tuple(x.shape))
+        n, _, h, w = x.shape
+        ramp = torch.arange(w, dtype=x.dtype).expand(n, self.num_classes, h, w)
+        return ramp * torch.arange(1, self.num_classes + 1, dtype=x.dtype).view(1, -1, 1, 1)
+
+
+class ChannelMix(nn.Module):
+    """Flip-sensitive: mixes each pixel with its right-hand neighbour."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, kernel_size=(1, 2), padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 0), mode="replicate"))
+
+
+def _image(h: int = 9, w: int = 11, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_constructor_sets_eval_mode_and_defaults():
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Dropout2d(0.5))
+    model.train()
+    predictor = Predictor(model, num_classes=3)
+    assert not model.training
+    assert predictor.classes == ["class_0", "class_1", "class_2"]
+    assert predictor.palette[:2] == [(0, 0, 0), (128, 0, 0)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"classes": ["a"]}, "class names"),
+        ({"palette": [(0, 0, 0)]}, "palette"),
+        ({"scales": ()}, "scales"),
+        ({"scales": (1.0, 0.0)}, "scales"),
+        ({"window": 0}, "window"),
+        ({"overlap": 1.0}, "overlap"),
+    ],
+)
+def test_constructor_rejects_bad_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Predictor(nn.Conv2d(3, 2, 1), num_classes=2, **kwargs)
+
+
+def test_preprocess_normalises_with_mean_and_std():
+    predictor = Predictor(nn.Identity(), num_classes=3, mean=(0.5, 0.0, 1.0), std=(0.5, 1.0, 0.25))
+    image = torch.tensor([[[0, 255]], [[0, 255]], [[0, 255]]], dtype=torch.uint8)
+    x = predictor.preprocess(image)
+    assert x.shape == (1, 3, 1, 2)
+    assert x[0, :, 0, 0].tolist() == [-1.0, 0.0, -4.0]
+    assert x[0, :, 0, 1].tolist() == [1.0, 1.0, 0.0]
+    with pytest.raises(TypeError, match="uint8"):
+        predictor.preprocess(image.float())
+
+
+def test_single_scale_equals_model_output():
+    model = _pixel_linear()
+    predictor = Predictor(model, num_classes=4)
+    image = _image()
+    with torch.no_grad():
+        expected = model(predictor.preprocess(image))[0]
+    torch.testing.assert_close(predictor.predict_logits(image), expected)
+    assert torch.equal(predictor.predict(image), expected.argmax(dim=0))
+    assert predictor.predict(image).dtype == torch.int64
+
+
+def test_predict_picks_the_strongest_channel():
+    predictor = Predictor(nn.Identity(), num_classes=3, mean=(0, 0, 0), std=(1, 1, 1))
+    image = torch.zeros(3, 1, 3, dtype=torch.uint8)
+    image[0, 0, 0] = image[1, 0, 1] = image[2, 0, 2] = 200
+    assert predictor.predict(image).tolist() == [[0, 1, 2]]
+
+
+def test_logits_for_batch_keeps_the_batch():
+    model = _pixel_linear()
+    x = torch.randn(2, 3, 5, 6)
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(Predictor(model, num_classes=4).logits_for_batch(x), expected)
+
+
+def test_flip_with_flip_equivariant_model_changes_nothing():
+    model = _pixel_linear()
+    image = _image()
+    plain = Predictor(model, num_classes=4).predict_logits(image)
+    flipped = Predictor(model, num_classes=4, flip=True).predict_logits(image)
+    torch.testing.assert_close(flipped.softmax(0), plain.softmax(0))
+    torch.testing.assert_close(flipped, plain.log_softmax(0))
+
+
+def test_flip_averages_with_the_unflipped_back_result():
+    model = ChannelMix()
+    predictor = Predictor(model, num_classes=3, flip=True)
+    x = torch.randn(1, 3, 4, 5)
+    with torch.no_grad():
+        straight = model(x).softmax(1)
+        mirrored = model(x.flip(-1)).flip(-1).softmax(1)
+    expected = ((straight + mirrored) / 2).log()
+    assert not torch.allclose(straight, mirrored)  # the model really is flip-sensitive
+    torch.testing.assert_close(predictor.logits_for_batch(x), expected)
+
+
+def test_multi_scale_averages_probabilities_over_scales():
+    model = _pixel_linear(seed=1)
+    predictor = Predictor(model, num_classes=4, scales=(0.5, 1.0, 1.5))
+    x = torch.randn(1, 3, 8, 10)
+    probs = []
+    with torch.no_grad():
+        for size in [(4, 5), (8, 10), (12, 15)]:
+            scaled = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            logits = F.interpolate(model(scaled), size=(8, 10), mode="bilinear", align_corners=False)
+            probs.append(logits.softmax(1))
+    expected = (sum(probs) / 3).log()
+    torch.testing.assert_close(predictor.logits_for_batch(x), expected)
+
+
+def test_multi_scale_with_flip_runs_every_pass():
+    model = ColumnRamp()
+    predictor = Predictor(model, num_classes=2, scales=(0.5, 1.0), flip=True)
+    out = predictor.logits_for_batch(torch.zeros(1, 3, 6, 8))
+    assert out.shape == (1, 2, 6, 8)
+    assert sorted(shape[-1] for shape in model.calls) == [4, 4, 8, 8]
+    torch.testing.assert_close(out.softmax(1).sum(1), torch.ones(1, 6, 8))
+
+
+def test_tile_starts_cover_the_extent_with_the_requested_overlap():
+    assert _tile_starts(5, 8, 1 / 3) == [0]
+    assert _tile_starts(10, 6, 1 / 3) == [0, 4]
+    starts = _tile_starts(100, 16, 0.25)
+    assert starts[0] == 0 and starts[-1] == 100 - 16
+    assert all(b - a <= 12 for a, b in zip(starts, starts[1:], strict=False))
+
+
+def test_sliding_window_averages_logits_of_overlapping_tiles():
+    # width 10, window 6, overlap 1/3 -> stride 4, tiles at columns 0 and 4: columns 4 and 5 are
+    # covered by both, with in-tile positions (4, 0) and (5, 1).
+    model = ColumnRamp()
+    predictor = Predictor(model, num_classes=2, window=6, overlap=1 / 3)
+    out = predictor.logits_for_batch(torch.zeros(1, 3, 4, 10))
+    expected_row = torch.tensor([0, 1, 2, 3, 2, 3, 2, 3, 4, 5], dtype=torch.float32)
+    torch.testing.assert_close(out[0, 0], expected_row.expand(4, 10))
+    torch.testing.assert_close(out[0, 1], 2 * expected_row.expand(4, 10))
+    assert model.calls == [(1, 3, 4, 6), (1, 3, 4, 6)]  # the short side is not padded
+
+
+@pytest.mark.parametrize("window, overlap", [(8, 1 / 3), ((5, 12), 0.5), (7, 0.0)])
+def test_sliding_window_equals_full_forward_for_pixelwise_model(window, overlap):
+    model = _pixel_linear()
+    x = torch.randn(2, 3, 21, 26)
+    with torch.no_grad():
+        expected = model(x)
+    out = Predictor(model, num_classes=4, window=window, overlap=overlap).logits_for_batch(x)
+    torch.testing.assert_close(out, expected)
+
+
+def test_image_within_the_window_gets_the_plain_forward_pass():
+    model = nn.Conv2d(3, 2, kernel_size=3, padding=1)  # border-sensitive: padding would show
+    x = torch.randn(1, 3, 5, 7)
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(Predictor(model, num_classes=2, window=16).logits_for_batch(x), expected)
+    torch.testing.assert_close(Predictor(model, num_classes=2, window=(5, 7)).logits_for_batch(x), expected)
+
+
+def test_sliding_window_with_scales_and_flip_matches_pixelwise_model():
+    model = _pixel_linear()
+    x = torch.randn(1, 3, 12, 12)
+    whole = Predictor(model, num_classes=4, scales=(0.75, 1.25), flip=True).logits_for_batch(x)
+    tiled = Predictor(model, num_classes=4, scales=(0.75, 1.25), flip=True, window=5).logits_for_batch(x)
+    torch.testing.assert_close(tiled, whole)
+
+
+def test_wrong_model_output_is_a_clear_error():
+    predictor = Predictor(nn.Conv2d(3, 5, 1), num_classes=4)
+    with pytest.raises(ValueError, match="num_classes=4"):
+        predictor.predict(_image())
+    strided = Predictor(nn.Conv2d(3, 4, 1, stride=2), num_classes=4)
+    with pytest.raises(ValueError, match="input's size"):
+        strided.predict(_image())
+
+
+# --- predict_paths -------------------------------------------------------------------------------
+
+PURE = {0: (255, 0, 0), 1: (0, 255, 0), 2: (0, 0, 255)}
+
+
+def _write_stripes(path, order, mode="RGB"):
+    """A 4 x 6 image whose three column pairs are pure red / green / blue in ``order``."""
+    array = np.zeros((4, 6, 3), dtype=np.uint8)
+    for index, cls in enumerate(order):
+        array[:, 2 * index : 2 * index + 2] = PURE[cls]
+    Image.fromarray(array).convert(mode).save(path)
+    return np.repeat(np.array(order), 2)[None].repeat(4, axis=0)
+
+
+def _channel_predictor() -> Predictor:
+    # identity model on a zero-mean, unit-std input: the class is the strongest colour channel
+    return Predictor(nn.Identity(), num_classes=3, classes=["red", "green", "blue"],
+                     palette=[(1, 1, 1), (2, 2, 2), (3, 3, 3)], mean=(0, 0, 0), std=(1, 1, 1))
+
+
+def test_predict_paths_mixed_inputs_with_a_corrupt_file(tmp_path):
+    folder, other, globbed = tmp_path / "folder", tmp_path / "other", tmp_path / "globbed"
+    for directory in (folder, other, globbed):
+        directory.mkdir()
+    expected = {
+        "a": _write_stripes(folder / "a.png", [0, 1, 2]),
+        "b": _write_stripes(folder / "b.bmp", [2, 2, 1]),
+        "a_1": _write_stripes(other / "a.png", [1, 0, 0]),  # same stem as folder/a.png
+        "c": _write_stripes(globbed / "c.png", [2, 0, 1]),
+    }
+    (folder / "notes.txt").write_text("not an image, not picked from a folder")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out_dir = tmp_path / "out"
+    inputs = [folder, other / "a.png", str(globbed / "*.png"), folder / "a.png", tmp_path / "missing.jpg"]
+    with pytest.warns(RuntimeWarning, match="skipped"):
+        report = predict_paths(_channel_predictor(), inputs, out_dir, area_table=True, progress=False)
+
+    assert [path.name for path in report.written] == ["a.png", "b.png", "a_1.png", "c.png"]
+    failed = {path.name: reason for path, reason in report.failed}
+    assert set(failed) == {"corrupt.png", "missing.jpg"}
+    assert "no such file" in failed["missing.jpg"]
+    for stem, mask in expected.items():
+        with Image.open(out_dir / f"{stem}.png") as index_png:
+            assert index_png.mode == "P"
+            assert np.array_equal(np.asarray(index_png), mask)
+        colour = np.asarray(Image.open(out_dir / f"{stem}_color.png"))
+        assert np.array_equal(colour, (mask + 1)[..., None].repeat(3, axis=2))
+        assert Image.open(out_dir / f"{stem}_overlay.png").size == (6, 4)
+    assert report.areas_csv == out_dir / "areas.csv"
+    with open(report.areas_csv, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["image", "mask", "red", "green", "blue"]
+    assert rows[2][1:] == ["b.png", "0.000000", "0.333333", "0.666667"]
+    assert len(rows) == 5
+
+
+def test_predict_paths_reads_any_mode_and_reports_empty_inputs(tmp_path):
+    _write_stripes(tmp_path / "gray.png", [0, 1, 2], mode="L")
+    (tmp_path / "empty").mkdir()
+    with pytest.warns(RuntimeWarning, match="no image files"):
+        report = predict_paths(_channel_predictor(), [tmp_path / "gray.png", tmp_path / "empty"],
+                               tmp_path / "out", progress=False)
+    assert [path.name for path in report.written] == ["gray.png"]
+    assert report.areas_csv is None and not (tmp_path / "out" / "areas.csv").exists()
+
+
+def test_expand_inputs_keeps_order_and_drops_duplicates(tmp_path):
+    for name in ("b.jpg", "a.PNG", "c.txt"):
+        (tmp_path / name).write_bytes(b"")
+    found, missing = expand_inputs([tmp_path / "c.txt", tmp_path, str(tmp_path / "*.jpg")])
+    assert [path.name for path in found] == ["c.txt", "a.PNG", "b.jpg"]
+    assert missing == []
+
+
+def test_output_stems_never_collide_with_suffixed_names(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _write_stripes(folder / "x.png", [0, 1, 2])
+    _write_stripes(folder / "x_color.png", [0, 1, 2])
+    report = predict_paths(_channel_predictor(), [folder / "x.png", folder / "x_color.png"],
+                           tmp_path / "out", progress=False)
+    names = sorted(path.name for path in (tmp_path / "out").iterdir())
+    assert len(names) == 6
+    assert [path.name for path in report.written] == ["x.png", "x_color_1.png"]

@@ -1,0 +1,157 @@
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deeplab.metrics import confusion_matrix, format_metrics_table, metrics_to_json, segmentation_metrics
+
+# 2 x 3 example with one ignored pixel. Kept (gt, pred) pairs: (0,0) (0,1) (1,1) (1,1) (2,0).
+TARGET = torch.tensor([[0, 0, 1], [1, 255, 2]])
+PRED = torch.tensor([[0, 1, 1], [1, 0, 0]])
+EXPECTED_CM = torch.tensor([[1, 1, 0], [0, 2, 0], [1, 0, 0]])
+
+
+def test_confusion_matrix_hand_example_skips_ignored_pixels():
+    cm = confusion_matrix(PRED, TARGET, num_classes=3)
+    assert cm.dtype == torch.int64
+    assert torch.equal(cm, EXPECTED_CM)
+
+
+def test_confusion_matrix_custom_ignore_index():
+    target = torch.tensor([0, 1, 2, 2])
+    pred = torch.tensor([0, 1, 0, 1])
+    cm = confusion_matrix(pred, target, num_classes=3, ignore_index=2)
+    assert torch.equal(cm, torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 0]]))
+
+
+def test_confusion_matrix_accepts_uint8_and_batched_shapes():
+    cm = confusion_matrix(PRED.unsqueeze(0).to(torch.uint8), TARGET.unsqueeze(0).to(torch.uint8), 3)
+    assert torch.equal(cm, EXPECTED_CM)
+
+
+def test_confusion_matrix_rejects_out_of_range_target_naming_values():
+    target = torch.tensor([0, 7, 3, 255])
+    with pytest.raises(ValueError, match=r"target.*\[3, 7\]"):
+        confusion_matrix(torch.zeros(4, dtype=torch.long), target, num_classes=3)
+
+
+def test_confusion_matrix_rejects_out_of_range_pred():
+    with pytest.raises(ValueError, match=r"pred.*\[-1\]"):
+        confusion_matrix(torch.tensor([0, -1]), torch.tensor([0, 1]), num_classes=3)
+
+
+def test_confusion_matrix_ignores_pred_values_at_ignored_pixels():
+    cm = confusion_matrix(torch.tensor([0, 99]), torch.tensor([0, 255]), num_classes=2)
+    assert torch.equal(cm, torch.tensor([[1, 0], [0, 0]]))
+
+
+def test_confusion_matrix_rejects_shape_mismatch():
+    with pytest.raises(ValueError, match="shape"):
+        confusion_matrix(torch.zeros(2, 3), torch.zeros(3, 2), num_classes=2)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from([0, 1, 2, 3, 255])), min_size=1, max_size=40))
+def test_confusion_matrix_matches_pixel_loop(pairs):
+    pred = torch.tensor([p for p, _ in pairs])
+    target = torch.tensor([t for _, t in pairs])
+    expected = torch.zeros(4, 4, dtype=torch.long)
+    for p, t in pairs:
+        if t != 255:
+            expected[t, p] += 1
+    assert torch.equal(confusion_matrix(pred, target, num_classes=4), expected)
+
+
+def test_confusion_matrices_add_up_over_batches():
+    first = confusion_matrix(PRED[:1], TARGET[:1], 3)
+    second = confusion_matrix(PRED[1:], TARGET[1:], 3)
+    assert torch.equal(first + second, EXPECTED_CM)
+
+
+def test_metrics_hand_computed():
+    # tp = [1, 2, 0], gt = [2, 2, 1], pred = [2, 3, 0], union = [3, 3, 1]
+    m = segmentation_metrics(EXPECTED_CM)
+    assert m["per_class_iou"] == pytest.approx([1 / 3, 2 / 3, 0.0])
+    assert m["miou"] == pytest.approx(1 / 3)
+    assert m["pixel_accuracy"] == pytest.approx(3 / 5)
+    assert m["mean_class_accuracy"] == pytest.approx((1 / 2 + 1 + 0) / 3)
+    assert m["fw_iou"] == pytest.approx(2 / 5 * 1 / 3 + 2 / 5 * 2 / 3 + 1 / 5 * 0)
+    assert m["num_valid_classes"] == 3
+    assert m["absent_classes"] == []
+
+
+def _with_absent_class() -> torch.Tensor:
+    cm = torch.zeros(4, 4, dtype=torch.long)
+    cm[:3, :3] = EXPECTED_CM
+    return cm
+
+
+def test_class_absent_from_gt_and_prediction_is_left_out_and_reported():
+    m = segmentation_metrics(_with_absent_class())
+    assert math.isnan(m["per_class_iou"][3])
+    assert m["absent_classes"] == [3]
+    assert m["num_valid_classes"] == 3
+    assert m["miou"] == pytest.approx(1 / 3)
+    assert m["mean_class_accuracy"] == pytest.approx(0.5)
+    assert m["fw_iou"] == pytest.approx(0.4)
+
+
+def test_class_only_in_prediction_counts_zero_iou_but_not_in_class_accuracy():
+    cm = torch.tensor([[3, 1], [0, 0]])  # class 1 predicted once, never in ground truth
+    m = segmentation_metrics(cm)
+    assert m["per_class_iou"] == pytest.approx([3 / 4, 0.0])
+    assert m["miou"] == pytest.approx(3 / 8)
+    assert m["mean_class_accuracy"] == pytest.approx(3 / 4)
+    assert m["absent_classes"] == []
+
+
+def test_empty_confusion_matrix_gives_nan_not_errors():
+    m = segmentation_metrics(torch.zeros(2, 2, dtype=torch.long))
+    assert math.isnan(m["miou"]) and math.isnan(m["pixel_accuracy"]) and math.isnan(m["fw_iou"])
+    assert m["absent_classes"] == [0, 1]
+    assert all(value is None for value in metrics_to_json(m, ["a", "b"])["per_class_iou"].values())
+
+
+def test_metrics_reject_non_square_matrix():
+    with pytest.raises(ValueError, match="square"):
+        segmentation_metrics(torch.zeros(2, 3))
+
+
+def test_format_metrics_table():
+    names = ["background", "cat", "dog", "zebra"]
+    table = format_metrics_table(segmentation_metrics(_with_absent_class()), names)
+    lines = table.splitlines()
+    assert lines[2].split() == ["background", "33.33"]
+    assert lines[3].split() == ["cat", "66.67"]
+    assert lines[4].split() == ["dog", "0.00"]
+    assert lines[5].split() == ["zebra", "absent"]
+    assert "mIoU                 33.33 (over 3 of 4 classes)" in table
+    assert "pixel accuracy       60.00" in table
+    assert "mean class accuracy  50.00" in table
+    assert "frequency-weighted   40.00" in table
+    assert "absent from both ground truth and prediction: zebra." in table
+
+
+def test_format_metrics_table_without_absent_classes_says_so():
+    table = format_metrics_table(segmentation_metrics(EXPECTED_CM), ["a", "b", "c"])
+    assert "none was left out" in table
+
+
+def test_format_metrics_table_checks_name_count():
+    with pytest.raises(ValueError, match="class names"):
+        format_metrics_table(segmentation_metrics(EXPECTED_CM), ["a", "b"])
+
+
+def test_metrics_to_json_is_nan_free_and_keyed_by_name():
+    names = ["background", "cat", "dog", "zebra"]
+    out = metrics_to_json(segmentation_metrics(_with_absent_class()), names)
+    json.dumps(out, allow_nan=False)  # raises on NaN / inf
+    assert set(out) == {"miou", "pixel_accuracy", "mean_class_accuracy", "fw_iou", "per_class_iou",
+                        "absent_classes"}
+    assert out["miou"] == pytest.approx(1 / 3)
+    assert out["per_class_iou"]["cat"] == pytest.approx(2 / 3)
+    assert out["per_class_iou"]["zebra"] is None
+    assert out["absent_classes"] == ["zebra"]
