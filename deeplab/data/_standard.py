@@ -1,0 +1,65 @@
+"""Helpers shared by the standard benchmark loaders (VOC, Cityscapes, ADE20K): paths, splits, decoding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A benchmark folder or file is missing; the message says how to prepare it."""
+
+
+def check_split(split: str, valid: Sequence[str], dataset: str) -> str:
+    """Returns ``split`` if it is one of ``valid``, else raises a ``ValueError`` listing them."""
+    if split not in valid:
+        raise ValueError(f"unknown split {split!r} for {dataset}; valid splits: {', '.join(valid)}")
+    return split
+
+
+def require(path: Path, prepare_name: str, root: Path, what: str = "") -> Path:
+    """Returns ``path`` if it exists, else raises an error naming it and the prepare command."""
+    if not path.exists():
+        label = what or path.name
+        raise DatasetNotFoundError(
+            f"{label} not found: expected {path}. "
+            f"Run `deeplab data prepare {prepare_name} --root {root}` to download and lay it out "
+            "(see docs/datasets.md)."
+        )
+    return path
+
+
+def read_rgb(path: Path) -> tv_tensors.Image:
+    """Decodes an image file to a uint8 3 x H x W RGB ``tv_tensors.Image``.
+
+    EXIF orientation is deliberately ignored: the benchmark labels were drawn on the stored pixel grid.
+    """
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("RGB"))
+    return tv_tensors.Image(torch.from_numpy(array.copy()).permute(2, 0, 1))
+
+
+def read_label(path: Path, lut: np.ndarray | None = None) -> tv_tensors.Mask:
+    """Reads the stored indices of a palette or greyscale PNG (never its colours) as a uint8 H x W mask.
+
+    Args:
+        path: the label PNG.
+        lut: optional 256-entry uint8 table mapping stored ids to training ids.
+    """
+    with Image.open(path) as image:
+        if image.mode not in ("P", "L"):
+            raise ValueError(f"{path}: expected a palette ('P') or greyscale ('L') PNG, got {image.mode!r}")
+        array = np.array(image, dtype=np.uint8)
+    if lut is not None:
+        array = lut[array]
+    return tv_tensors.Mask(torch.from_numpy(array))
+
+
+def file_stems(folder: Path, suffix: str) -> list[str]:
+    """Sorted stems of the files in ``folder`` whose names end with ``suffix``."""
+    return sorted(p.name[: -len(suffix)] for p in folder.iterdir() if p.name.endswith(suffix))

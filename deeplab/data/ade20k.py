@@ -1,0 +1,91 @@
+"""ADE20K as released for the MIT Scene Parsing benchmark (SceneParsing150, "ADEChallengeData2016").
+
+Expected layout under ``root`` (what ``deeplab data prepare ade20k --root ROOT`` produces)::
+
+    ADEChallengeData2016/images/{training,validation}/ADE_{train,val}_<n>.jpg
+    ADEChallengeData2016/annotations/{training,validation}/ADE_{train,val}_<n>.png   0 = other, 1..150
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from torchvision import tv_tensors
+
+from deeplab.data._standard import check_split, file_stems, read_label, read_rgb, require
+from deeplab.data.base import IGNORE_INDEX, PairTransform, SegmentationDataset
+from deeplab.data.palettes import voc_palette
+
+ADE20K_CLASSES: tuple[str, ...] = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
+    "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair",
+    "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field",
+    "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion",
+    "base", "box", "column", "signboard", "chest of drawers", "counter", "sand", "sink", "skyscraper",
+    "fireplace", "refrigerator", "grandstand", "path", "stairs", "runway", "case", "pool table", "pillow",
+    "screen door", "stairway", "river", "bridge", "bookcase", "blind", "coffee table", "toilet", "flower",
+    "book", "hill", "bench", "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair",
+    "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower", "chandelier",
+    "awning", "streetlight", "booth", "television", "airplane", "dirt track", "apparel", "pole", "land",
+    "bannister", "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van", "ship", "fountain",
+    "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool", "barrel", "basket",
+    "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
+    "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket",
+    "sculpture", "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen",
+    "plate", "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+)  # fmt: skip
+"""The 150 SceneParsing classes in label order: the first name of each row of the benchmark's
+``objectInfo150.txt`` (stored id ``k`` is class ``k - 1`` here)."""
+
+_SPLIT_DIRS = {"train": "training", "val": "validation"}
+
+
+def ade20k_lut() -> np.ndarray:
+    """A 256-entry uint8 table: 0 ("other") -> 255, k -> k - 1.
+
+    Stored values above 150 stay out of range (>= 150) instead of being hidden as 255, so
+    ``deeplab data check`` can report them.
+    """
+    lut = (np.arange(256) - 1).astype(np.uint8)
+    lut[0] = IGNORE_INDEX
+    return lut
+
+
+class ADE20KSegmentation(SegmentationDataset):
+    """ADE20K SceneParsing: 20,210 train and 2,000 val images, 150 classes, "other" ignored.
+
+    Args:
+        root: folder holding ``ADEChallengeData2016``.
+        split: ``"train"`` or ``"val"``.
+        transforms: paired transform applied by ``__getitem__``.
+    """
+
+    classes = ADE20K_CLASSES
+    # No official colours ship with the archive; the VOC colour map (minus black) keeps them distinct.
+    palette = voc_palette(len(ADE20K_CLASSES) + 1)[1:]
+    splits = ("train", "val")
+
+    def __init__(self, root: str | Path, split: str, *, transforms: PairTransform | None = None) -> None:
+        super().__init__(transforms)
+        self.root, self.split = Path(root), check_split(split, self.splits, "ade20k")
+        base = require(self.root / "ADEChallengeData2016", "ade20k", self.root, "ADE20K")
+        image_dir = require(base / "images" / _SPLIT_DIRS[split], "ade20k", self.root)
+        label_dir = require(base / "annotations" / _SPLIT_DIRS[split], "ade20k", self.root)
+        stems = file_stems(image_dir, ".jpg")
+        self.images = [image_dir / f"{s}.jpg" for s in stems]
+        self.masks = [label_dir / f"{s}.png" for s in stems]
+        self._lut = ade20k_lut()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        return read_rgb(self.images[index]), read_label(self.masks[index], self._lut)
+
+    def name(self, index: int) -> str:
+        return self.images[index].stem
+
+    def files(self, index: int) -> tuple[Path, Path]:
+        """The image and mask paths of sample ``index``."""
+        return self.images[index], self.masks[index]

@@ -1,0 +1,79 @@
+"""Cityscapes fine annotations, mapped from the 34 label ids to the 19 evaluated train ids.
+
+Expected layout under ``root`` (unzip ``leftImg8bit_trainvaltest.zip`` and ``gtFine_trainvaltest.zip``
+there)::
+
+    leftImg8bit/{train,val,test}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
+    gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from torchvision import tv_tensors
+from torchvision.datasets import Cityscapes
+
+from deeplab.data._standard import check_split, read_label, read_rgb, require
+from deeplab.data.base import IGNORE_INDEX, PairTransform, SegmentationDataset
+
+_IMAGE_SUFFIX = "_leftImg8bit.png"
+_LABEL_SUFFIX = "_gtFine_labelIds.png"
+
+# torchvision carries the official table (cityscapesScripts' labels.py): id, train_id, colour.
+_EVALUATED = sorted(
+    (c for c in Cityscapes.classes if 0 <= c.train_id < IGNORE_INDEX), key=lambda c: c.train_id
+)
+
+CITYSCAPES_CLASSES: tuple[str, ...] = tuple(c.name for c in _EVALUATED)
+"""The 19 evaluated classes in train-id order: road, sidewalk, building, ..., motorcycle, bicycle."""
+
+CITYSCAPES_PALETTE: list[tuple[int, int, int]] = [tuple(c.color) for c in _EVALUATED]
+"""The official colour of each evaluated class, in train-id order."""
+
+
+def label_id_to_train_id() -> np.ndarray:
+    """A 256-entry uint8 table: label id -> train id, 255 for every id that is not evaluated."""
+    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    for cls in _EVALUATED:
+        lut[cls.id] = cls.train_id
+    return lut
+
+
+class CityscapesSegmentation(SegmentationDataset):
+    """Cityscapes fine: 2,975 train, 500 val, 1,525 test images (test labels are not public), 19 classes.
+
+    Args:
+        root: folder holding ``leftImg8bit`` and ``gtFine``.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        transforms: paired transform applied by ``__getitem__``.
+    """
+
+    classes = CITYSCAPES_CLASSES
+    palette = CITYSCAPES_PALETTE
+    splits = ("train", "val", "test")
+
+    def __init__(self, root: str | Path, split: str, *, transforms: PairTransform | None = None) -> None:
+        super().__init__(transforms)
+        self.root, self.split = Path(root), check_split(split, self.splits, "cityscapes")
+        image_dir = require(self.root / "leftImg8bit" / split, "cityscapes", self.root)
+        label_dir = require(self.root / "gtFine" / split, "cityscapes", self.root)
+        self.images = sorted(image_dir.glob(f"*/*{_IMAGE_SUFFIX}"))
+        self.masks = [
+            label_dir / p.parent.name / (p.name[: -len(_IMAGE_SUFFIX)] + _LABEL_SUFFIX) for p in self.images
+        ]
+        self._lut = label_id_to_train_id()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        return read_rgb(self.images[index]), read_label(self.masks[index], self._lut)
+
+    def name(self, index: int) -> str:
+        return self.images[index].name[: -len(_IMAGE_SUFFIX)]
+
+    def files(self, index: int) -> tuple[Path, Path]:
+        """The image and mask paths of sample ``index``."""
+        return self.images[index], self.masks[index]

@@ -1,0 +1,242 @@
+"""Getting the standard benchmarks onto disk (``deeplab data prepare``) and checking them (``data check``).
+
+The URLs and checksums are module constants so that tests (and mirrors) can point them elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from deeplab.data._standard import DatasetNotFoundError
+from deeplab.data.base import SegmentationDataset
+from deeplab.data.cityscapes import CityscapesSegmentation
+from deeplab.data.download import ChecksumError, extract, file_digest
+from deeplab.data.download import download as download_file
+from deeplab.data.voc import SBD_SUBDIR, VOC_SUBDIR, prepare_voc_aug
+
+# Oxford's mirror of the VOC host (host.robots.ox.ac.uk); torchvision downloads from it too.
+VOC_URL = "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
+VOC_MD5 = "6cd6e144f989b92b3379bac3b3de84fd"
+SBD_URL = (
+    "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/benchmark.tgz"
+)
+SBD_MD5 = "82b4d87ceb2ed10f6038a1cba92111cb"
+ADE20K_URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
+ADE20K_MD5 = "7328b3957e407ddae1d3cbf487f149ef"
+CITYSCAPES_URL = "https://www.cityscapes-dataset.com/downloads/"
+CITYSCAPES_ARCHIVES = ("leftImg8bit_trainvaltest.zip", "gtFine_trainvaltest.zip")
+
+
+def prepare(name: str, root: Path, *, download: bool = True) -> str:
+    """Downloads, unpacks and converts benchmark ``name`` under ``root``; safe to run again.
+
+    Args:
+        name: ``"voc"``, ``"voc_aug"``, ``"ade20k"`` or ``"cityscapes"`` (instructions only: it
+            needs a login).
+        root: dataset folder; archives are kept in it.
+        download: if false, only archives already in ``root`` are used.
+
+    Returns:
+        A human-readable account of what was found or done.
+    """
+    steps: dict[str, Callable[[Path, bool], str]] = {
+        "voc": _prepare_voc,
+        "voc_aug": _prepare_voc_aug,
+        "ade20k": _prepare_ade20k,
+        "cityscapes": lambda root, _download: cityscapes_instructions(root),
+    }
+    if name not in steps:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(steps)}")
+    root = Path(root)
+    if name != "cityscapes":
+        root.mkdir(parents=True, exist_ok=True)
+    return steps[name](root, download)
+
+
+def _prepare_voc(root: Path, download: bool) -> str:
+    marker = root / VOC_SUBDIR / "ImageSets" / "Segmentation" / "val.txt"
+    return _fetch_and_extract(VOC_URL, VOC_MD5, root, marker, "PASCAL VOC 2012", download)
+
+
+def _prepare_voc_aug(root: Path, download: bool) -> str:
+    lines = [
+        _prepare_voc(root, download),
+        _fetch_and_extract(SBD_URL, SBD_MD5, root, root / SBD_SUBDIR / "cls", "SBD", download),
+    ]
+    split_file = prepare_voc_aug(root)
+    count = len(split_file.read_text().split())
+    lines.append(f"train_aug: {count} images listed in {split_file}")
+    return "\n".join(lines)
+
+
+def _prepare_ade20k(root: Path, download: bool) -> str:
+    marker = root / "ADEChallengeData2016" / "annotations" / "validation"
+    return _fetch_and_extract(ADE20K_URL, ADE20K_MD5, root, marker, "ADE20K", download)
+
+
+def _fetch_and_extract(url: str, md5: str, root: Path, marker: Path, label: str, download: bool) -> str:
+    """Makes ``marker`` exist by unpacking the archive at ``url`` (downloaded into ``root`` if needed)."""
+    if marker.exists():
+        return f"{label}: already present ({marker})"
+    archive = root / url.rsplit("/", 1)[-1]
+    if download:
+        download_file(url, archive, md5=md5)
+    elif not archive.is_file():
+        raise DatasetNotFoundError(
+            f"{label} not found: expected {marker}, or the archive {archive} to unpack. "
+            f"Download {url} into {root}, or run `deeplab data prepare` without --no-download."
+        )
+    elif (actual := file_digest(archive, "md5")) != md5:
+        raise ChecksumError(f"checksum mismatch for {archive.name}: expected md5 {md5}, got {actual}")
+    extract(archive, root)
+    if not marker.exists():
+        raise DatasetNotFoundError(f"{archive.name} was unpacked into {root} but {marker} is still missing")
+    return f"{label}: unpacked {archive.name} into {root} (the archive may be deleted)"
+
+
+def cityscapes_instructions(root: Path) -> str:
+    """What to download for Cityscapes (it needs a login), where to unpack it, and the layout found."""
+    root = Path(root)
+    lines = [
+        "Cityscapes requires a (free) account, so it is not downloaded automatically.",
+        f"1. Log in at {CITYSCAPES_URL} and download these two archives:",
+        f"     {CITYSCAPES_ARCHIVES[0]}  (11 GB: images of train / val / test)",
+        f"     {CITYSCAPES_ARCHIVES[1]:<{len(CITYSCAPES_ARCHIVES[0])}}  (241 MB: fine annotations)",
+        f"2. Unpack both into {root}:",
+        f"     cd {root} && unzip -n {CITYSCAPES_ARCHIVES[0]} && unzip -n {CITYSCAPES_ARCHIVES[1]}",
+        f"   which gives {root / 'leftImg8bit' / '<split>' / '<city>'}/*_leftImg8bit.png",
+        f"           and {root / 'gtFine' / '<split>' / '<city>'}/*_gtFine_labelIds.png",
+        "Layout found:",
+    ]
+    for split in CityscapesSegmentation.splits:
+        folders = [root / "leftImg8bit" / split, root / "gtFine" / split]
+        if not all(folder.is_dir() for folder in folders):
+            lines.append(f"  {split}: missing {', '.join(str(f) for f in folders if not f.is_dir())}")
+            continue
+        data = CityscapesSegmentation(root, split)
+        missing = sum(not mask.is_file() for mask in data.masks)
+        lines.append(f"  {split}: {len(data)} images, {missing} without a gtFine_labelIds.png")
+    return "\n".join(lines)
+
+
+@dataclass
+class Problem:
+    """One bad sample found by :func:`check`."""
+
+    sample: str
+    kind: str  # "unreadable", "size mismatch" or "out of range"
+    detail: str
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check` found in one split of a dataset."""
+
+    split: str
+    num_images: int
+    classes: Sequence[str]
+    class_pixels: list[int]
+    ignored_pixels: int
+    problems: list[Problem] = field(default_factory=list)
+
+
+def check(dataset: SegmentationDataset, *, split: str | None = None, progress: bool = False) -> CheckReport:
+    """Reads every sample of ``dataset`` and collects the class pixel histogram and every bad file.
+
+    A sample is bad if a file cannot be decoded, if image and mask sizes differ, or if the mask
+    holds values that are neither a class id nor ``ignore_index``.
+    """
+    split = split if split is not None else str(getattr(dataset, "split", ""))
+    counts = torch.zeros(256, dtype=torch.int64)
+    report = CheckReport(split, len(dataset), tuple(dataset.classes), [], 0)
+    for index in tqdm(range(len(dataset)), desc=f"check {split}", disable=not progress):
+        problem = _check_sample(dataset, index, counts)
+        if problem is not None:
+            report.problems.append(problem)
+    report.class_pixels = counts[: dataset.num_classes].tolist()
+    report.ignored_pixels = int(counts[dataset.ignore_index])
+    return report
+
+
+def _check_sample(dataset: SegmentationDataset, index: int, counts: torch.Tensor) -> Problem | None:
+    sample = dataset.name(index)
+    try:
+        image, mask = dataset.load(index)
+    except Exception as err:  # any decoding failure is a finding, not a crash
+        # PIL's messages often repeat the absolute path, which the file column already shows.
+        reason = f"{type(err).__name__}: {err}" if str(err) and "/" not in str(err) else type(err).__name__
+        return Problem(sample, "unreadable", f"{_bad_file(dataset, index)}{reason}")
+    if tuple(image.shape[-2:]) != tuple(mask.shape[-2:]):
+        size = f"image {tuple(image.shape[-2:])} vs mask {tuple(mask.shape[-2:])}"
+        return Problem(sample, "size mismatch", f"{_files(dataset, index)}{size}")
+    histogram = torch.bincount(mask.flatten().long(), minlength=256)
+    counts += histogram
+    valid = torch.zeros(256, dtype=torch.bool)
+    valid[: dataset.num_classes] = True
+    valid[dataset.ignore_index] = True
+    stray = torch.nonzero((histogram > 0) & ~valid).flatten().tolist()
+    if stray:
+        return Problem(sample, "out of range", f"{_files(dataset, index)}values {stray}")
+    return None
+
+
+def _files(dataset: SegmentationDataset, index: int) -> str:
+    files = getattr(dataset, "files", None)
+    return "" if files is None else " + ".join(_short(dataset, p) for p in files(index)) + ": "
+
+
+def _short(dataset: SegmentationDataset, path: Path) -> str:
+    """``path`` relative to the dataset root when it lies inside it (keeps the report table narrow)."""
+    root = getattr(dataset, "root", None)
+    return str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
+
+
+def _bad_file(dataset: SegmentationDataset, index: int) -> str:
+    """The first of the sample's files that PIL cannot decode, else all its files."""
+    files = getattr(dataset, "files", None)
+    for path in files(index) if files is not None else ():
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except Exception:
+            return f"{_short(dataset, Path(path))}: "
+    return _files(dataset, index)
+
+
+def format_check_report(reports: CheckReport | Sequence[CheckReport]) -> str:
+    """Renders check results as text tables: images per split, class pixels, problems."""
+    reports = [reports] if isinstance(reports, CheckReport) else list(reports)
+    if not reports:
+        return "nothing checked"
+    splits = [[r.split, r.num_images, len(r.problems)] for r in reports]
+    problems = [[r.split, p.sample, p.kind, p.detail] for r in reports for p in r.problems]
+    sections = [_table(["split", "images", "problems"], splits), _histogram_table(reports)]
+    if problems:
+        sections.append(_table(["split", "sample", "problem", "detail"], problems))
+    else:
+        sections.append("no problems found")
+    return "\n\n".join(sections)
+
+
+def _histogram_table(reports: Sequence[CheckReport]) -> str:
+    classes = reports[0].classes
+    pixels = [sum(r.class_pixels[i] for r in reports) for i in range(len(classes))]
+    ignored = sum(r.ignored_pixels for r in reports)
+    total = max(sum(pixels) + ignored, 1)
+    rows = [[i, classes[i], n, f"{100 * n / total:.2f}%"] for i, n in enumerate(pixels)]
+    rows.append(["255", "(ignore)", ignored, f"{100 * ignored / total:.2f}%"])
+    return _table(["id", "class", "pixels", "share"], rows)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""PASCAL VOC 2012 segmentation, and its SBD-augmented "train_aug" split (10,582 training images).
+
+Expected layout under ``root`` (what ``deeplab data prepare voc|voc_aug --root ROOT`` produces)::
+
+    VOCdevkit/VOC2012/JPEGImages/<id>.jpg
+    VOCdevkit/VOC2012/SegmentationClass/<id>.png           palette PNGs, 255 = object border
+    VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val,trainval}.txt
+    VOCdevkit/VOC2012/SegmentationClassAug/<id>.png        written by prepare_voc_aug (SBD-only ids)
+    VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt written by prepare_voc_aug, last
+    benchmark_RELEASE/dataset/cls/<id>.mat                 SBD, read once by prepare_voc_aug
+    benchmark_RELEASE/dataset/{train,val}.txt
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torchvision
+from torchvision import tv_tensors
+from tqdm import tqdm
+
+from deeplab.data._standard import check_split, file_stems, read_label, read_rgb, require
+from deeplab.data.base import PairTransform, SegmentationDataset
+from deeplab.data.palettes import voc_palette
+from deeplab.imageio import save_index_png
+
+VOC_CLASSES: tuple[str, ...] = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)  # fmt: skip
+"""The 21 VOC 2012 classes in label order (0 = background), as spelled by the VOC devkit."""
+
+VOC_SUBDIR = Path("VOCdevkit", "VOC2012")
+SBD_SUBDIR = Path("benchmark_RELEASE", "dataset")
+_SPLITS_DIR = Path("ImageSets", "Segmentation")
+
+
+class _VOCBase(SegmentationDataset):
+    """Image / mask path lists plus the VOC class metadata; subclasses fill the lists."""
+
+    classes = VOC_CLASSES
+    palette = voc_palette(len(VOC_CLASSES))
+
+    def __init__(self, root: str | Path, split: str, transforms: PairTransform | None) -> None:
+        super().__init__(transforms)
+        self.root = Path(root)
+        self.split = split
+        self.images: list[Path] = []
+        self.masks: list[Path] = []
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        return read_rgb(self.images[index]), read_label(self.masks[index])
+
+    def name(self, index: int) -> str:
+        return self.images[index].stem
+
+    def files(self, index: int) -> tuple[Path, Path]:
+        """The image and mask paths of sample ``index``."""
+        return self.images[index], self.masks[index]
+
+
+class VOCSegmentation(_VOCBase):
+    """PASCAL VOC 2012 segmentation: 1,464 train, 1,449 val, 2,913 trainval images, 21 classes.
+
+    Args:
+        root: folder holding ``VOCdevkit/VOC2012``.
+        split: ``"train"``, ``"val"`` or ``"trainval"``.
+        transforms: paired transform applied by ``__getitem__``.
+    """
+
+    splits = ("train", "val", "trainval")
+
+    def __init__(self, root: str | Path, split: str, *, transforms: PairTransform | None = None) -> None:
+        super().__init__(root, check_split(split, self.splits, "voc"), transforms)
+        voc_dir = require(self.root / VOC_SUBDIR, "voc", self.root, "PASCAL VOC 2012")
+        require(voc_dir / _SPLITS_DIR / f"{split}.txt", "voc", self.root)
+        # torchvision knows the VOC layout and split files; we only keep its path lists.
+        paths = torchvision.datasets.VOCSegmentation(self.root, year="2012", image_set=split)
+        self.images = [Path(p) for p in paths.images]
+        self.masks = [Path(p) for p in paths.masks]
+
+
+class VOCAugSegmentation(_VOCBase):
+    """VOC 2012 with SBD's extra annotations: ``train_aug`` (10,582 images) and VOC ``val`` (1,449).
+
+    ``train_aug`` reads the PNG masks written once by :func:`prepare_voc_aug`; VOC's own mask is used
+    for every image that has one.
+
+    Args:
+        root: folder holding ``VOCdevkit/VOC2012`` after ``deeplab data prepare voc_aug``.
+        split: ``"train_aug"`` or ``"val"``.
+        transforms: paired transform applied by ``__getitem__``.
+    """
+
+    splits = ("train_aug", "val")
+
+    def __init__(self, root: str | Path, split: str, *, transforms: PairTransform | None = None) -> None:
+        super().__init__(root, check_split(split, self.splits, "voc_aug"), transforms)
+        voc_dir = require(self.root / VOC_SUBDIR, "voc_aug", self.root, "PASCAL VOC 2012")
+        list_file = require(voc_dir / _SPLITS_DIR / f"{split}.txt", "voc_aug", self.root)
+        voc_masks = set(file_stems(voc_dir / "SegmentationClass", ".png"))
+        for stem in _read_ids(list_file):
+            folder = "SegmentationClass" if stem in voc_masks else "SegmentationClassAug"
+            self.images.append(voc_dir / "JPEGImages" / f"{stem}.jpg")
+            self.masks.append(voc_dir / folder / f"{stem}.png")
+
+
+def _read_ids(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_sbd_segmentation(path: Path) -> np.ndarray:
+    """The uint8 H x W class map stored in an SBD ``cls/<id>.mat`` file (struct ``GTcls``)."""
+    from scipy.io import loadmat  # scipy is only needed for this one-off conversion
+
+    struct = loadmat(path, squeeze_me=True)["GTcls"]
+    return np.asarray(struct["Segmentation"].item(), dtype=np.uint8)
+
+
+def train_aug_ids(root: str | Path) -> list[str]:
+    """(SBD train + SBD val + VOC train) minus VOC val, sorted: the ids of the train_aug split."""
+    root = Path(root)
+    voc_sets, sbd_dir = root / VOC_SUBDIR / _SPLITS_DIR, root / SBD_SUBDIR
+    ids = set(_read_ids(sbd_dir / "train.txt")) | set(_read_ids(sbd_dir / "val.txt"))
+    ids |= set(_read_ids(voc_sets / "train.txt"))
+    return sorted(ids - set(_read_ids(voc_sets / "val.txt")))
+
+
+def prepare_voc_aug(root: str | Path) -> Path:
+    """Converts SBD's ``.mat`` labels to palette PNGs and writes the ``train_aug`` split file.
+
+    Only SBD ids without a VOC mask get a PNG (in ``SegmentationClassAug``); VOC's own masks win.
+    The PNGs go to a temporary folder that is renamed into place, and ``train_aug.txt`` (the file
+    :class:`VOCAugSegmentation` requires) is moved in last, so an interrupted run never looks
+    complete. Running it again after success does nothing.
+
+    Args:
+        root: folder holding ``VOCdevkit/VOC2012`` and ``benchmark_RELEASE/dataset``.
+
+    Returns:
+        The path of ``train_aug.txt``.
+    """
+    root = Path(root)
+    voc_dir = require(root / VOC_SUBDIR, "voc_aug", root, "PASCAL VOC 2012")
+    list_file = voc_dir / _SPLITS_DIR / "train_aug.txt"
+    if list_file.is_file():
+        return list_file
+    sbd_cls = require(root / SBD_SUBDIR / "cls", "voc_aug", root, "SBD annotations")
+    ids = train_aug_ids(root)
+    voc_masks = set(file_stems(voc_dir / "SegmentationClass", ".png"))
+    _write_aug_masks(sbd_cls, [i for i in ids if i not in voc_masks], voc_dir / "SegmentationClassAug")
+    tmp_list = list_file.with_name(f".{list_file.name}.tmp")
+    tmp_list.write_text("".join(f"{i}\n" for i in ids))
+    os.replace(tmp_list, list_file)
+    return list_file
+
+
+def _write_aug_masks(sbd_cls: Path, ids: list[str], out_dir: Path) -> None:
+    tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)  # leftovers of an interrupted run
+    tmp_dir.mkdir()
+    try:
+        for stem in tqdm(ids, desc="SBD .mat -> PNG", unit="mask", disable=len(ids) < 100):
+            _write_label_png(read_sbd_segmentation(sbd_cls / f"{stem}.mat"), tmp_dir / f"{stem}.png")
+        shutil.rmtree(out_dir, ignore_errors=True)  # an earlier run died before writing train_aug.txt
+        os.replace(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+
+
+def _write_label_png(mask: np.ndarray, path: Path) -> None:
+    save_index_png(mask, path, voc_palette(256))
