@@ -115,6 +115,11 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
             return value
         if option is float and isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if option is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if option is str and isinstance(value, str):
             return value
     raise ConfigError(f"{key}: expected {_type_name(hint)}, got {value!r}")
