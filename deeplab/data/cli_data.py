@@ -22,10 +22,11 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     prep.set_defaults(func=lambda a: run_prepare(a.name, a.root, download=not a.no_download))
 
     chk = commands.add_parser("check", help="read every sample; report counts, class pixels, bad files")
-    chk.add_argument("--dataset", choices=sorted(DATASETS), required=True, help="dataset name")
-    chk.add_argument("--root", type=Path, required=True, help="dataset folder")
+    chk.add_argument("--config", type=Path, help="check the train and val splits of a run config's data section")
+    chk.add_argument("--dataset", choices=sorted(DATASETS), help="dataset name (without --config)")
+    chk.add_argument("--root", type=Path, help="dataset folder (without --config)")
     chk.add_argument("--split", default=None, help="one split (default: all of the dataset's splits)")
-    chk.set_defaults(func=lambda a: run_check(a.dataset, a.root, a.split))
+    chk.set_defaults(func=_check_command)
     return data
 
 
@@ -37,6 +38,31 @@ def run_prepare(name: str, root: Path, *, download: bool = True) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _check_command(args: argparse.Namespace) -> int:
+    if args.config is not None:
+        return run_check_config(args.config, args.split)
+    if args.dataset is None or args.root is None:
+        print("error: give --config FILE, or --dataset NAME and --root DIR", file=sys.stderr)
+        return 2
+    return run_check(args.dataset, args.root, args.split)
+
+
+def run_check_config(config_path: Path, split: str | None = None, *, progress: bool = True) -> int:
+    """``deeplab data check --config FILE``: the config's train and val splits (or one split)."""
+    from deeplab.config import load_config
+    from deeplab.engine.data import build_dataset
+
+    data = load_config(config_path).data
+    splits = [split] if split is not None else [data.train_split, data.val_split]
+    try:
+        reports = [check(build_dataset(data, s, None), split=s, progress=progress) for s in splits]
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(format_check_report(reports))
+    return int(any(r.problems for r in reports))
 
 
 def run_check(dataset: str, root: Path, split: str | None = None, *, progress: bool = True) -> int:

@@ -178,3 +178,15 @@ def test_registry_has_uniform_constructors() -> None:
         assert params["transforms"].kind is inspect.Parameter.KEYWORD_ONLY
         assert params["transforms"].default is None
         assert cls.splits
+
+
+def test_cli_check_from_a_run_config(damaged_voc: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data:\n  name: voc\n  root: {damaged_voc}\n  train_split: train\n  val_split: val\n")
+    args = _parser().parse_args(["data", "check", "--config", str(config)])
+    assert args.func(args) == 1
+    out = capsys.readouterr().out
+    assert "train" in out and "val" in out and "2007_000042" in out and "out of range" in out
+    args = _parser().parse_args(["data", "check"])
+    assert args.func(args) == 2
+    assert "give --config FILE, or --dataset NAME and --root DIR" in capsys.readouterr().err
