@@ -18,7 +18,8 @@ test: install
 	$(BIN)/python -m pytest
 
 demo: install
-	$(BIN)/deeplab models
+	$(BIN)/deeplab train --config configs/demo.yaml
+	$(BIN)/deeplab eval --checkpoint runs/demo/best.pt --json runs/demo/metrics.json
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,0 +1,420 @@
+"""Any folder of images and index-PNG masks as a segmentation dataset, validated up front.
+
+Layout::
+
+    root/
+      images/<stem>.{jpg,jpeg,png,bmp,tif,tiff,webp}
+      masks/<stem>.png          pixel value = class id (mode L or P; for P the index, not the colour)
+      classes.txt               optional: one class per line, "name", "name R G B" or "name #RRGGBB"
+      splits/train.txt          optional: one stem per line (with splits/val.txt)
+      splits/val.txt
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import ExifTags, Image, UnidentifiedImageError
+from torchvision import tv_tensors
+
+from ..imageio import read_image
+from .base import IGNORE_INDEX, PairTransform, SegmentationDataset
+from .palettes import default_palette
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+MASK_MODES = ("L", "P", "1")
+SPLITS = ("train", "val")
+
+Colour = tuple[int, int, int]
+# EXIF orientations 5-8 are the transposed ones: the displayed image swaps width and height.
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
+_HEX_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
+_READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class MaskModeError(ValueError):
+    """A mask that is not a single-channel index image (e.g. an RGB colour mask)."""
+
+
+class DatasetError(ValueError):
+    """A dataset folder with problems; ``problems`` lists every one, the message shows them all."""
+
+    def __init__(self, where: str, problems: Iterable[str]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        super().__init__(f"{where}: {len(self.problems)} problem(s):\n{lines}")
+
+
+@dataclass
+class _Pair:
+    """What validation learnt about one stem; ``problems`` empty means usable."""
+
+    stem: str
+    image: Path | None
+    mask: Path | None
+    problems: list[str] = field(default_factory=list)
+    labels: np.ndarray | None = None  # the distinct mask values
+
+
+def parse_classes_file(path: str | Path) -> tuple[list[str], list[Colour]]:
+    """Read a ``classes.txt``: class names in id order and their colours.
+
+    Each non-blank line that does not start with ``#`` is ``name``, ``name R G B`` or
+    ``name #RRGGBB``; names may contain spaces. Classes without a colour get the VOC colour of
+    their id.
+
+    Raises:
+        DatasetError: listing every malformed line.
+    """
+    names, palette, problems = _parse_classes(Path(path))
+    if problems:
+        raise DatasetError(str(path), problems)
+    return names, palette
+
+
+def _parse_classes(path: Path) -> tuple[list[str], list[Colour], list[str]]:
+    names: list[str] = []
+    colours: list[Colour | None] = []
+    problems: list[str] = []
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        return [], [], [f"{path.name}: cannot read ({err})"]
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            name, colour = _parse_class_line(line)
+        except ValueError as err:
+            problems.append(f"{path.name} line {number}: {err}")
+            continue
+        if name in names:
+            problems.append(f"{path.name} line {number}: class {name!r} is listed twice")
+        names.append(name)
+        colours.append(colour)
+    defaults = default_palette(min(len(names), 256))
+    palette = [c if c is not None else defaults[i % 256] for i, c in enumerate(colours)]
+    return names, palette, problems
+
+
+def _parse_class_line(line: str) -> tuple[str, Colour | None]:
+    """``"name"``, ``"name R G B"`` or ``"name #RRGGBB"`` -> (name, colour or None)."""
+    tokens = line.split()
+    if tokens[-1].startswith("#") and len(tokens) > 1:
+        if not _HEX_COLOUR.fullmatch(tokens[-1]):
+            raise ValueError(f"bad colour {tokens[-1]!r} in {line!r}: expected #RRGGBB")
+        value = int(tokens[-1][1:], 16)
+        return " ".join(tokens[:-1]), ((value >> 16) & 255, (value >> 8) & 255, value & 255)
+    trailing = 0
+    while trailing < min(3, len(tokens) - 1) and re.fullmatch(r"[+-]?\d+", tokens[-1 - trailing]):
+        trailing += 1
+    if trailing == 0:
+        return line, None
+    if trailing < 3:
+        raise ValueError(f"incomplete colour in {line!r}: expected 'name R G B' or 'name #RRGGBB'")
+    rgb = tuple(int(t) for t in tokens[-3:])
+    if not all(0 <= c <= 255 for c in rgb):
+        raise ValueError(f"colour components must be 0..255 in {line!r}")
+    return " ".join(tokens[:-3]), (rgb[0], rgb[1], rgb[2])
+
+
+@dataclass
+class _Listing:
+    """The files of one folder by stem: accepted extensions, other files, and ambiguous stems."""
+
+    files: dict[str, Path]
+    others: dict[str, list[Path]]
+    duplicates: dict[str, list[Path]]
+
+    @classmethod
+    def scan(cls, folder: Path, extensions: tuple[str, ...]) -> _Listing:
+        accepted: dict[str, list[Path]] = {}
+        others: dict[str, list[Path]] = {}
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith(".") or not path.is_file():
+                continue
+            target = accepted if path.suffix.lower() in extensions else others
+            target.setdefault(path.stem, []).append(path)
+        files = {stem: paths[0] for stem, paths in accepted.items()}
+        return cls(files, others, {stem: paths for stem, paths in accepted.items() if len(paths) > 1})
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) as displayed, i.e. after EXIF orientation, read from the header only."""
+    with Image.open(path) as image:
+        width, height = image.size
+        # PNG keeps EXIF in a chunk that may follow the pixels: only read what the header gave.
+        raw = image.info.get("exif") if image.format == "PNG" else None
+        exif = image.getexif() if image.format != "PNG" else Image.Exif()
+        if raw:
+            exif.load(raw)
+        orientation = exif.get(ExifTags.Base.Orientation, 1)
+    return (height, width) if orientation in _TRANSPOSED_ORIENTATIONS else (width, height)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read an index-PNG mask as a uint8 ``H x W`` array of class ids (palette index for mode P).
+
+    Raises:
+        MaskModeError: the image is not single-channel (mode L, P or 1), e.g. an RGB colour mask.
+    """
+    with Image.open(path) as mask:
+        if mask.mode not in MASK_MODES:
+            raise MaskModeError(
+                f"mask mode is {mask.mode!r}: expected a single-channel index PNG (mode L or P) whose pixel "
+                "values are class ids; convert colour masks to ids first"
+            )
+        return np.array(mask, dtype=np.uint8)
+
+
+class FolderDataset(SegmentationDataset):
+    """A folder of images and index-PNG masks matched by file stem (layout in the module docstring).
+
+    At construction the whole split is checked: every image has a mask and vice versa, sizes agree
+    (after EXIF orientation), files open, mask values are class ids or ``ignore_index``, and split
+    files name existing stems. All problems are raised together in one ``DatasetError``, or, with
+    ``skip_bad=True``, the bad pairs are skipped with one warning each. Image sizes come from file
+    headers; each mask is decoded once.
+
+    Classes come from ``root/classes.txt`` if present (its line count must then equal
+    ``num_classes`` when that is given); else from ``num_classes``; else ``num_classes`` is inferred
+    as the largest label (other than ``ignore_index``) in *all* masks of the folder plus one, so
+    that the train and val splits agree. Names are then ``class_0, class_1, ...`` with VOC colours.
+
+    The split comes from ``root/splits/{split}.txt`` if present; otherwise the sorted stems are
+    shuffled with ``seed`` and the first ``round(val_ratio * n)`` (at least one, at most ``n - 1``
+    when ``val_ratio > 0``) form ``val``, the rest ``train``.
+
+    Masks must align with the image as displayed, i.e. after applying its EXIF orientation.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        transforms: PairTransform | None = None,
+        val_ratio: float = 0.2,
+        seed: int = 0,
+        num_classes: int | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        skip_bad: bool = False,
+    ) -> None:
+        super().__init__(transforms)
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if not 0.0 <= val_ratio < 1.0:
+            raise ValueError(f"val_ratio must be in [0, 1), got {val_ratio}")
+        if num_classes is not None and not 1 <= num_classes <= 256:
+            raise ValueError(f"num_classes must be in 1..256 (uint8 masks), got {num_classes}")
+        self.root = Path(root)
+        self.split = split
+        self.ignore_index = ignore_index
+        pairs = self._validate(val_ratio, seed, num_classes, skip_bad)
+        self.stems = [pair.stem for pair in pairs]
+        self.image_paths = [pair.image for pair in pairs]
+        self.mask_paths = [pair.mask for pair in pairs]
+
+    def __len__(self) -> int:
+        return len(self.stems)
+
+    def name(self, index: int) -> str:
+        return self.stems[index]
+
+    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        image = read_image(self.image_paths[index])
+        mask = torch.from_numpy(read_mask(self.mask_paths[index]))
+        if image.shape[-2:] != mask.shape:
+            sizes = f"image {tuple(image.shape[-2:])} and mask {tuple(mask.shape)} (H x W)"
+            raise DatasetError(self._where, [f"{self.stems[index]}: {sizes} differ when loaded"])
+        return tv_tensors.Image(image), tv_tensors.Mask(mask)
+
+    # ------------------------------------------------------------------ validation
+
+    def _validate(self, val_ratio: float, seed: int, num_classes: int | None, skip_bad: bool) -> list[_Pair]:
+        """Check the split; return its usable pairs or raise one ``DatasetError`` with every problem."""
+        fatal = self._check_folders()
+        if fatal:
+            raise DatasetError(self._where, fatal)
+        images = _Listing.scan(self.root / "images", IMAGE_EXTENSIONS)
+        masks = _Listing.scan(self.root / "masks", (".png",))
+        fatal += self._init_classes(num_classes)
+        stems, split_problems = self._split_stems(
+            sorted(images.files.keys() | masks.files.keys()), val_ratio, seed
+        )
+        fatal += split_problems
+        pairs = [self._pair(stem, images, masks) for stem in stems]
+        for pair in pairs:
+            self._inspect(pair)
+        if not self.classes:
+            self._infer_classes([*pairs, *self._other_pairs(images, masks, set(stems))])
+        for pair in pairs:
+            self._check_labels(pair)
+        return self._collect(fatal, pairs, skip_bad)
+
+    @property
+    def _where(self) -> str:
+        return f"dataset {str(self.root)!r} (split {self.split!r})"
+
+    def _check_folders(self) -> list[str]:
+        if not self.root.is_dir():
+            return [f"{self.root} is not a directory"]
+        return [
+            f"missing folder {sub}/ (expected {self.root / sub})"
+            for sub in ("images", "masks")
+            if not (self.root / sub).is_dir()
+        ]
+
+    def _init_classes(self, num_classes: int | None) -> list[str]:
+        classes_file = self.root / "classes.txt"
+        self.classes, self.palette = (), []
+        if not classes_file.is_file():
+            if num_classes is not None:
+                self.classes = tuple(f"class_{i}" for i in range(num_classes))
+                self.palette = default_palette(num_classes)
+            return []
+        names, palette, problems = _parse_classes(classes_file)
+        if num_classes is not None and len(names) != num_classes:
+            problems.append(f"classes.txt lists {len(names)} classes but num_classes={num_classes}")
+        if not names and not problems:
+            problems.append("classes.txt lists no classes")
+        if len(names) > 256:
+            problems.append(f"classes.txt lists {len(names)} classes; uint8 masks hold at most 256")
+        self.classes, self.palette = tuple(names), palette
+        return problems
+
+    def _infer_classes(self, pairs: list[_Pair]) -> None:
+        """``num_classes`` = largest label (not ``ignore_index``) in the given masks + 1."""
+        largest = 0
+        for pair in pairs:
+            if pair.labels is not None:
+                valid = pair.labels[pair.labels != self.ignore_index]
+                largest = max(largest, int(valid.max()) if valid.size else 0)
+        self.classes = tuple(f"class_{i}" for i in range(largest + 1))
+        self.palette = default_palette(largest + 1)
+        if largest == 0:
+            warnings.warn(
+                f"{self.root}: no mask holds a label above 0, so num_classes was inferred as 1; if objects "
+                f"are marked {self.ignore_index} (= ignore_index), save them as 1, or pass num_classes",
+                stacklevel=4,
+            )
+
+    def _split_stems(self, all_stems: list[str], val_ratio: float, seed: int) -> tuple[list[str], list[str]]:
+        """The stems of this split (file order, or sorted for the seeded split) and fatal problems."""
+        split_dir = self.root / "splits"
+        split_file = split_dir / f"{self.split}.txt"
+        if split_file.is_file():
+            return self._read_split_file(split_file), []
+        if split_dir.is_dir() and any((split_dir / f"{s}.txt").is_file() for s in SPLITS):
+            return [], [f"splits/{self.split}.txt is missing while splits/ has the other split's file"]
+        count = len(all_stems)
+        num_val = round(val_ratio * count)
+        if val_ratio > 0 and count >= 2:
+            num_val = min(max(num_val, 1), count - 1)
+        order = np.random.default_rng(seed).permutation(count)
+        chosen = order[:num_val] if self.split == "val" else order[num_val:]
+        return [all_stems[i] for i in sorted(chosen)], []
+
+    @staticmethod
+    def _read_split_file(path: Path) -> list[str]:
+        """Stems listed in a split file, in order, without blanks, ``#`` comments or repeats."""
+        stems = (line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines())
+        return list(dict.fromkeys(stem for stem in stems if stem and not stem.startswith("#")))
+
+    def _pair(self, stem: str, images: _Listing, masks: _Listing) -> _Pair:
+        pair = _Pair(stem, images.files.get(stem), masks.files.get(stem))
+        if pair.image is None and pair.mask is None:
+            pair.problems.append(f"splits/{self.split}.txt lists {stem!r}, which has no image and no mask")
+            return pair
+        for listing in (images, masks):
+            if stem in listing.duplicates:
+                names = ", ".join(self._rel(p) for p in listing.duplicates[stem])
+                pair.problems.append(f"several files share the stem {stem!r}: {names}")
+        if pair.image is None:
+            pair.problems.append(f"{self._rel(pair.mask)}: mask without image (no images/{stem}.<ext>)")
+        if pair.mask is None:
+            hint = "".join(
+                f"; found {self._rel(p)}, but masks must be PNG" for p in masks.others.get(stem, [])
+            )
+            pair.problems.append(
+                f"{self._rel(pair.image)}: image without mask (expected masks/{stem}.png{hint})"
+            )
+        return pair
+
+    def _other_pairs(self, images: _Listing, masks: _Listing, seen: set[str]) -> list[_Pair]:
+        """Complete pairs outside this split, inspected only to infer the number of classes."""
+        others = [
+            _Pair(s, images.files[s], masks.files[s])
+            for s in sorted(images.files.keys() & masks.files.keys())
+            if s not in seen
+        ]
+        for pair in others:
+            self._inspect(pair)
+        return others
+
+    def _inspect(self, pair: _Pair) -> None:
+        """Read the image header and the mask; record sizes, readability and the mask's label values."""
+        if pair.image is None or pair.mask is None:
+            return
+        try:
+            image_size = _image_size(pair.image)
+        except _READ_ERRORS as err:
+            pair.problems.append(f"{self._rel(pair.image)}: unreadable image ({err})")
+            image_size = None
+        try:
+            mask = read_mask(pair.mask)
+        except MaskModeError as err:
+            pair.problems.append(f"{self._rel(pair.mask)}: {err}")
+            return
+        except _READ_ERRORS as err:
+            pair.problems.append(f"{self._rel(pair.mask)}: unreadable mask ({err})")
+            return
+        mask_size = (mask.shape[1], mask.shape[0])
+        if image_size is not None and image_size != mask_size:
+            pair.problems.append(
+                f"size mismatch: {self._rel(pair.image)} is {image_size[0]}x{image_size[1]} (W x H) "
+                f"but {self._rel(pair.mask)} is {mask_size[0]}x{mask_size[1]}"
+            )
+        pair.labels = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
+
+    def _check_labels(self, pair: _Pair) -> None:
+        if pair.labels is None:
+            return
+        valid = (pair.labels < len(self.classes)) | (pair.labels == self.ignore_index)
+        if not valid.all():
+            bad = ", ".join(str(v) for v in pair.labels[~valid])
+            pair.problems.append(
+                f"{self._rel(pair.mask)}: label values {bad} are neither class ids "
+                f"(0..{len(self.classes) - 1}) nor ignore_index {self.ignore_index}"
+            )
+
+    def _collect(self, fatal: list[str], pairs: list[_Pair], skip_bad: bool) -> list[_Pair]:
+        """Raise for fatal problems (or bad pairs without ``skip_bad``); else warn and drop bad pairs."""
+        bad = [problem for pair in pairs for problem in pair.problems]
+        if fatal or (bad and not skip_bad):
+            raise DatasetError(self._where, fatal + bad)
+        for pair in pairs:
+            if pair.problems:
+                warnings.warn(
+                    f"{self.root}: skipping {pair.stem!r}: {'; '.join(pair.problems)}", stacklevel=4
+                )
+        good = [pair for pair in pairs if not pair.problems]
+        if not good:
+            raise DatasetError(self._where, ["no usable image/mask pairs in this split"])
+        return good
+
+    def _rel(self, path: Path | None) -> str:
+        """A path relative to the dataset root, for messages."""
+        if path is None:
+            return "?"
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)

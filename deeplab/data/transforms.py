@@ -1,0 +1,203 @@
+"""Paired image + mask transforms (``torchvision.transforms.v2`` kernels on ``tv_tensors``).
+
+Both builders return a callable ``(image, mask) -> (image, mask)`` that takes the raw pair of
+``SegmentationDataset.load`` (uint8 ``3 x H x W`` image, uint8 ``H x W`` mask) and returns a float32
+normalised image and an int64 ``H x W`` mask, as plain tensors. Randomness comes from torch's global
+generator, which the ``DataLoader`` seeds differently in each worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from .base import IGNORE_INDEX, PairTransform
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "EvalTransform",
+    "TrainTransform",
+    "eval_transforms",
+    "normalize_image",
+    "scale_choices",
+    "train_transforms",
+]
+
+
+def normalize_image(
+    image_uint8: torch.Tensor,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """Map a uint8 image (``... x 3 x H x W``, values 0..255) to float32 ``(x / 255 - mean) / std``.
+
+    Returns a plain ``torch.Tensor`` (no ``tv_tensors`` subclass), so batches collate to plain tensors.
+    """
+    image = image_uint8.as_subclass(torch.Tensor).to(torch.float32) / 255.0
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=image.device).view(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=image.device).view(-1, 1, 1)
+    return (image - mean_t) / std_t
+
+
+def _mask_to_long(mask: torch.Tensor) -> torch.Tensor:
+    return mask.as_subclass(torch.Tensor).to(torch.int64)
+
+
+def scale_choices(scale_range: tuple[float, float], scale_step: float) -> list[float] | None:
+    """The discrete scales ``lo, lo + step, ..., hi`` of DeepLab's recipe; ``None`` when ``step == 0``."""
+    low, high = scale_range
+    if not 0 < low <= high:
+        raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+    if scale_step < 0:
+        raise ValueError(f"scale_step must be >= 0, got {scale_step}")
+    if scale_step == 0:
+        return None
+    count = int((high - low) / scale_step + 1e-9) + 1
+    return [round(low + k * scale_step, 10) for k in range(count)]
+
+
+class TrainTransform:
+    """Random scale, pad to the crop, random crop, random horizontal flip, normalise.
+
+    See ``train_transforms`` for the arguments. Padding goes to the bottom and right (as in the
+    reference implementation): the image gets the mean colour, the mask ``ignore_index``.
+    """
+
+    def __init__(
+        self,
+        crop_size: int | tuple[int, int],
+        *,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        scale_step: float = 0.25,
+        hflip: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        crop = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
+        if len(crop) != 2 or min(crop) < 1:
+            raise ValueError(f"crop_size must be a positive int or (height, width), got {crop_size}")
+        self.crop_size: tuple[int, int] = (int(crop[0]), int(crop[1]))
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
+        self.scales = scale_choices(self.scale_range, scale_step)
+        self.hflip = hflip
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self.ignore_index = ignore_index
+        self.fill = [round(255 * m) for m in self.mean]
+
+    def __repr__(self) -> str:
+        scales = self.scales if self.scales is not None else f"uniform{self.scale_range}"
+        return f"TrainTransform(crop_size={self.crop_size}, scales={scales}, hflip={self.hflip})"
+
+    def sample_scale(self) -> float:
+        """Draw one scale factor with torch's global generator."""
+        if self.scales is None:
+            low, high = self.scale_range
+            return low + (high - low) * float(torch.rand(()))
+        return self.scales[int(torch.randint(len(self.scales), ()))]
+
+    def __call__(self, image: tv_tensors.Image, mask: tv_tensors.Mask) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
+        image, mask = self._rescale(image, mask, self.sample_scale())
+        image, mask = self._pad(image, mask)
+        image, mask = self._crop(image, mask)
+        if self.hflip and bool(torch.rand(()) < 0.5):
+            image, mask = F.horizontal_flip(image), F.horizontal_flip(mask)
+        return normalize_image(image, self.mean, self.std), _mask_to_long(mask)
+
+    def _rescale(
+        self, image: tv_tensors.Image, mask: tv_tensors.Mask, scale: float
+    ) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        height, width = image.shape[-2:]
+        size = [max(1, round(height * scale)), max(1, round(width * scale))]
+        if size == [height, width]:
+            return image, mask
+        image = F.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+        # NEAREST_EXACT samples pixel centres, the same grid as bilinear: labels stay on their pixels.
+        mask = F.resize(mask, size, interpolation=InterpolationMode.NEAREST_EXACT)
+        return image, mask
+
+    def _pad(
+        self, image: tv_tensors.Image, mask: tv_tensors.Mask
+    ) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        height, width = image.shape[-2:]
+        pad_bottom = max(0, self.crop_size[0] - height)
+        pad_right = max(0, self.crop_size[1] - width)
+        if pad_bottom == 0 and pad_right == 0:
+            return image, mask
+        padding = [0, 0, pad_right, pad_bottom]
+        return F.pad(image, padding, fill=self.fill), F.pad(mask, padding, fill=self.ignore_index)
+
+    def _crop(
+        self, image: tv_tensors.Image, mask: tv_tensors.Mask
+    ) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        height, width = image.shape[-2:]
+        crop_h, crop_w = self.crop_size
+        top = int(torch.randint(height - crop_h + 1, ()))
+        left = int(torch.randint(width - crop_w + 1, ()))
+        return F.crop(image, top, left, crop_h, crop_w), F.crop(mask, top, left, crop_h, crop_w)
+
+
+class EvalTransform:
+    """No geometry change: the image is normalised to float32, the mask becomes int64 ``H x W``."""
+
+    def __init__(self, *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+
+    def __repr__(self) -> str:
+        return f"EvalTransform(mean={self.mean}, std={self.std})"
+
+    def __call__(self, image: tv_tensors.Image, mask: tv_tensors.Mask) -> tuple[torch.Tensor, torch.Tensor]:
+        return normalize_image(image, self.mean, self.std), _mask_to_long(mask)
+
+
+def train_transforms(
+    crop_size: int | tuple[int, int],
+    *,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    scale_step: float = 0.25,
+    hflip: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    ignore_index: int = IGNORE_INDEX,
+) -> PairTransform:
+    """DeepLab's training augmentation as one paired transform.
+
+    Args:
+        crop_size: Output size, an int or ``(height, width)``.
+        scale_range: Smallest and largest random scale factor.
+        scale_step: Scales are drawn from ``{low, low + step, ..., high}``; 0 draws uniformly.
+        hflip: Flip horizontally with probability 0.5.
+        mean: Per-channel mean (0..1 scale) for normalisation; also the padding colour.
+        std: Per-channel standard deviation for normalisation.
+        ignore_index: Mask value of padded pixels.
+
+    Returns:
+        ``(image, mask) -> (float32 3 x crop_h x crop_w, int64 crop_h x crop_w)``.
+    """
+    return TrainTransform(
+        crop_size,
+        scale_range=scale_range,
+        scale_step=scale_step,
+        hflip=hflip,
+        mean=mean,
+        std=std,
+        ignore_index=ignore_index,
+    )
+
+
+def eval_transforms(
+    *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> PairTransform:
+    """Evaluation transform: normalise the image, keep the geometry, mask to int64."""
+    return EvalTransform(mean=mean, std=std)
