@@ -67,8 +67,17 @@ def scale_choices(scale_range: tuple[float, float], scale_step: float) -> list[f
 class TrainTransform:
     """Random scale, pad to the crop, random crop, random horizontal flip, normalise.
 
-    See ``train_transforms`` for the arguments. Padding goes to the bottom and right (as in the
-    reference implementation): the image gets the mean colour, the mask ``ignore_index``.
+    Padding goes to the bottom and right (as in the reference implementation): the image gets the
+    mean colour, the mask ``ignore_index``. Returns ``(float32 3 x crop_h x crop_w, int64 crop_h x crop_w)``.
+
+    Args:
+        crop_size: Output size, an int or ``(height, width)``.
+        scale_range: Smallest and largest random scale factor.
+        scale_step: Scales are drawn from ``{low, low + step, ..., high}``; 0 draws uniformly.
+        hflip: Flip horizontally with probability 0.5.
+        mean: Per-channel mean (0..1 scale) for normalisation; also the padding colour.
+        std: Per-channel standard deviation for normalisation.
+        ignore_index: Mask value of padded pixels.
     """
 
     def __init__(
@@ -161,39 +170,8 @@ class EvalTransform:
         return normalize_image(image, self.mean, self.std), _mask_to_long(mask)
 
 
-def train_transforms(
-    crop_size: int | tuple[int, int],
-    *,
-    scale_range: tuple[float, float] = (0.5, 2.0),
-    scale_step: float = 0.25,
-    hflip: bool = True,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    ignore_index: int = IGNORE_INDEX,
-) -> PairTransform:
-    """DeepLab's training augmentation as one paired transform.
-
-    Args:
-        crop_size: Output size, an int or ``(height, width)``.
-        scale_range: Smallest and largest random scale factor.
-        scale_step: Scales are drawn from ``{low, low + step, ..., high}``; 0 draws uniformly.
-        hflip: Flip horizontally with probability 0.5.
-        mean: Per-channel mean (0..1 scale) for normalisation; also the padding colour.
-        std: Per-channel standard deviation for normalisation.
-        ignore_index: Mask value of padded pixels.
-
-    Returns:
-        ``(image, mask) -> (float32 3 x crop_h x crop_w, int64 crop_h x crop_w)``.
-    """
-    return TrainTransform(
-        crop_size,
-        scale_range=scale_range,
-        scale_step=scale_step,
-        hflip=hflip,
-        mean=mean,
-        std=std,
-        ignore_index=ignore_index,
-    )
+train_transforms = TrainTransform
+"""DeepLab's training augmentation as one paired transform (see :class:`TrainTransform`)."""
 
 
 def eval_transforms(
