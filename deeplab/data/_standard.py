@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
+from .base import PairTransform, SegmentationDataset
+
 
 class DatasetNotFoundError(FileNotFoundError):
     """A benchmark folder or file is missing; the message says how to prepare it."""
@@ -63,3 +65,30 @@ def read_label(path: Path, lut: np.ndarray | None = None) -> tv_tensors.Mask:
 def file_stems(folder: Path, suffix: str) -> list[str]:
     """Sorted stems of the files in ``folder`` whose names end with ``suffix``."""
     return sorted(p.name[: -len(suffix)] for p in folder.iterdir() if p.name.endswith(suffix))
+
+
+class PathListDataset(SegmentationDataset):
+    """A dataset that is two aligned lists of files; subclasses fill ``images`` and ``masks``.
+
+    ``label_map`` (a 256-entry table) turns stored label values into class ids; ``None`` keeps them.
+    """
+
+    def __init__(self, root: str | Path, split: str, transforms: PairTransform | None) -> None:
+        super().__init__(transforms)
+        self.root, self.split = Path(root), split
+        self.images: list[Path] = []
+        self.masks: list[Path] = []
+        self.label_map: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        return read_rgb(self.images[index]), read_label(self.masks[index], self.label_map)
+
+    def name(self, index: int) -> str:
+        return self.images[index].stem
+
+    def files(self, index: int) -> tuple[Path, Path]:
+        """The image and mask paths of sample ``index``."""
+        return self.images[index], self.masks[index]

@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from torchvision import tv_tensors
 
-from deeplab.data._standard import check_split, file_stems, read_label, read_rgb, require
-from deeplab.data.base import IGNORE_INDEX, PairTransform, SegmentationDataset
+from deeplab.data._standard import PathListDataset, check_split, file_stems, require
+from deeplab.data.base import IGNORE_INDEX, PairTransform
 from deeplab.data.palettes import voc_palette
 
 ADE20K_CLASSES: tuple[str, ...] = (
@@ -52,7 +51,7 @@ def ade20k_lut() -> np.ndarray:
     return lut
 
 
-class ADE20KSegmentation(SegmentationDataset):
+class ADE20KSegmentation(PathListDataset):
     """ADE20K SceneParsing: 20,210 train and 2,000 val images, 150 classes, "other" ignored.
 
     Args:
@@ -67,25 +66,11 @@ class ADE20KSegmentation(SegmentationDataset):
     splits = ("train", "val")
 
     def __init__(self, root: str | Path, split: str, *, transforms: PairTransform | None = None) -> None:
-        super().__init__(transforms)
-        self.root, self.split = Path(root), check_split(split, self.splits, "ade20k")
+        super().__init__(root, check_split(split, self.splits, "ade20k"), transforms)
         base = require(self.root / "ADEChallengeData2016", "ade20k", self.root, "ADE20K")
         image_dir = require(base / "images" / _SPLIT_DIRS[split], "ade20k", self.root)
         label_dir = require(base / "annotations" / _SPLIT_DIRS[split], "ade20k", self.root)
         stems = file_stems(image_dir, ".jpg")
         self.images = [image_dir / f"{s}.jpg" for s in stems]
         self.masks = [label_dir / f"{s}.png" for s in stems]
-        self._lut = ade20k_lut()
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
-        return read_rgb(self.images[index]), read_label(self.masks[index], self._lut)
-
-    def name(self, index: int) -> str:
-        return self.images[index].stem
-
-    def files(self, index: int) -> tuple[Path, Path]:
-        """The image and mask paths of sample ``index``."""
-        return self.images[index], self.masks[index]
+        self.label_map = ade20k_lut()

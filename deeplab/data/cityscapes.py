@@ -12,11 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from torchvision import tv_tensors
 from torchvision.datasets import Cityscapes
 
-from deeplab.data._standard import check_split, read_label, read_rgb, require
-from deeplab.data.base import IGNORE_INDEX, PairTransform, SegmentationDataset
+from deeplab.data._standard import PathListDataset, check_split, require
+from deeplab.data.base import IGNORE_INDEX, PairTransform
 
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 _LABEL_SUFFIX = "_gtFine_labelIds.png"
@@ -41,7 +40,7 @@ def label_id_to_train_id() -> np.ndarray:
     return lut
 
 
-class CityscapesSegmentation(SegmentationDataset):
+class CityscapesSegmentation(PathListDataset):
     """Cityscapes fine: 2,975 train, 500 val, 1,525 test images (test labels are not public), 19 classes.
 
     Args:
@@ -55,25 +54,14 @@ class CityscapesSegmentation(SegmentationDataset):
     splits = ("train", "val", "test")
 
     def __init__(self, root: str | Path, split: str, *, transforms: PairTransform | None = None) -> None:
-        super().__init__(transforms)
-        self.root, self.split = Path(root), check_split(split, self.splits, "cityscapes")
+        super().__init__(root, check_split(split, self.splits, "cityscapes"), transforms)
         image_dir = require(self.root / "leftImg8bit" / split, "cityscapes", self.root)
         label_dir = require(self.root / "gtFine" / split, "cityscapes", self.root)
         self.images = sorted(image_dir.glob(f"*/*{_IMAGE_SUFFIX}"))
         self.masks = [
             label_dir / p.parent.name / (p.name[: -len(_IMAGE_SUFFIX)] + _LABEL_SUFFIX) for p in self.images
         ]
-        self._lut = label_id_to_train_id()
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
-        return read_rgb(self.images[index]), read_label(self.masks[index], self._lut)
+        self.label_map = label_id_to_train_id()
 
     def name(self, index: int) -> str:
         return self.images[index].name[: -len(_IMAGE_SUFFIX)]
-
-    def files(self, index: int) -> tuple[Path, Path]:
-        """The image and mask paths of sample ``index``."""
-        return self.images[index], self.masks[index]

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torchvision
-from torchvision import tv_tensors
 from tqdm import tqdm
 
-from deeplab.data._standard import check_split, file_stems, read_label, read_rgb, require
-from deeplab.data.base import PairTransform, SegmentationDataset
+from deeplab.data._standard import PathListDataset, check_split, file_stems, require
+from deeplab.data.base import PairTransform
 from deeplab.data.palettes import voc_palette
 from deeplab.imageio import save_index_png
 
@@ -39,31 +38,11 @@ SBD_SUBDIR = Path("benchmark_RELEASE", "dataset")
 _SPLITS_DIR = Path("ImageSets", "Segmentation")
 
 
-class _VOCBase(SegmentationDataset):
-    """Image / mask path lists plus the VOC class metadata; subclasses fill the lists."""
+class _VOCBase(PathListDataset):
+    """VOC class metadata on image / mask path lists; subclasses fill the lists."""
 
     classes = VOC_CLASSES
     palette = voc_palette(len(VOC_CLASSES))
-
-    def __init__(self, root: str | Path, split: str, transforms: PairTransform | None) -> None:
-        super().__init__(transforms)
-        self.root = Path(root)
-        self.split = split
-        self.images: list[Path] = []
-        self.masks: list[Path] = []
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
-        return read_rgb(self.images[index]), read_label(self.masks[index])
-
-    def name(self, index: int) -> str:
-        return self.images[index].stem
-
-    def files(self, index: int) -> tuple[Path, Path]:
-        """The image and mask paths of sample ``index``."""
-        return self.images[index], self.masks[index]
 
 
 class VOCSegmentation(_VOCBase):
