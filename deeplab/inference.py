@@ -15,11 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from deeplab.data.palettes import default_palette
-from deeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from deeplab.constants import IMAGENET_MEAN, IMAGENET_STD, Palette
 from deeplab.imageio import (
     ImageReadError,
-    Palette,
     atomic_write,
     colorize,
     overlay,
@@ -27,6 +25,7 @@ from deeplab.imageio import (
     save_index_png,
     save_rgb_png,
 )
+from deeplab.palettes import default_palette
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}

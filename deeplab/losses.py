@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deeplab.data.base import IGNORE_INDEX
+from deeplab.constants import IGNORE_INDEX
 
 
 def _cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from deeplab.data.base import IGNORE_INDEX
+from deeplab.constants import IGNORE_INDEX
 
 
 def confusion_matrix(

@@ -6,7 +6,6 @@ import pytest
 import torch
 from PIL import Image
 
-from deeplab.data.palettes import default_palette
 from deeplab.imageio import (
     ImageReadError,
     atomic_write,
@@ -16,6 +15,7 @@ from deeplab.imageio import (
     save_index_png,
     save_rgb_png,
 )
+from deeplab.palettes import default_palette
 
 RGB = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255]], [[10, 20, 30], [0, 0, 0], [255, 255, 255]]],
                dtype=np.uint8)

@@ -9,7 +9,7 @@ from deeplab.config import load_config
 from deeplab.data.voc import prepare_voc_aug
 from deeplab.engine.checkpoint import read_checkpoint
 from deeplab.engine.train import train
-from tests.datasets.layouts import make_ade20k, make_cityscapes, make_voc_aug_sources
+from tests.data.layouts import make_ade20k, make_cityscapes, make_voc_aug_sources
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(p for p in CONFIGS.glob("*.yaml") if p.stem != "demo")

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from deeplab.constants import IGNORE_INDEX
 from deeplab.data._standard import PathListDataset, check_split, file_stems, require
-from deeplab.data.base import IGNORE_INDEX, PairTransform
-from deeplab.data.palettes import voc_palette
+from deeplab.data.base import PairTransform
+from deeplab.palettes import voc_palette
 
 ADE20K_CLASSES: tuple[str, ...] = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",

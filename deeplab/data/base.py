@@ -8,8 +8,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-IGNORE_INDEX = 255
-"""Label value that the loss and the metrics skip (object borders in VOC, 'void' elsewhere)."""
+from ..constants import IGNORE_INDEX
 
 PairTransform = Callable[[tv_tensors.Image, tv_tensors.Mask], tuple[torch.Tensor, torch.Tensor]]
 

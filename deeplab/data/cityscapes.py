@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import Cityscapes
 
+from deeplab.constants import IGNORE_INDEX
 from deeplab.data._standard import PathListDataset, check_split, require
-from deeplab.data.base import IGNORE_INDEX, PairTransform
+from deeplab.data.base import PairTransform
 
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 _LABEL_SUFFIX = "_gtFine_labelIds.png"

@@ -23,9 +23,10 @@ import torch
 from PIL import ExifTags, Image, UnidentifiedImageError
 from torchvision import tv_tensors
 
+from ..constants import IGNORE_INDEX
 from ..imageio import read_image
-from .base import IGNORE_INDEX, PairTransform, SegmentationDataset
-from .palettes import default_palette
+from ..palettes import default_palette
+from .base import PairTransform, SegmentationDataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_MODES = ("L", "P", "1")

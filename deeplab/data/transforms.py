@@ -15,10 +15,8 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from .base import IGNORE_INDEX, PairTransform
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from .base import PairTransform
 
 __all__ = [
     "IMAGENET_MEAN",

@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from deeplab.data._standard import PathListDataset, check_split, file_stems, require
 from deeplab.data.base import PairTransform
-from deeplab.data.palettes import voc_palette
 from deeplab.imageio import save_index_png
+from deeplab.palettes import voc_palette
 
 VOC_CLASSES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from deeplab.data.folder import DatasetError, FolderDataset, parse_classes_file
-from deeplab.data.palettes import default_palette, palette_to_flat, voc_palette
+from deeplab.palettes import default_palette, palette_to_flat, voc_palette
 
 H, W = 36, 52
 

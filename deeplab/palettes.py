@@ -1,10 +1,16 @@
-"""Colour palettes for label masks: the PASCAL VOC colour map and helpers for PIL palette images."""
+"""Colour palettes for label masks: the PASCAL VOC colour map and helpers for PIL palette images.
+
+A bottom-layer module (imports only :mod:`deeplab.constants`), so I/O and inference can use it
+without importing the dataset package.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-Palette = list[tuple[int, int, int]]
+from .constants import Colour
+
+Palette = list[Colour]
 
 
 def voc_palette(n: int = 256) -> Palette:

@@ -1,0 +1,35 @@
+"""Constants shared by every layer: the ignore label, the palette type, input normalisation presets.
+
+This module imports nothing of ours, so any module may import it without pulling in the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+IGNORE_INDEX = 255
+"""Label value that the loss and the metrics skip (object borders in VOC, 'void' elsewhere)."""
+
+Colour = tuple[int, int, int]
+Palette = Sequence[Colour]
+"""One RGB colour per class id."""
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+"""What torchvision's ImageNet weights (ResNet, VGG, MobileNetV2) were trained on, on the 0..1 scale."""
+
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+"""What timm's aligned Xception weights expect (pixels mapped to -1..1), as in the TF reference."""
+
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "inception": (INCEPTION_MEAN, INCEPTION_STD),
+}
+"""Named (mean, std) presets; a model spec records the numbers, not the name."""
+
+
+def check_normalization(mean: Sequence[float], std: Sequence[float]) -> None:
+    """Raises ``ValueError`` unless ``mean`` and ``std`` are three numbers each, ``std`` positive."""
+    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+        raise ValueError(f"mean and std must be three numbers each (std > 0), got mean={mean}, std={std}")
