@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,29 +53,43 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_for_prediction(args: argparse.Namespace, device):
+    """(model, class names, palette) from ``--checkpoint`` or ``--pretrained``."""
+    if args.pretrained:
+        from .models import create_model, published_weights
+
+        published = published_weights(args.pretrained)
+        model = create_model(published.model, weights=published.name, output_stride=args.output_stride)
+        return model.to(device).eval(), list(published.classes), published.palette
+    from .engine.checkpoint import load_checkpoint
+
+    model, checkpoint = load_checkpoint(args.checkpoint, output_stride=args.output_stride, device=device)
+    return model, checkpoint.classes, checkpoint.palette
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict masks for image files, folders or globs: index, colour and overlay PNGs."""
-    from .engine.checkpoint import load_checkpoint
     from .engine.train import resolve_device
     from .inference import Predictor, predict_paths
 
     device = resolve_device(args.device)
-    model, checkpoint = load_checkpoint(args.checkpoint, output_stride=args.output_stride, device=device)
-    predictor = Predictor(model, num_classes=len(checkpoint.classes), classes=checkpoint.classes,
-                          palette=checkpoint.palette, device=device, scales=args.scales, flip=args.flip,
-                          window=args.window)
+    model, classes, palette = _model_for_prediction(args, device)
+    predictor = Predictor(model, num_classes=len(classes), classes=classes, palette=palette, device=device,
+                          scales=args.scales, flip=args.flip, window=args.window)
     report = predict_paths(predictor, args.inputs, args.out, area_table=args.areas)
-    print(f"wrote {len(report.written)} prediction(s) to {args.out}")
     for path, reason in report.failed:
         print(f"skipped {path}: {reason}", file=sys.stderr)
+    print(f"wrote {len(report.written)} prediction(s) to {args.out}")
     return 1 if report.failed and not report.written else 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """List the models: version, backbone, parameters (and multiply-adds with --macs)."""
-    from .models.table import format_model_table, model_rows
+    """List the models (version, backbone, parameters; multiply-adds with --macs) and the published weights."""
+    from .models.table import format_model_table, format_published_table, model_rows
 
     print(format_model_table(model_rows(macs=args.macs, size=args.size), size=args.size))
+    print()
+    print(format_published_table())
     return 0
 
 
@@ -99,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = commands.add_parser("predict", help=cmd_predict.__doc__)
-    p.add_argument("--checkpoint", type=Path, required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a checkpoint written by deeplab train")
+    source.add_argument("--pretrained", metavar="NAME",
+                        help="published weights by name, e.g. deeplabv3_resnet101.coco_voc (see deeplab models)")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--output-stride", type=int, default=None, help="rebuild the model at this output stride")
@@ -119,13 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings reach a CLI user as one plain line, without Python's source location."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, OSError, RuntimeError, FloatingPointError) as err:  # the user's input, not a bug
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _print_warning
+        try:
+            return args.func(args)
+        except (ValueError, OSError, RuntimeError, FloatingPointError) as err:  # the user's input, not a bug
+            print(f"error: {err}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -18,12 +18,22 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
+    """The model to build. Every architecture option defaults to ``None``: "the model's own default"
+    (the builder's, or what ``weights`` imply). A key the chosen model does not take is an error."""
+
     name: str = "deeplabv3plus_mobilenetv2"
-    output_stride: int = 16
-    atrous_rates: list[int] | None = None  # None: the paper's rates for the output stride
+    output_stride: int | None = None  # None: 16 for v3/v3+, 8 for v1/v2 and for torchvision's weights
+    atrous_rates: list[int] | None = None  # ASPP rates; None: the paper's rates for the output stride
+    atrous_rate: int | None = None  # v1 LargeFOV's fc6 rate (12 at OS 8)
+    multi_grid: list[int] | None = None  # ResNet block4 unit rates, (1, 2, 4) in the v3 paper
+    separable: bool | None = None  # atrous separable convs in ASPP and decoder (v3+)
+    head_conv: bool | None = None  # torchvision's extra 3x3 conv after ASPP (v3 ResNet)
+    dropout: float | None = None  # head dropout; 0 turns it off
+    aux_loss: bool | None = None  # auxiliary FCN head on ResNet stage 3
+    mean: list[float] | None = None  # input normalisation; None: what the backbone's weights expect
+    std: list[float] | None = None
     pretrained_backbone: bool | str = False  # True: torchvision/timm ImageNet weights; or a local path / URL
-    aux_loss: bool = False
-    weights: str | None = None  # initial weights: our checkpoint or torchvision's DeepLabV3 state dict
+    weights: str | None = None  # initial weights: a checkpoint, torchvision's DeepLabV3 state dict, or a name
 
 
 @dataclass

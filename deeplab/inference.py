@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import glob
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +39,9 @@ class Predictor:
         num_classes: number of classes ``C`` the model predicts (checked against its output).
         classes: class names (default ``class_0`` ...); used for tables and CSV columns.
         palette: one RGB colour per class (default: the PASCAL VOC colour map).
-        mean: per-channel mean used to normalise images scaled to [0, 1].
-        std: per-channel standard deviation used to normalise.
+        mean: per-channel mean used to normalise images scaled to [0, 1]; default: the model's spec
+            (what its weights expect), else ImageNet's.
+        std: per-channel standard deviation used to normalise; default as for ``mean``.
         device: where the model runs.
         scales: input scales; the softmax probabilities of every scale are averaged.
         flip: also run the horizontally flipped input of every scale and average it in.
@@ -58,8 +58,8 @@ class Predictor:
         num_classes: int,
         classes: Sequence[str] | None = None,
         palette: Palette | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         device: str | torch.device = "cpu",
         scales: Sequence[float] = (1.0,),
         flip: bool = False,
@@ -72,6 +72,9 @@ class Predictor:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.num_classes = num_classes
+        spec = getattr(model, "spec", None)
+        mean = mean if mean is not None else getattr(spec, "mean", IMAGENET_MEAN)
+        std = std if std is not None else getattr(spec, "std", IMAGENET_STD)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.scales = tuple(float(scale) for scale in scales)
@@ -258,7 +261,7 @@ def predict_paths(
 
     For each image it writes ``<stem>.png`` (palette PNG, pixel = class id), ``<stem>_color.png`` and
     ``<stem>_overlay.png``; inputs sharing a stem get ``<stem>_1`` and so on. Inputs that cannot be
-    read are skipped with a warning and listed in the report. With ``area_table``, ``areas.csv``
+    read are skipped and listed, with the reason, in the report's ``failed``. With ``area_table``, ``areas.csv``
     gets one row per image with the fraction of its pixels predicted as each class.
     """
     out_dir = Path(out_dir)
@@ -291,7 +294,6 @@ def predict_paths(
 
 
 def _skip(report: PredictionReport, path: Path, reason: str) -> None:
-    warnings.warn(f"skipped {path}: {reason}", RuntimeWarning, stacklevel=3)
     report.failed.append((path, reason))
 
 

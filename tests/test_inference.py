@@ -1,4 +1,5 @@
 import csv
+import warnings
 
 import numpy as np
 import pytest
@@ -242,7 +243,8 @@ def test_predict_paths_mixed_inputs_with_a_corrupt_file(tmp_path):
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     out_dir = tmp_path / "out"
     inputs = [folder, other / "a.png", str(globbed / "*.png"), folder / "a.png", tmp_path / "missing.jpg"]
-    with pytest.warns(RuntimeWarning, match="skipped"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # skipped inputs are reported, never warned about (the CLI prints them once)
         report = predict_paths(_channel_predictor(), inputs, out_dir, area_table=True, progress=False)
 
     assert [path.name for path in report.written] == ["a.png", "b.png", "a_1.png", "c.png"]
@@ -267,10 +269,10 @@ def test_predict_paths_mixed_inputs_with_a_corrupt_file(tmp_path):
 def test_predict_paths_reads_any_mode_and_reports_empty_inputs(tmp_path):
     _write_stripes(tmp_path / "gray.png", [0, 1, 2], mode="L")
     (tmp_path / "empty").mkdir()
-    with pytest.warns(RuntimeWarning, match="no image files"):
-        report = predict_paths(_channel_predictor(), [tmp_path / "gray.png", tmp_path / "empty"],
-                               tmp_path / "out", progress=False)
+    report = predict_paths(_channel_predictor(), [tmp_path / "gray.png", tmp_path / "empty"],
+                           tmp_path / "out", progress=False)
     assert [path.name for path in report.written] == ["gray.png"]
+    assert report.failed == [(tmp_path / "empty", "no image files found")]
     assert report.areas_csv is None and not (tmp_path / "out" / "areas.csv").exists()
 
 

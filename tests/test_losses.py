@@ -43,7 +43,7 @@ def test_low_resolution_aux_logits_are_upsampled_and_weighted():
     expected = F.cross_entropy(logits, target, ignore_index=255) + 0.25 * F.cross_entropy(
         upsampled, target, ignore_index=255
     )
-    loss = segmentation_loss(logits, target, aux_logits=aux, aux_weight=0.25)
+    loss = segmentation_loss({"out": logits, "aux": aux}, target, aux_weight=0.25)
     torch.testing.assert_close(loss, expected)
     loss.backward()
     assert aux.grad is not None and aux.grad.abs().sum() > 0
@@ -54,14 +54,14 @@ def test_default_aux_weight_is_0_4():
     aux = torch.randn_like(logits)
     main = F.cross_entropy(logits, target, ignore_index=255)
     extra = F.cross_entropy(aux, target, ignore_index=255)
-    torch.testing.assert_close(segmentation_loss(logits, target, aux_logits=aux), main + 0.4 * extra)
+    torch.testing.assert_close(segmentation_loss({"out": logits, "aux": aux}, target), main + 0.4 * extra)
 
 
 def test_all_ignored_batch_gives_zero_loss_that_backpropagates():
     logits, target = _batch(seed=5)
     target.fill_(255)
     aux = torch.randn(2, 4, 3, 3, requires_grad=True)
-    loss = segmentation_loss(logits, target, aux_logits=aux)
+    loss = segmentation_loss({"out": logits, "aux": aux}, target)
     assert torch.isfinite(loss) and loss.item() == 0.0
     assert loss.requires_grad
     loss.backward()
@@ -79,3 +79,12 @@ def test_shape_mismatch_is_a_clear_error():
     logits, target = _batch()
     with pytest.raises(ValueError, match="N x H x W"):
         segmentation_loss(logits, target[:, :3])
+
+
+def test_every_output_but_aux_has_weight_one():
+    logits, target = _batch(seed=7)
+    half = torch.randn(2, 4, 3, 3, requires_grad=True)
+    upsampled = F.interpolate(half, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    expected = F.cross_entropy(logits, target, ignore_index=255) + F.cross_entropy(upsampled, target, ignore_index=255)
+    loss = segmentation_loss({"out": logits, "scale_0.5": half}, target, aux_weight=0.1)
+    torch.testing.assert_close(loss, expected)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -31,9 +31,18 @@ def build_dataset(cfg: DataConfig, split: str, transforms: PairTransform | None)
 
 
 def build_train_val(cfg: DataConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
-    augment = train_transforms(cfg.crop_size, scale_range=(cfg.scale_min, cfg.scale_max),
-                               scale_step=cfg.scale_step, hflip=cfg.hflip, ignore_index=cfg.ignore_index)
-    return build_dataset(cfg, cfg.train_split, augment), build_dataset(cfg, cfg.val_split, eval_transforms())
+    """The training and validation splits, without transforms yet: they depend on the model's
+    normalisation, which is known once the model is built (see :func:`attach_transforms`)."""
+    return build_dataset(cfg, cfg.train_split, None), build_dataset(cfg, cfg.val_split, None)
+
+
+def attach_transforms(train_set: SegmentationDataset, val_set: SegmentationDataset, cfg: DataConfig, *,
+                      mean: Sequence[float], std: Sequence[float]) -> None:
+    """DeepLab's augmentation on the training split, plain normalisation on the validation split."""
+    train_set.transforms = train_transforms(
+        cfg.crop_size, scale_range=(cfg.scale_min, cfg.scale_max), scale_step=cfg.scale_step, hflip=cfg.hflip,
+        mean=mean, std=std, ignore_index=cfg.ignore_index)
+    val_set.transforms = eval_transforms(mean=mean, std=std)
 
 
 class SeededSamples(Dataset):

@@ -48,7 +48,8 @@ def evaluate_checkpoint(path: str | Path, config: Config, *, device: str | torch
     """Evaluates a checkpoint on ``config.data``'s validation split at ``config.eval``'s settings."""
     model, checkpoint = load_checkpoint(path, output_stride=config.eval.output_stride or config.model.output_stride,
                                         device=device)
-    dataset = build_dataset(config.data, config.data.val_split, eval_transforms())
+    dataset = build_dataset(config.data, config.data.val_split,
+                            eval_transforms(mean=checkpoint.spec.mean, std=checkpoint.spec.std))
     if dataset.num_classes != len(checkpoint.classes):
         raise ValueError(f"dataset {config.data.name!r} has {dataset.num_classes} classes but the checkpoint "
                          f"was trained for {len(checkpoint.classes)}")

@@ -19,7 +19,7 @@ from ..config import Config, save_config
 from ..inference import Predictor
 from ..losses import segmentation_loss
 from .checkpoint import build_model, read_checkpoint, save_checkpoint
-from .data import build_train_val, train_loader
+from .data import attach_transforms, build_train_val, train_loader
 from .evaluate import evaluate
 from .report import plot_training_curve, save_previews
 from .schedule import poly_lr
@@ -128,6 +128,7 @@ def train(cfg: Config, *, resume: bool = False) -> TrainResult:
     torch.manual_seed(t.seed)
     train_set, val_set = build_train_val(cfg.data)
     model = build_model(cfg, train_set.num_classes).to(device)
+    attach_transforms(train_set, val_set, cfg.data, mean=model.spec.mean, std=model.spec.std)
     if t.freeze_bn:
         freeze_batchnorm(model)
     optimizer = build_optimizer(model, cfg)
@@ -191,9 +192,8 @@ def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, cfg: 
                 step: int) -> float:
     images, masks = (x.to(device, non_blocking=True) for x in batch)
     with autocast_for(cfg.train.amp, device):
-        logits, aux = model.forward_with_aux(images)
-    loss = segmentation_loss(logits.float(), masks, ignore_index=cfg.data.ignore_index,
-                             aux_logits=None if aux is None else aux.float(), aux_weight=cfg.train.aux_weight)
+        outputs = model.forward_train(images)
+    loss = segmentation_loss(outputs, masks, ignore_index=cfg.data.ignore_index, aux_weight=cfg.train.aux_weight)
     value = loss.item()
     if not math.isfinite(value):
         raise NonFiniteLossError(

@@ -1,7 +1,10 @@
 """DeepLab models built from one set of parts."""
 
+from .published import PUBLISHED_WEIGHTS, PublishedWeights, published_weights
 from .segmenter import Segmenter
+from .spec import ModelSpec
 from .weights import load_weights
-from .zoo import create_model, list_models, model_entry
+from .zoo import build_from_spec, create_model, list_models, model_entry, resolve_spec
 
-__all__ = ["Segmenter", "create_model", "list_models", "load_weights", "model_entry"]
+__all__ = ["PUBLISHED_WEIGHTS", "ModelSpec", "PublishedWeights", "Segmenter", "build_from_spec", "create_model",
+           "list_models", "load_weights", "model_entry", "published_weights", "resolve_spec"]

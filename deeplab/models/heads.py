@@ -12,18 +12,18 @@ from .aspp import ASPP, ASPPv2
 from .layers import ConvBNReLU, conv3x3_bn_relu
 
 
-def fc_branch(in_channels: int, rate: int, num_classes: int, hidden: int = 1024) -> nn.Sequential:
+def fc_branch(in_channels: int, rate: int, num_classes: int, hidden: int = 1024, dropout: float = 0.5) -> nn.Sequential:
     """VGG's fully connected layers made convolutional: fc6 (3x3, atrous), fc7 (1x1), fc8 classifier.
 
-    Dropout 0.5 after fc6 and fc7, as in the v1/v2 Caffe models.
+    Dropout after fc6 and fc7 (0.5 in the v1/v2 Caffe models).
     """
     return nn.Sequential(
         nn.Conv2d(in_channels, hidden, 3, padding=rate, dilation=rate),
         nn.ReLU(inplace=True),
-        nn.Dropout(0.5),
+        nn.Dropout(dropout),
         nn.Conv2d(hidden, hidden, 1),
         nn.ReLU(inplace=True),
-        nn.Dropout(0.5),
+        nn.Dropout(dropout),
         nn.Conv2d(hidden, num_classes, 1),
     )
 
@@ -31,8 +31,8 @@ def fc_branch(in_channels: int, rate: int, num_classes: int, hidden: int = 1024)
 class LargeFOVHead(nn.Sequential):
     """DeepLab v1 LargeFOV: one fc6 (3x3, rate 12, 1024) - fc7 (1x1, 1024) - fc8 branch."""
 
-    def __init__(self, in_channels: int, num_classes: int, *, rate: int = 12) -> None:
-        super().__init__(*fc_branch(in_channels, rate, num_classes))
+    def __init__(self, in_channels: int, num_classes: int, *, rate: int = 12, dropout: float = 0.5) -> None:
+        super().__init__(*fc_branch(in_channels, rate, num_classes, dropout=dropout))
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
         return super().forward(features["out"])
@@ -45,10 +45,11 @@ class DeepLabV2Head(nn.Module):
     ResNet variant (one 3x3 atrous classifier per branch).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, atrous_rates: Sequence[int], *, fc_layers: bool):
+    def __init__(self, in_channels: int, num_classes: int, atrous_rates: Sequence[int], *, fc_layers: bool,
+                 dropout: float = 0.5):
         super().__init__()
         if fc_layers:
-            branches = [fc_branch(in_channels, rate, num_classes) for rate in atrous_rates]
+            branches = [fc_branch(in_channels, rate, num_classes, dropout=dropout) for rate in atrous_rates]
         else:
             branches = [nn.Conv2d(in_channels, num_classes, 3, padding=r, dilation=r) for r in atrous_rates]
         self.aspp = ASPPv2(branches)

@@ -14,8 +14,8 @@ def upsample_to(logits: Tensor, size: tuple[int, int] | list[int]) -> Tensor:
 class Segmenter(nn.Module):
     """A DeepLab model.
 
-    ``forward(x)`` returns one logits tensor, N x num_classes x H x W, at the input's size.
-    ``forward_with_aux(x)`` also returns the auxiliary head's logits (training only).
+    ``forward(x)`` returns one logits tensor, N x num_classes x H x W, at the input's size (inference,
+    export). ``forward_train(x)`` returns everything the training loss needs, as a dict.
 
     Args:
         backbone: returns a dict of named features and declares them in ``feature_specs``.
@@ -44,11 +44,15 @@ class Segmenter(nn.Module):
         self._check_input(x)
         return upsample_to(self.head(self.backbone(x)), x.shape[-2:])
 
-    def forward_with_aux(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Main and auxiliary logits, both at the input's size (aux is None without an aux head)."""
+    def forward_train(self, x: Tensor) -> dict[str, Tensor]:
+        """Logits for the loss, all at the input's size: ``"out"`` (main) and ``"aux"`` with an aux head.
+
+        This is what a training module wrapped in DistributedDataParallel calls, so that every output
+        the loss uses is computed inside the wrapped ``forward``.
+        """
         self._check_input(x)
         features = self.backbone(x)
-        logits = upsample_to(self.head(features), x.shape[-2:])
-        if self.aux_head is None:
-            return logits, None
-        return logits, upsample_to(self.aux_head(features["aux"]), x.shape[-2:])
+        outputs = {"out": upsample_to(self.head(features), x.shape[-2:])}
+        if self.aux_head is not None:
+            outputs["aux"] = upsample_to(self.aux_head(features["aux"]), x.shape[-2:])
+        return outputs

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .complexity import count_macs, count_parameters
+from .published import PUBLISHED_WEIGHTS
 from .zoo import create_model, list_models, model_entry
 
 OUTPUT_STRIDES = (16, 8)
@@ -58,4 +59,12 @@ def format_model_table(rows: list[ModelRow], *, size: int = 513) -> str:
         lines.append(f"\nMultiply-adds of conv and linear weights at {size}x{size}, 21 classes, aux head excluded. "
                      "The papers count TensorFlow graphs (SAME padding, tf-slim ResNet, 3-conv stem), "
                      "hence higher figures for ResNet.")
+    return "\n".join(lines)
+
+
+def format_published_table() -> str:
+    """The published weights that load by name (``create_model(..., weights=NAME)``, ``--pretrained NAME``)."""
+    lines = ["| published weights | model | classes | what they are |", "|---|---|---|---|"]
+    for weights in sorted(PUBLISHED_WEIGHTS.values(), key=lambda w: w.name):
+        lines.append(f"| {weights.name} | {weights.model} | {len(weights.classes)} | {weights.description} |")
     return "\n".join(lines)

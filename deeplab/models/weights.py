@@ -7,11 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 WeightsLike = str | Path | Mapping[str, Tensor]
+
+# torchvision's DeepLabV3 models: no multi-grid, one extra 3x3 conv after ASPP, dropout 0.5, and their
+# published weights were trained at output stride 8 (rates 12/24/36).
+TORCHVISION_LAYOUT = {"head_conv": True, "multi_grid": None, "dropout": 0.5, "output_stride": 8}
 
 # torchvision DeepLabV3 -> ours. ASPP and FCNHead keys already match; only the head layout differs:
 # torchvision's classifier is flat (ASPP, conv, bn, relu, conv), ours groups conv+bn+relu.
@@ -24,23 +29,63 @@ _TORCHVISION_RENAMES = (
 )
 
 
+def _read_file(weights: WeightsLike) -> dict[str, Any]:
+    if isinstance(weights, Mapping):
+        return dict(weights)
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"{path} is not a readable weights file ({type(err).__name__}: {err})") from err
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path} does not hold a state dict (found {type(state).__name__})")
+    return dict(state)
+
+
 def read_state_dict(weights: WeightsLike) -> dict[str, Tensor]:
     """A state dict from a mapping, a ``.pt``/``.pth`` file (plain or our checkpoint), or ``.safetensors``."""
-    if isinstance(weights, Mapping):
-        state = dict(weights)
-    else:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file not found: {path}")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _read_file(weights)
     if isinstance(state.get("model"), Mapping):  # a training checkpoint
         state = dict(state["model"])
     return state
+
+
+def resolve_weights(weights: WeightsLike | None, model_name: str) -> tuple[dict[str, Tensor] | None, dict[str, Any]]:
+    """The state dict to load and the architecture arguments the weights imply for ``model_name``.
+
+    A published weights name (``"deeplabv3_resnet101.coco_voc"``) is fetched through torch.hub's cache;
+    torchvision's DeepLabV3 layout implies :data:`TORCHVISION_LAYOUT`; one of our checkpoints with a
+    model spec for the same model implies that spec's arguments.
+    """
+    if weights is None:
+        return None, {}
+    if isinstance(weights, str) and not Path(weights).exists():
+        from .published import PUBLISHED_WEIGHTS, fetch_published
+
+        if weights in PUBLISHED_WEIGHTS:
+            published = PUBLISHED_WEIGHTS[weights]
+            if published.model != model_name:
+                raise ValueError(f"published weights {weights!r} are for {published.model}, not {model_name}")
+            return resolve_weights(fetch_published(published), model_name)
+    raw = _read_file(weights)
+    spec = raw.get("model_spec")
+    state = dict(raw["model"]) if isinstance(raw.get("model"), Mapping) else raw
+    if isinstance(spec, Mapping) and spec.get("name") == model_name:
+        from .spec import ModelSpec
+
+        spec = ModelSpec.from_dict(spec)
+        return state, {**spec.builder_arguments(), "mean": spec.mean, "std": spec.std}
+    if is_torchvision_deeplab(state):
+        classifier = state.get("classifier.4.weight")
+        classes = {} if classifier is None else {"num_classes": int(classifier.shape[0])}
+        return state, {**TORCHVISION_LAYOUT, **classes}
+    return state, {}
 
 
 def is_torchvision_deeplab(state: Mapping[str, Tensor]) -> bool:

@@ -1,17 +1,29 @@
-"""One keyword-only builder per published DeepLab variant, and a name registry for the CLI."""
+"""One keyword-only constructor per published DeepLab variant, a name registry, and ``create_model``.
+
+Every way of making a model goes through :func:`create_model`: it resolves a :class:`ModelSpec` (the
+constructor's defaults, the paper's atrous rates for the output stride, what the given weights
+imply, the caller's arguments, in rising order of precedence), builds the network from the spec
+alone, attaches it as ``model.spec`` and loads the weights. The public builders
+(``deeplabv3plus_resnet101(...)`` and the rest) are thin aliases of ``create_model(name, ...)``.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 from torchvision import models as tvm
 
+from ..constants import NORMALIZATIONS, check_normalization
 from .backbones import MobileNetV2Backbone, ResNetBackbone, VGG16Backbone, XceptionBackbone
 from .heads import AuxHead, DeepLabV2Head, DeepLabV3Head, DeepLabV3PlusHead, LargeFOVHead
 from .segmenter import Segmenter
-from .weights import WeightsLike, is_torchvision_deeplab, load_backbone_weights, load_weights, read_state_dict
+from .spec import RATE_OPTIONS, ModelSpec, scaled_rates
+from .weights import WeightsLike, load_backbone_weights, load_weights, resolve_weights
 
 # ImageNet weights published by torchvision, fetched through torch.hub's download path and cache.
 IMAGENET_URLS = {
@@ -21,25 +33,53 @@ IMAGENET_URLS = {
     "mobilenetv2": tvm.MobileNet_V2_Weights.IMAGENET1K_V1.url,
 }
 
+# Arguments that say how to initialise the weights, not what the network is: never part of a spec.
+INIT_ARGUMENTS = ("weights", "pretrained_backbone")
+# Options where ``None`` is a real choice rather than "use the default".
+_NONE_IS_A_CHOICE = frozenset({"multi_grid"})
+
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """Registry row: what the CLI lists and what the model table compares against."""
+    """Registry row: how to build a model and what the CLI lists and the model table compares against.
+
+    ``paper_rates`` are the default atrous rates, chosen at output stride ``rates_stride``; they
+    scale with the output stride the model is built at.
+    """
 
     name: str
     version: str
     backbone: str
-    builder: Callable[..., Segmenter]
+    construct: Callable[..., Segmenter]
+    normalization: str = "imagenet"
+    paper_rates: tuple[int, ...] = ()
+    rates_stride: int = 16
     paper_macs: Mapping[int, float] = field(default_factory=dict)  # output stride -> GMACs at 513x513
+
+    def options(self) -> dict[str, Any]:
+        """The constructor's architecture arguments with their defaults (``mean``/``std`` included)."""
+        params = inspect.signature(self.construct).parameters
+        defaults = {k: p.default for k, p in params.items() if k not in INIT_ARGUMENTS}
+        mean, std = NORMALIZATIONS[self.normalization]
+        return {**defaults, "mean": mean, "std": std}
 
 
 _MODELS: dict[str, ModelEntry] = {}
 
 
-def _register(version: str, backbone: str, paper_macs: Mapping[int, float] | None = None):
-    def wrap(builder: Callable[..., Segmenter]) -> Callable[..., Segmenter]:
-        name = builder.__name__
-        _MODELS[name] = ModelEntry(name, version, backbone, builder, dict(paper_macs or {}))
+def _register(version: str, backbone: str, *, normalization: str = "imagenet", paper_rates: Sequence[int] = (),
+              rates_stride: int = 16, paper_macs: Mapping[int, float] | None = None):
+    def wrap(construct: Callable[..., Segmenter]) -> Callable[..., Segmenter]:
+        name = construct.__name__
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        _MODELS[name] = ModelEntry(name, version, backbone, construct, normalization, tuple(paper_rates),
+                                   rates_stride, dict(paper_macs or {}))
+
+        @functools.wraps(construct)
+        def builder(**kwargs: Any) -> Segmenter:
+            return create_model(name, **kwargs)
+
         return builder
 
     return wrap
@@ -56,19 +96,86 @@ def model_entry(name: str) -> ModelEntry:
     return _MODELS[name]
 
 
-def create_model(name: str, **kwargs) -> Segmenter:
-    """Builds a registered model by name; keyword arguments go to its typed builder."""
-    return model_entry(name).builder(**kwargs)
+def create_model(name: str, *, weights: WeightsLike | None = None, pretrained_backbone: bool | str = False,
+                 **options: Any) -> Segmenter:
+    """Builds a registered model by name.
+
+    Args:
+        name: one of :func:`list_models`.
+        weights: a state dict, a checkpoint / ``.pt`` / ``.safetensors`` path, torchvision's DeepLabV3
+            state dict, or a published weights name (see ``deeplab.models.published``). Weights that
+            imply an architecture (torchvision's head layout at output stride 8, a checkpoint's spec)
+            set the defaults; explicit ``options`` still win.
+        pretrained_backbone: True for the backbone's ImageNet weights, or a local path / URL.
+        **options: the model's architecture arguments (``num_classes``, ``output_stride``,
+            ``atrous_rates``, ...; see each builder), plus ``mean``/``std`` for the input normalisation.
+            A key the model does not take is an error that lists the ones it does.
+
+    Returns:
+        The model in training mode, with its resolved :class:`ModelSpec` as ``model.spec``.
+    """
+    state, implied = resolve_weights(weights, name)
+    spec = resolve_spec(name, options, implied)
+    model = build_from_spec(spec, pretrained_backbone=pretrained_backbone)
+    if state is not None:
+        load_weights(model, state)
+    return model
 
 
-def scaled_rates(base: Sequence[int], base_stride: int, output_stride: int) -> tuple[int, ...]:
-    """The papers couple atrous rates to the output stride: halve the stride, double the rates."""
-    return tuple(max(1, rate * base_stride // output_stride) for rate in base)
+def resolve_spec(name: str, options: Mapping[str, Any], implied: Mapping[str, Any] | None = None) -> ModelSpec:
+    """The spec of model ``name`` for the given options; ``implied`` are defaults that weights impose.
+
+    ``implied`` may hold a whole spec's arguments (a checkpoint used as initial weights); its atrous
+    rates are rescaled when ``options`` ask for another output stride.
+    """
+    entry = model_entry(name)
+    defaults = entry.options()
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        keys = ", ".join(repr(k) for k in unknown)
+        raise ValueError(f"{name} does not take {keys}; it accepts: {', '.join(defaults)} "
+                         f"(and {', '.join(INIT_ARGUMENTS)})")
+    given = {k: v for k, v in options.items() if v is not None or k in _NONE_IS_A_CHOICE}
+    implied = {k: v for k, v in (implied or {}).items() if k in defaults}
+    if "output_stride" in given and "output_stride" in implied:
+        implied = _rescale_rates(implied, given["output_stride"])
+    values = {**defaults, **implied, **given}
+    for key in RATE_OPTIONS:
+        if key in values and values[key] is None:
+            rates = scaled_rates(entry.paper_rates, entry.rates_stride, values["output_stride"])
+            values[key] = rates[0] if key == "atrous_rate" else rates
+    return _checked_spec(name, values)
 
 
-def _finish(model: Segmenter, weights: WeightsLike | None) -> Segmenter:
-    if weights is not None:
-        load_weights(model, weights)
+def _rescale_rates(arguments: Mapping[str, Any], output_stride: int) -> dict[str, Any]:
+    rest = {k: v for k, v in arguments.items() if k not in ("num_classes", "output_stride")}
+    spec = ModelSpec("", arguments.get("num_classes", 1), arguments["output_stride"], rest)
+    return {**arguments, **spec.at_output_stride(output_stride).options, "output_stride": output_stride}
+
+
+def _checked_spec(name: str, values: dict[str, Any]) -> ModelSpec:
+    num_classes, output_stride = values.pop("num_classes"), values.pop("output_stride")
+    mean, std = values.pop("mean"), values.pop("std")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if isinstance(output_stride, bool) or not isinstance(output_stride, int):
+        raise ValueError(f"output_stride must be an int (8, 16 or 32), got {output_stride!r}")
+    check_normalization(mean, std)
+    dropout = values.get("dropout")
+    if dropout is not None and not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    for key in ("atrous_rates", "multi_grid"):
+        if values.get(key) is not None:
+            if isinstance(values[key], str | bytes) or not all(isinstance(v, int) and v >= 1 for v in values[key]):
+                raise ValueError(f"{key} must be a list of positive ints, got {values[key]!r}")
+            values[key] = tuple(values[key])
+    return ModelSpec(name, num_classes, output_stride, values, tuple(mean), tuple(std))
+
+
+def build_from_spec(spec: ModelSpec, *, pretrained_backbone: bool | str = False) -> Segmenter:
+    """Builds exactly the network a spec describes (random or ImageNet-initialised weights)."""
+    model = model_entry(spec.name).construct(**spec.builder_arguments(), pretrained_backbone=pretrained_backbone)
+    model.spec = spec
     return model
 
 
@@ -97,149 +204,145 @@ def _vgg(output_stride: int, pretrained: bool | str) -> VGG16Backbone:
     return backbone
 
 
-@_register("v1", "VGG-16")
+@_register("v1", "VGG-16", paper_rates=(12,), rates_stride=8)
 def deeplabv1_vgg16(
-    *, num_classes: int = 21, output_stride: int = 8, atrous_rate: int | None = None,
-    pretrained_backbone: bool | str = False, weights: WeightsLike | None = None,
+    *, num_classes: int = 21, output_stride: int = 8, atrous_rate: int | None = None, dropout: float = 0.5,
+    pretrained_backbone: bool | str = False,
 ) -> Segmenter:
-    """DeepLab v1 LargeFOV: atrous VGG-16 (OS 8), fc6 3x3 rate 12 with 1024 channels, fc7, fc8."""
-    rate = atrous_rate or scaled_rates((12,), 8, output_stride)[0]
+    """DeepLab v1 LargeFOV: atrous VGG-16 (OS 8), fc6 3x3 rate 12 with 1024 channels, fc7, fc8.
+
+    Args:
+        atrous_rate: fc6's rate; default 12 at OS 8 (the LargeFOV row of the v1 paper), scaled with the stride.
+        dropout: after fc6 and fc7 (0.5 in the paper's Caffe model).
+    """
     backbone = _vgg(output_stride, pretrained_backbone)
-    head = LargeFOVHead(512, num_classes, rate=rate)
-    return _finish(Segmenter(backbone, head, num_classes=num_classes, output_stride=output_stride), weights)
+    head = LargeFOVHead(512, num_classes, rate=atrous_rate, dropout=dropout)
+    return Segmenter(backbone, head, num_classes=num_classes, output_stride=output_stride)
 
 
-@_register("v2", "VGG-16")
+@_register("v2", "VGG-16", paper_rates=(6, 12, 18, 24), rates_stride=8)
 def deeplabv2_vgg16(
     *, num_classes: int = 21, output_stride: int = 8, atrous_rates: Sequence[int] | None = None,
-    pretrained_backbone: bool | str = False, weights: WeightsLike | None = None,
+    dropout: float = 0.5, pretrained_backbone: bool | str = False,
 ) -> Segmenter:
     """DeepLab v2 ASPP-L on VGG-16: four fc6-fc7-fc8 branches at rates 6/12/18/24 (OS 8), summed."""
-    rates = tuple(atrous_rates) if atrous_rates else scaled_rates((6, 12, 18, 24), 8, output_stride)
     backbone = _vgg(output_stride, pretrained_backbone)
-    head = DeepLabV2Head(512, num_classes, rates, fc_layers=True)
-    return _finish(Segmenter(backbone, head, num_classes=num_classes, output_stride=output_stride), weights)
+    head = DeepLabV2Head(512, num_classes, atrous_rates, fc_layers=True, dropout=dropout)
+    return Segmenter(backbone, head, num_classes=num_classes, output_stride=output_stride)
 
 
-@_register("v2", "ResNet-101")
+@_register("v2", "ResNet-101", paper_rates=(6, 12, 18, 24), rates_stride=8)
 def deeplabv2_resnet101(
     *, num_classes: int = 21, output_stride: int = 8, atrous_rates: Sequence[int] | None = None,
-    pretrained_backbone: bool | str = False, weights: WeightsLike | None = None,
+    pretrained_backbone: bool | str = False,
 ) -> Segmenter:
     """DeepLab v2 on ResNet-101 (OS 8): four 3x3 atrous classifiers at rates 6/12/18/24, summed."""
-    rates = tuple(atrous_rates) if atrous_rates else scaled_rates((6, 12, 18, 24), 8, output_stride)
     backbone = _resnet(101, output_stride, None, pretrained_backbone)
-    head = DeepLabV2Head(2048, num_classes, rates, fc_layers=False)
-    return _finish(Segmenter(backbone, head, num_classes=num_classes, output_stride=output_stride), weights)
+    head = DeepLabV2Head(2048, num_classes, atrous_rates, fc_layers=False)
+    return Segmenter(backbone, head, num_classes=num_classes, output_stride=output_stride)
 
 
 # ---------------------------------------------------------------- v3
 
 
 def _deeplabv3_resnet(
-    depth: int, *, num_classes: int, output_stride: int, atrous_rates: Sequence[int] | None,
-    multi_grid: Sequence[int] | None, head_conv: bool, aux_loss: bool, pretrained_backbone: bool | str,
-    weights: WeightsLike | None,
+    depth: int, *, num_classes: int, output_stride: int, atrous_rates: Sequence[int],
+    multi_grid: Sequence[int] | None, head_conv: bool, dropout: float, aux_loss: bool,
+    pretrained_backbone: bool | str,
 ) -> Segmenter:
-    if weights is not None:
-        weights = read_state_dict(weights)
-        if is_torchvision_deeplab(weights):
-            # torchvision's layout: no multi-grid, one extra 3x3 conv after ASPP, dropout 0.5.
-            multi_grid, head_conv = None, True
-    rates = tuple(atrous_rates) if atrous_rates else scaled_rates((6, 12, 18), 16, output_stride)
     backbone = _resnet(depth, output_stride, multi_grid, pretrained_backbone)
-    head = DeepLabV3Head(2048, num_classes, rates, extra_conv=head_conv, dropout=0.5 if head_conv else 0.1)
-    model = Segmenter(backbone, head, _aux(backbone, num_classes, aux_loss), num_classes=num_classes,
-                      output_stride=output_stride)
-    return _finish(model, weights)
+    head = DeepLabV3Head(2048, num_classes, atrous_rates, extra_conv=head_conv, dropout=dropout)
+    return Segmenter(backbone, head, _aux(backbone, num_classes, aux_loss), num_classes=num_classes,
+                     output_stride=output_stride)
 
 
-@_register("v3", "ResNet-50")
+@_register("v3", "ResNet-50", paper_rates=(6, 12, 18))
 def deeplabv3_resnet50(
     *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] | None = None,
-    multi_grid: Sequence[int] | None = (1, 2, 4), head_conv: bool = False, aux_loss: bool = False,
-    pretrained_backbone: bool | str = False, weights: WeightsLike | None = None,
+    multi_grid: Sequence[int] | None = (1, 2, 4), head_conv: bool = False, dropout: float = 0.1,
+    aux_loss: bool = False, pretrained_backbone: bool | str = False,
 ) -> Segmenter:
     """DeepLab v3 on ResNet-50. See :func:`deeplabv3_resnet101` for the arguments."""
     return _deeplabv3_resnet(
         50, num_classes=num_classes, output_stride=output_stride, atrous_rates=atrous_rates,
-        multi_grid=multi_grid, head_conv=head_conv, aux_loss=aux_loss,
-        pretrained_backbone=pretrained_backbone, weights=weights,
+        multi_grid=multi_grid, head_conv=head_conv, dropout=dropout, aux_loss=aux_loss,
+        pretrained_backbone=pretrained_backbone,
     )
 
 
-@_register("v3", "ResNet-101", paper_macs={16: 81.02, 8: 276.18})
+@_register("v3", "ResNet-101", paper_rates=(6, 12, 18), paper_macs={16: 81.02, 8: 276.18})
 def deeplabv3_resnet101(
     *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] | None = None,
-    multi_grid: Sequence[int] | None = (1, 2, 4), head_conv: bool = False, aux_loss: bool = False,
-    pretrained_backbone: bool | str = False, weights: WeightsLike | None = None,
+    multi_grid: Sequence[int] | None = (1, 2, 4), head_conv: bool = False, dropout: float = 0.1,
+    aux_loss: bool = False, pretrained_backbone: bool | str = False,
 ) -> Segmenter:
     """DeepLab v3: dilated ResNet-101 with multi-grid block4, ASPP with image pooling, 1x1 classifier.
 
     Args:
         num_classes: output classes.
-        output_stride: 8, 16 (default, the paper's training setting) or 32.
+        output_stride: 8, 16 (default, the paper's training setting) or 32; 8 when torchvision's
+            DeepLabV3 weights are given (they were trained at 8).
         atrous_rates: ASPP rates; default (6, 12, 18) at OS 16, scaled with the output stride.
         multi_grid: block4 unit rates (1, 2, 4) as in the paper; ``None`` for torchvision's layout.
         head_conv: torchvision's extra 3x3 conv after ASPP.
-        aux_loss: add the auxiliary FCN head on stage 3 (``forward_with_aux``).
+        dropout: after the ASPP projection (0.1 as in the TF reference; torchvision uses 0.5).
+        aux_loss: add the auxiliary FCN head on stage 3 (its logits in ``forward_train``).
         pretrained_backbone: True for torchvision's ImageNet weights, or a local path / URL.
-        weights: a state dict, a path to our checkpoint, or torchvision's ``deeplabv3_resnet*``
-            state dict (which implies ``head_conv=True`` and ``multi_grid=None``).
+
+    ``weights`` (see :func:`create_model`) may be torchvision's ``deeplabv3_resnet*`` state dict, which
+    implies ``head_conv=True``, ``multi_grid=None``, ``dropout=0.5`` and output stride 8.
     """
     return _deeplabv3_resnet(
         101, num_classes=num_classes, output_stride=output_stride, atrous_rates=atrous_rates,
-        multi_grid=multi_grid, head_conv=head_conv, aux_loss=aux_loss,
-        pretrained_backbone=pretrained_backbone, weights=weights,
+        multi_grid=multi_grid, head_conv=head_conv, dropout=dropout, aux_loss=aux_loss,
+        pretrained_backbone=pretrained_backbone,
     )
 
 
 @_register("v3", "MobileNetV2", paper_macs={16: 2.75})
 def deeplabv3_mobilenetv2(
-    *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] = (),
-    pretrained_backbone: bool | str = False, weights: WeightsLike | None = None,
+    *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] = (), dropout: float = 0.1,
+    pretrained_backbone: bool | str = False,
 ) -> Segmenter:
     """DeepLab v3 on MobileNetV2 as in the TF reference: ASPP with only the 1x1 and image-pooling
     branches (pass ``atrous_rates`` to add 3x3 atrous branches)."""
     backbone = MobileNetV2Backbone(output_stride=output_stride)
     _pretrain(backbone, "mobilenetv2", pretrained_backbone)
-    head = DeepLabV3Head(320, num_classes, tuple(atrous_rates))
-    return _finish(Segmenter(backbone, head, num_classes=num_classes, output_stride=output_stride), weights)
+    head = DeepLabV3Head(320, num_classes, tuple(atrous_rates), dropout=dropout)
+    return Segmenter(backbone, head, num_classes=num_classes, output_stride=output_stride)
 
 
 # ---------------------------------------------------------------- v3+
 
 
 def _deeplabv3plus(
-    backbone: nn.Module, *, num_classes: int, output_stride: int, atrous_rates: Sequence[int] | None,
-    separable: bool, aux_loss: bool = False, weights: WeightsLike | None,
+    backbone: nn.Module, *, num_classes: int, output_stride: int, atrous_rates: Sequence[int],
+    separable: bool, dropout: float, aux_loss: bool = False,
 ) -> Segmenter:
-    rates = tuple(atrous_rates) if atrous_rates else scaled_rates((6, 12, 18), 16, output_stride)
     specs = backbone.feature_specs
-    head = DeepLabV3PlusHead(specs["out"].channels, specs["low_level"].channels, num_classes, rates,
-                             separable=separable)
-    model = Segmenter(backbone, head, _aux(backbone, num_classes, aux_loss), num_classes=num_classes,
-                      output_stride=output_stride)
-    return _finish(model, weights)
+    head = DeepLabV3PlusHead(specs["out"].channels, specs["low_level"].channels, num_classes, atrous_rates,
+                             separable=separable, dropout=dropout)
+    return Segmenter(backbone, head, _aux(backbone, num_classes, aux_loss), num_classes=num_classes,
+                     output_stride=output_stride)
 
 
-@_register("v3+", "ResNet-50")
+@_register("v3+", "ResNet-50", paper_rates=(6, 12, 18))
 def deeplabv3plus_resnet50(
     *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] | None = None,
-    multi_grid: Sequence[int] | None = (1, 2, 4), separable: bool = False, aux_loss: bool = False,
-    pretrained_backbone: bool | str = False, weights: WeightsLike | None = None,
+    multi_grid: Sequence[int] | None = (1, 2, 4), separable: bool = False, dropout: float = 0.1,
+    aux_loss: bool = False, pretrained_backbone: bool | str = False,
 ) -> Segmenter:
     """DeepLab v3+ on ResNet-50. See :func:`deeplabv3plus_resnet101` for the arguments."""
     backbone = _resnet(50, output_stride, multi_grid, pretrained_backbone)
-    return _deeplabv3plus(backbone, num_classes=num_classes, output_stride=output_stride,
-                          atrous_rates=atrous_rates, separable=separable, aux_loss=aux_loss, weights=weights)
+    return _deeplabv3plus(backbone, num_classes=num_classes, output_stride=output_stride, atrous_rates=atrous_rates,
+                          separable=separable, dropout=dropout, aux_loss=aux_loss)
 
 
-@_register("v3+", "ResNet-101", paper_macs={16: 101.28, 8: 297.92})
+@_register("v3+", "ResNet-101", paper_rates=(6, 12, 18), paper_macs={16: 101.28, 8: 297.92})
 def deeplabv3plus_resnet101(
     *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] | None = None,
-    multi_grid: Sequence[int] | None = (1, 2, 4), separable: bool = False, aux_loss: bool = False,
-    pretrained_backbone: bool | str = False, weights: WeightsLike | None = None,
+    multi_grid: Sequence[int] | None = (1, 2, 4), separable: bool = False, dropout: float = 0.1,
+    aux_loss: bool = False, pretrained_backbone: bool | str = False,
 ) -> Segmenter:
     """DeepLab v3+: the v3 encoder plus a decoder on the stride-4 feature (layer1).
 
@@ -248,8 +351,8 @@ def deeplabv3plus_resnet101(
         Others as in :func:`deeplabv3_resnet101`.
     """
     backbone = _resnet(101, output_stride, multi_grid, pretrained_backbone)
-    return _deeplabv3plus(backbone, num_classes=num_classes, output_stride=output_stride,
-                          atrous_rates=atrous_rates, separable=separable, aux_loss=aux_loss, weights=weights)
+    return _deeplabv3plus(backbone, num_classes=num_classes, output_stride=output_stride, atrous_rates=atrous_rates,
+                          separable=separable, dropout=dropout, aux_loss=aux_loss)
 
 
 def _xception(depth: int, output_stride: int, pretrained_backbone: bool | str) -> XceptionBackbone:
@@ -266,35 +369,37 @@ def _xception(depth: int, output_stride: int, pretrained_backbone: bool | str) -
         ) from err
 
 
-@_register("v3+", "Xception-65", paper_macs={16: 54.17, 8: 177.10})
+# timm's aligned Xception weights expect inputs scaled to -1..1 (mean = std = 0.5), as in the TF reference.
+@_register("v3+", "Xception-65", normalization="inception", paper_rates=(6, 12, 18),
+           paper_macs={16: 54.17, 8: 177.10})
 def deeplabv3plus_xception65(
     *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] | None = None,
-    separable: bool = True, pretrained_backbone: bool | str = False, weights: WeightsLike | None = None,
+    separable: bool = True, dropout: float = 0.1, pretrained_backbone: bool | str = False,
 ) -> Segmenter:
     """DeepLab v3+ on timm's modified aligned Xception-65, separable ASPP and decoder."""
     backbone = _xception(65, output_stride, pretrained_backbone)
-    return _deeplabv3plus(backbone, num_classes=num_classes, output_stride=output_stride,
-                          atrous_rates=atrous_rates, separable=separable, weights=weights)
+    return _deeplabv3plus(backbone, num_classes=num_classes, output_stride=output_stride, atrous_rates=atrous_rates,
+                          separable=separable, dropout=dropout)
 
 
-@_register("v3+", "Xception-71")
+@_register("v3+", "Xception-71", normalization="inception", paper_rates=(6, 12, 18))
 def deeplabv3plus_xception71(
     *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] | None = None,
-    separable: bool = True, pretrained_backbone: bool | str = False, weights: WeightsLike | None = None,
+    separable: bool = True, dropout: float = 0.1, pretrained_backbone: bool | str = False,
 ) -> Segmenter:
     """DeepLab v3+ on timm's modified aligned Xception-71, separable ASPP and decoder."""
     backbone = _xception(71, output_stride, pretrained_backbone)
-    return _deeplabv3plus(backbone, num_classes=num_classes, output_stride=output_stride,
-                          atrous_rates=atrous_rates, separable=separable, weights=weights)
+    return _deeplabv3plus(backbone, num_classes=num_classes, output_stride=output_stride, atrous_rates=atrous_rates,
+                          separable=separable, dropout=dropout)
 
 
-@_register("v3+", "MobileNetV2")
+@_register("v3+", "MobileNetV2", paper_rates=(6, 12, 18))
 def deeplabv3plus_mobilenetv2(
     *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] | None = None,
-    separable: bool = False, pretrained_backbone: bool | str = False, weights: WeightsLike | None = None,
+    separable: bool = False, dropout: float = 0.1, pretrained_backbone: bool | str = False,
 ) -> Segmenter:
     """DeepLab v3+ on MobileNetV2: full ASPP (rates 6/12/18 at OS 16) and the decoder on block 3."""
     backbone = MobileNetV2Backbone(output_stride=output_stride)
     _pretrain(backbone, "mobilenetv2", pretrained_backbone)
-    return _deeplabv3plus(backbone, num_classes=num_classes, output_stride=output_stride,
-                          atrous_rates=atrous_rates, separable=separable, weights=weights)
+    return _deeplabv3plus(backbone, num_classes=num_classes, output_stride=output_stride, atrous_rates=atrous_rates,
+                          separable=separable, dropout=dropout)

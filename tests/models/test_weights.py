@@ -18,21 +18,43 @@ def _randomise_batchnorm(model: torch.nn.Module) -> None:
                 tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
 
 
-@pytest.mark.parametrize(("name", "aux"), [("deeplabv3_resnet50", True), ("deeplabv3_resnet50", False),
-                                           ("deeplabv3_resnet101", False)])
-def test_torchvision_deeplabv3_weights_give_the_same_logits(name, aux):
+def _torchvision_model(name: str, num_classes: int, aux: bool) -> torch.nn.Module:
     torch.manual_seed(0)
     builder = getattr(torchvision.models.segmentation, name)
-    theirs = builder(weights=None, weights_backbone=None, num_classes=7, aux_loss=aux).eval()
+    theirs = builder(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=aux).eval()
     _randomise_batchnorm(theirs)
+    return theirs
+
+
+@pytest.mark.parametrize("name", ["deeplabv3_resnet50", "deeplabv3_resnet101"])
+def test_torchvision_state_dict_alone_reproduces_torchvision_logits(name):
+    """The issue's call: no output_stride, the weights imply OS 8, rates 12/24/36 and torchvision's head."""
+    theirs = _torchvision_model(name, 7, aux=False)
+    ours = create_model(name, num_classes=7, weights=theirs.state_dict()).eval()
+    assert ours.spec.output_stride == 8 and ours.spec.options["atrous_rates"] == (12, 24, 36)
+    x = torch.randn(1, 3, 71, 65)
+    with torch.no_grad():
+        assert (ours(x) - theirs(x)["out"]).abs().max() < 1e-4
+
+
+def test_explicit_output_stride_wins_over_torchvision_weights():
+    theirs = _torchvision_model("deeplabv3_resnet50", 4, aux=False)
+    ours = create_model("deeplabv3_resnet50", num_classes=4, output_stride=16, weights=theirs.state_dict())
+    assert ours.spec.output_stride == 16 and ours.spec.options["atrous_rates"] == (6, 12, 18)
+    assert ours.spec.options["head_conv"] is True and ours.spec.options["multi_grid"] is None
+
+
+@pytest.mark.parametrize(("name", "aux"), [("deeplabv3_resnet50", True), ("deeplabv3_resnet101", False)])
+def test_torchvision_deeplabv3_weights_give_the_same_logits(name, aux):
+    theirs = _torchvision_model(name, 7, aux)
     ours = create_model(name, num_classes=7, output_stride=8, aux_loss=aux, weights=theirs.state_dict()).eval()
     x = torch.randn(1, 3, 71, 65)
     with torch.no_grad():
         expected = theirs(x)
-        logits, aux_logits = ours.forward_with_aux(x)
-    assert (logits - expected["out"]).abs().max() < 1e-4
+        outputs = ours.forward_train(x)
+    assert (outputs["out"] - expected["out"]).abs().max() < 1e-4
     if aux:
-        assert (aux_logits - expected["aux"]).abs().max() < 1e-4
+        assert (outputs["aux"] - expected["aux"]).abs().max() < 1e-4
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
 
 
@@ -61,6 +83,14 @@ def test_checkpoint_files_load(tmp_path, suffix):
 def test_missing_weights_file_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.pt"):
         create_model("deeplabv3plus_mobilenetv2", weights=tmp_path / "nothing.pt")
+
+
+def test_truncated_weights_file_is_a_clear_error(tmp_path):
+    torch.save(create_model("deeplabv3plus_mobilenetv2", num_classes=2).state_dict(), tmp_path / "w.pt")
+    data = (tmp_path / "w.pt").read_bytes()
+    (tmp_path / "w.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"w.pt is not a readable weights file"):
+        create_model("deeplabv3plus_mobilenetv2", num_classes=2, weights=tmp_path / "w.pt")
 
 
 def _imagenet_mobilenetv2(path):

@@ -62,12 +62,12 @@ def test_os16_weights_load_strictly_into_os8_model(name):
     assert dense.shape == coarse.shape and not torch.equal(dense, coarse)
 
 
-def test_aux_head_has_its_own_method():
+def test_training_outputs_include_the_aux_head():
     model = create_model("deeplabv3_resnet50", num_classes=4, aux_loss=True).train()
-    logits, aux = model.forward_with_aux(torch.randn(2, 3, 65, 65))
-    assert logits.shape == aux.shape == (2, 4, 65, 65)
+    outputs = model.forward_train(torch.randn(2, 3, 65, 65))
+    assert set(outputs) == {"out", "aux"} and outputs["out"].shape == outputs["aux"].shape == (2, 4, 65, 65)
     assert model(torch.randn(2, 3, 65, 65)).shape == (2, 4, 65, 65)
-    assert create_model("deeplabv3_resnet50", num_classes=4).forward_with_aux(torch.randn(2, 3, 33, 33))[1] is None
+    assert set(create_model("deeplabv3_resnet50", num_classes=4).forward_train(torch.randn(2, 3, 33, 33))) == {"out"}
 
 
 def test_atrous_rates_follow_output_stride():

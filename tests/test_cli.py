@@ -1,0 +1,47 @@
+"""The command line's own behaviour: plain messages, each said once."""
+
+import warnings
+
+import numpy as np
+from PIL import Image
+
+from deeplab.cli import main
+from deeplab.config import Config
+from deeplab.engine.checkpoint import save_checkpoint
+from deeplab.models import create_model
+
+
+def test_predict_reports_each_skipped_input_once_without_python_locations(tmp_path, capsys):
+    model = create_model("deeplabv3plus_mobilenetv2", num_classes=2)
+    save_checkpoint(tmp_path / "ck.pt", model=model, optimizer=None, step=1, best_miou=0.0, config=Config(),
+                    classes=["a", "b"], palette=[(0, 0, 0), (255, 0, 0)])
+    Image.fromarray(np.zeros((33, 33, 3), np.uint8)).save(tmp_path / "good.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        code = main(["predict", "--checkpoint", str(tmp_path / "ck.pt"), str(tmp_path / "good.png"),
+                     str(tmp_path / "broken.jpg"), str(tmp_path / "missing.png"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    for name in ("broken.jpg", "missing.png"):
+        assert len([line for line in err.splitlines() if name in line]) == 1, err
+    assert ".py:" not in err and "Warning" not in err
+
+
+def test_library_warnings_print_as_one_plain_line(tmp_path, capsys):
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(root / "images" / f"s{i}.png")
+        Image.fromarray(np.full((20, 20), i % 2, np.uint8)).save(root / "masks" / f"s{i}.png")
+    (root / "images" / "lonely.png").write_bytes((root / "images" / "s0.png").read_bytes())
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("s0\ns1\nlonely\n")
+    (root / "splits" / "val.txt").write_text("s2\n")
+    code = main(["train", "--set", "data.name=folder", f"data.root={root}", "data.skip_bad=true",
+                 "data.crop_size=17", "data.num_workers=0", "train.batch_size=2", "train.iterations=1",
+                 "train.progress=false", f"train.run_dir={tmp_path / 'run'}", "data.num_classes=2"])
+    err = capsys.readouterr().err
+    assert "warning: " in err and "lonely" in err and ".py:" not in err, err
+    assert code == 0, err
