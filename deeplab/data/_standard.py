@@ -24,12 +24,20 @@ def check_split(split: str, valid: Sequence[str], dataset: str) -> str:
     return split
 
 
-def require(path: Path, prepare_name: str, root: Path, what: str = "") -> Path:
-    """Returns ``path`` if it exists, else raises an error naming it and the prepare command."""
+def require(path: Path, prepare_name: str, root: Path, what: str = "", hint: str = "") -> Path:
+    """Returns ``path`` if it exists, else raises an error naming it and the prepare command.
+
+    Args:
+        path: the file or folder that must exist.
+        prepare_name: the dataset name for ``deeplab data prepare``.
+        root: the ``--root`` to suggest to ``deeplab data prepare``.
+        what: how to call ``path`` in the message (default: its name).
+        hint: an extra sentence, e.g. which other roots would have been accepted.
+    """
     if not path.exists():
         label = what or path.name
         raise DatasetNotFoundError(
-            f"{label} not found: expected {path}. "
+            f"{label} not found: expected {path}. {hint + ' ' if hint else ''}"
             f"Run `deeplab data prepare {prepare_name} --root {root}` to download and lay it out "
             "(see docs/datasets.md)."
         )

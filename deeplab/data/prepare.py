@@ -14,11 +14,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from deeplab.data._standard import DatasetNotFoundError
+from deeplab.data.ade20k import ADE20K_DIR, locate_ade20k
 from deeplab.data.base import SegmentationDataset
-from deeplab.data.cityscapes import CityscapesSegmentation
+from deeplab.data.cityscapes import CityscapesSegmentation, locate_cityscapes
 from deeplab.data.download import ChecksumError, extract, file_digest
 from deeplab.data.download import download as download_file
-from deeplab.data.voc import SBD_SUBDIR, VOC_SUBDIR, prepare_voc_aug
+from deeplab.data.voc import SBD_SUBDIR, locate_voc, prepare_voc_aug
 
 # Oxford's mirror of the VOC host (host.robots.ox.ac.uk); torchvision downloads from it too.
 VOC_URL = "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
@@ -39,7 +40,9 @@ def prepare(name: str, root: Path, *, download: bool = True) -> str:
     Args:
         name: ``"voc"``, ``"voc_aug"``, ``"ade20k"`` or ``"cityscapes"`` (instructions only: it
             needs a login).
-        root: dataset folder; archives are kept in it.
+        root: dataset folder; archives are kept in it. For ``voc``/``voc_aug`` it may also be the
+            ``VOCdevkit`` or ``VOC2012`` folder, for ``ade20k`` the ``ADEChallengeData2016`` folder:
+            the folder above is then used.
         download: if false, only archives already in ``root`` are used.
 
     Returns:
@@ -54,13 +57,17 @@ def prepare(name: str, root: Path, *, download: bool = True) -> str:
     if name not in steps:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(steps)}")
     root = Path(root)
+    if name in ("voc", "voc_aug"):
+        root = locate_voc(root)[0]
+    elif name == "ade20k":
+        root = locate_ade20k(root)[0]
     if name != "cityscapes":
         root.mkdir(parents=True, exist_ok=True)
     return steps[name](root, download)
 
 
 def _prepare_voc(root: Path, download: bool) -> str:
-    marker = root / VOC_SUBDIR / "ImageSets" / "Segmentation" / "val.txt"
+    marker = locate_voc(root)[1] / "ImageSets" / "Segmentation" / "val.txt"
     return _fetch_and_extract(VOC_URL, VOC_MD5, root, marker, "PASCAL VOC 2012", download)
 
 
@@ -76,7 +83,7 @@ def _prepare_voc_aug(root: Path, download: bool) -> str:
 
 
 def _prepare_ade20k(root: Path, download: bool) -> str:
-    marker = root / "ADEChallengeData2016" / "annotations" / "validation"
+    marker = root / ADE20K_DIR / "annotations" / "validation"
     return _fetch_and_extract(ADE20K_URL, ADE20K_MD5, root, marker, "ADE20K", download)
 
 
@@ -102,7 +109,7 @@ def _fetch_and_extract(url: str, md5: str, root: Path, marker: Path, label: str,
 
 def cityscapes_instructions(root: Path) -> str:
     """What to download for Cityscapes (it needs a login), where to unpack it, and the layout found."""
-    root = Path(root)
+    root = locate_cityscapes(root)
     lines = [
         "Cityscapes requires a (free) account, so it is not downloaded automatically.",
         f"1. Log in at {CITYSCAPES_URL} and download these two archives:",
