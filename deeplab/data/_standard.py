@@ -100,3 +100,10 @@ class PathListDataset(SegmentationDataset):
     def files(self, index: int) -> tuple[Path, Path]:
         """The image and mask paths of sample ``index``."""
         return self.images[index], self.masks[index]
+
+    def drop(self, indices: Sequence[int]) -> None:
+        """Removes samples ``indices`` (e.g. the bad files found by ``deeplab.data.verify``)."""
+        gone = set(indices)
+        keep = [i for i in range(len(self.images)) if i not in gone]
+        self.images = [self.images[i] for i in keep]
+        self.masks = [self.masks[i] for i in keep]

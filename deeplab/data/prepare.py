@@ -9,16 +9,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from PIL import Image
-from tqdm import tqdm
-
 from deeplab.data._standard import DatasetNotFoundError
 from deeplab.data.ade20k import ADE20K_DIR, locate_ade20k
 from deeplab.data.base import SegmentationDataset
 from deeplab.data.cityscapes import CityscapesSegmentation, locate_cityscapes
 from deeplab.data.download import ChecksumError, extract, file_digest
 from deeplab.data.download import download as download_file
+from deeplab.data.verify import Problem, verify_dataset
 from deeplab.data.voc import SBD_SUBDIR, locate_voc, prepare_voc_aug
 
 # Oxford's mirror of the VOC host (host.robots.ox.ac.uk); torchvision downloads from it too.
@@ -133,15 +130,6 @@ def cityscapes_instructions(root: Path) -> str:
 
 
 @dataclass
-class Problem:
-    """One bad sample found by :func:`check`."""
-
-    sample: str
-    kind: str  # "unreadable", "size mismatch" or "out of range"
-    detail: str
-
-
-@dataclass
 class CheckReport:
     """What :func:`check` found in one split of a dataset."""
 
@@ -154,66 +142,17 @@ class CheckReport:
 
 
 def check(dataset: SegmentationDataset, *, split: str | None = None, progress: bool = False) -> CheckReport:
-    """Reads every sample of ``dataset`` and collects the class pixel histogram and every bad file.
+    """Decodes every sample of ``dataset`` and collects the class pixel histogram and every bad file.
 
-    A sample is bad if a file cannot be decoded, if image and mask sizes differ, or if the mask
-    holds values that are neither a class id nor ``ignore_index``.
+    A sample is bad if a file is missing or cannot be decoded completely, if its mask is not a
+    single-channel index image, if image and mask sizes differ, or if the mask holds values that are
+    neither a class id nor ``ignore_index``. The decoding is :func:`deeplab.data.verify.verify_dataset`:
+    parallel, and cached per file, so a second check of unchanged files decodes nothing.
     """
     split = split if split is not None else str(getattr(dataset, "split", ""))
-    counts = torch.zeros(256, dtype=torch.int64)
-    report = CheckReport(split, len(dataset), tuple(dataset.classes), [], 0)
-    for index in tqdm(range(len(dataset)), desc=f"check {split}", disable=not progress):
-        problem = _check_sample(dataset, index, counts)
-        if problem is not None:
-            report.problems.append(problem)
-    report.class_pixels = counts[: dataset.num_classes].tolist()
-    report.ignored_pixels = int(counts[dataset.ignore_index])
-    return report
-
-
-def _check_sample(dataset: SegmentationDataset, index: int, counts: torch.Tensor) -> Problem | None:
-    sample = dataset.name(index)
-    try:
-        image, mask = dataset.load(index)
-    except Exception as err:  # any decoding failure is a finding, not a crash
-        # PIL's messages often repeat the absolute path, which the file column already shows.
-        reason = f"{type(err).__name__}: {err}" if str(err) and "/" not in str(err) else type(err).__name__
-        return Problem(sample, "unreadable", f"{_bad_file(dataset, index)}{reason}")
-    if tuple(image.shape[-2:]) != tuple(mask.shape[-2:]):
-        size = f"image {tuple(image.shape[-2:])} vs mask {tuple(mask.shape[-2:])}"
-        return Problem(sample, "size mismatch", f"{_files(dataset, index)}{size}")
-    histogram = torch.bincount(mask.flatten().long(), minlength=256)
-    counts += histogram
-    valid = torch.zeros(256, dtype=torch.bool)
-    valid[: dataset.num_classes] = True
-    valid[dataset.ignore_index] = True
-    stray = torch.nonzero((histogram > 0) & ~valid).flatten().tolist()
-    if stray:
-        return Problem(sample, "out of range", f"{_files(dataset, index)}values {stray}")
-    return None
-
-
-def _files(dataset: SegmentationDataset, index: int) -> str:
-    files = getattr(dataset, "files", None)
-    return "" if files is None else " + ".join(_short(dataset, p) for p in files(index)) + ": "
-
-
-def _short(dataset: SegmentationDataset, path: Path) -> str:
-    """``path`` relative to the dataset root when it lies inside it (keeps the report table narrow)."""
-    root = getattr(dataset, "root", None)
-    return str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
-
-
-def _bad_file(dataset: SegmentationDataset, index: int) -> str:
-    """The first of the sample's files that PIL cannot decode, else all its files."""
-    files = getattr(dataset, "files", None)
-    for path in files(index) if files is not None else ():
-        try:
-            with Image.open(path) as image:
-                image.load()
-        except Exception:
-            return f"{_short(dataset, Path(path))}: "
-    return _files(dataset, index)
+    verified = verify_dataset(dataset, progress=progress, desc=f"check {split}")
+    return CheckReport(split, len(dataset), tuple(dataset.classes), verified.pixels[: dataset.num_classes].tolist(),
+                       int(verified.pixels[dataset.ignore_index]), verified.problems)
 
 
 def format_check_report(reports: CheckReport | Sequence[CheckReport]) -> str:
