@@ -50,7 +50,8 @@ class DataConfig:
     num_classes: int | None = None  # folder datasets without classes.txt
     ignore_index: int = 255
     val_ratio: float = 0.2  # folder datasets without splits/
-    skip_bad: bool = False  # folder datasets: skip bad pairs with a warning instead of failing
+    skip_bad: bool = False  # skip bad pairs with a warning instead of failing
+    verify: bool = True  # standard datasets: decode every file of both splits at start (cached per file)
     image_size: int = 128  # demo dataset
     num_images: int | None = None  # demo dataset: images per split (None: its defaults)
     num_workers: int = 2

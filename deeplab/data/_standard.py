@@ -24,12 +24,20 @@ def check_split(split: str, valid: Sequence[str], dataset: str) -> str:
     return split
 
 
-def require(path: Path, prepare_name: str, root: Path, what: str = "") -> Path:
-    """Returns ``path`` if it exists, else raises an error naming it and the prepare command."""
+def require(path: Path, prepare_name: str, root: Path, what: str = "", hint: str = "") -> Path:
+    """Returns ``path`` if it exists, else raises an error naming it and the prepare command.
+
+    Args:
+        path: the file or folder that must exist.
+        prepare_name: the dataset name for ``deeplab data prepare``.
+        root: the ``--root`` to suggest to ``deeplab data prepare``.
+        what: how to call ``path`` in the message (default: its name).
+        hint: an extra sentence, e.g. which other roots would have been accepted.
+    """
     if not path.exists():
         label = what or path.name
         raise DatasetNotFoundError(
-            f"{label} not found: expected {path}. "
+            f"{label} not found: expected {path}. {hint + ' ' if hint else ''}"
             f"Run `deeplab data prepare {prepare_name} --root {root}` to download and lay it out "
             "(see docs/datasets.md)."
         )
@@ -92,3 +100,10 @@ class PathListDataset(SegmentationDataset):
     def files(self, index: int) -> tuple[Path, Path]:
         """The image and mask paths of sample ``index``."""
         return self.images[index], self.masks[index]
+
+    def drop(self, indices: Sequence[int]) -> None:
+        """Removes samples ``indices`` (e.g. the bad files found by ``deeplab.data.verify``)."""
+        gone = set(indices)
+        keep = [i for i in range(len(self.images)) if i not in gone]
+        self.images = [self.images[i] for i in keep]
+        self.masks = [self.masks[i] for i in keep]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
@@ -25,6 +26,8 @@ class SegmentationDataset(Dataset):
     classes: Sequence[str] = ()
     palette: Sequence[tuple[int, int, int]] = ()
     ignore_index: int = IGNORE_INDEX
+    mask_modes: tuple[str, ...] = ("L", "P")  # the PIL modes a mask file may have (checked by data.verify)
+    upright_images: bool = False  # True: images are turned by their EXIF orientation when loaded
 
     def __init__(self, transforms: PairTransform | None = None) -> None:
         self.transforms = transforms
@@ -39,6 +42,10 @@ class SegmentationDataset(Dataset):
     def name(self, index: int) -> str:
         """A stable, file-name-safe identifier of sample ``index`` (e.g. the image's stem)."""
         raise NotImplementedError
+
+    def files(self, index: int) -> tuple[Path, Path] | None:
+        """The image and mask files of sample ``index``, or ``None`` if samples are not files (generated)."""
+        return None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load(index)

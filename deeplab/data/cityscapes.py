@@ -5,6 +5,9 @@ there)::
 
     leftImg8bit/{train,val,test}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
     gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
+
+``root`` may also name ``leftImg8bit`` or ``gtFine`` itself, or a folder with exactly one subfolder
+that holds both (:func:`locate_cityscapes`).
 """
 
 from __future__ import annotations
@@ -41,11 +44,39 @@ def label_id_to_train_id() -> np.ndarray:
     return lut
 
 
+_TOP_DIRS = ("leftImg8bit", "gtFine")
+
+
+def _holds_cityscapes(folder: Path) -> bool:
+    return all((folder / name).is_dir() for name in _TOP_DIRS)
+
+
+def locate_cityscapes(root: str | Path) -> Path:
+    """The folder holding ``leftImg8bit`` and ``gtFine`` for a ``root`` that is that folder, one of
+    those two folders, or a folder with exactly one subfolder holding both. Where nothing is found,
+    ``root`` itself (the loader then names the missing folder).
+
+    Raises:
+        ValueError: several subfolders of ``root`` hold a Cityscapes layout (which one is meant?).
+    """
+    root = Path(root)
+    if _holds_cityscapes(root):
+        return root
+    if root.name in _TOP_DIRS and _holds_cityscapes(root.parent):
+        return root.parent
+    children = [c for c in sorted(root.iterdir()) if c.is_dir() and _holds_cityscapes(c)] if root.is_dir() else []
+    if len(children) > 1:
+        raise ValueError(f"{root} holds several Cityscapes folders ({', '.join(c.name for c in children)}): "
+                         "set data.root to the one to use")
+    return children[0] if children else root
+
+
 class CityscapesSegmentation(PathListDataset):
     """Cityscapes fine: 2,975 train, 500 val, 1,525 test images (test labels are not public), 19 classes.
 
     Args:
-        root: folder holding ``leftImg8bit`` and ``gtFine``.
+        root: folder holding ``leftImg8bit`` and ``gtFine`` (or see :func:`locate_cityscapes`);
+            ``self.root`` becomes that folder.
         split: ``"train"``, ``"val"`` or ``"test"``.
         transforms: paired transform applied by ``__getitem__``.
     """
@@ -56,6 +87,7 @@ class CityscapesSegmentation(PathListDataset):
 
     def __init__(self, root: str | Path, split: str, *, transforms: PairTransform | None = None) -> None:
         super().__init__(root, check_split(split, self.splits, "cityscapes"), transforms)
+        self.root = locate_cityscapes(self.root)
         image_dir = require(self.root / "leftImg8bit" / split, "cityscapes", self.root)
         label_dir = require(self.root / "gtFine" / split, "cityscapes", self.root)
         self.images = sorted(image_dir.glob(f"*/*{_IMAGE_SUFFIX}"))

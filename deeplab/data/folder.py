@@ -14,42 +14,30 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import Image
 from torchvision import tv_tensors
 
 from ..constants import IGNORE_INDEX
 from ..imageio import read_image
 from ..palettes import default_palette
 from .base import PairTransform, SegmentationDataset
+from .verify import DatasetError, FileFacts, SampleRules, VerdictCache, inspect_files, label_problems, pair_problems
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_MODES = ("L", "P", "1")
 SPLITS = ("train", "val")
 
 Colour = tuple[int, int, int]
-# EXIF orientations 5-8 are the transposed ones: the displayed image swaps width and height.
-_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
 _HEX_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
-_READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 class MaskModeError(ValueError):
     """A mask that is not a single-channel index image (e.g. an RGB colour mask)."""
-
-
-class DatasetError(ValueError):
-    """A dataset folder with problems; ``problems`` lists every one, the message shows them all."""
-
-    def __init__(self, where: str, problems: Iterable[str]) -> None:
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {problem}" for problem in self.problems)
-        super().__init__(f"{where}: {len(self.problems)} problem(s):\n{lines}")
 
 
 @dataclass
@@ -60,7 +48,10 @@ class _Pair:
     image: Path | None
     mask: Path | None
     problems: list[str] = field(default_factory=list)
-    labels: np.ndarray | None = None  # the distinct mask values
+
+    @property
+    def complete(self) -> bool:
+        return self.image is not None and self.mask is not None
 
 
 def parse_classes_file(path: str | Path) -> tuple[list[str], list[Colour]]:
@@ -147,19 +138,6 @@ class _Listing:
         return cls(files, others, {stem: paths for stem, paths in accepted.items() if len(paths) > 1})
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) as displayed, i.e. after EXIF orientation, read from the header only."""
-    with Image.open(path) as image:
-        width, height = image.size
-        # PNG keeps EXIF in a chunk that may follow the pixels: only read what the header gave.
-        raw = image.info.get("exif") if image.format == "PNG" else None
-        exif = image.getexif() if image.format != "PNG" else Image.Exif()
-        if raw:
-            exif.load(raw)
-        orientation = exif.get(ExifTags.Base.Orientation, 1)
-    return (height, width) if orientation in _TRANSPOSED_ORIENTATIONS else (width, height)
-
-
 def read_mask(path: str | Path) -> np.ndarray:
     """Read an index-PNG mask as a uint8 ``H x W`` array of class ids (palette index for mode P).
 
@@ -178,11 +156,13 @@ def read_mask(path: str | Path) -> np.ndarray:
 class FolderDataset(SegmentationDataset):
     """A folder of images and index-PNG masks matched by file stem (layout in the module docstring).
 
-    At construction the whole split is checked: every image has a mask and vice versa, sizes agree
-    (after EXIF orientation), files open, mask values are class ids or ``ignore_index``, and split
-    files name existing stems. All problems are raised together in one ``DatasetError``, or, with
-    ``skip_bad=True``, the bad pairs are skipped with one warning each. Image sizes come from file
-    headers; each mask is decoded once.
+    At construction the whole split is checked: every image has a mask and vice versa, every file
+    decodes completely (a truncated JPEG or PNG is caught here, not mid-training), sizes agree (after
+    EXIF orientation), mask values are class ids or ``ignore_index``, and split files name existing
+    stems. All problems are raised together in one ``DatasetError``, or, with ``skip_bad=True``, the
+    bad pairs are skipped with one warning each. The decoding is :mod:`deeplab.data.verify`'s:
+    parallel, with a progress bar, and cached per file (path + size + mtime), so constructing the
+    dataset again over unchanged files decodes nothing.
 
     Classes come from ``root/classes.txt`` if present (its line count must then equal
     ``num_classes`` when that is given); else from ``num_classes``; else ``num_classes`` is inferred
@@ -195,6 +175,9 @@ class FolderDataset(SegmentationDataset):
 
     Masks must align with the image as displayed, i.e. after applying its EXIF orientation.
     """
+
+    mask_modes = MASK_MODES
+    upright_images = True
 
     def __init__(
         self,
@@ -229,6 +212,10 @@ class FolderDataset(SegmentationDataset):
     def name(self, index: int) -> str:
         return self.stems[index]
 
+    def files(self, index: int) -> tuple[Path, Path]:
+        """The image and mask paths of sample ``index``."""
+        return self.image_paths[index], self.mask_paths[index]
+
     def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         image = read_image(self.image_paths[index])
         mask = torch.from_numpy(read_mask(self.mask_paths[index]))
@@ -252,13 +239,35 @@ class FolderDataset(SegmentationDataset):
         )
         fatal += split_problems
         pairs = [self._pair(stem, images, masks) for stem in stems]
-        for pair in pairs:
-            self._inspect(pair)
-        if not self.classes:
-            self._infer_classes([*pairs, *self._other_pairs(images, masks, set(stems))])
-        for pair in pairs:
-            self._check_labels(pair)
+        others = [] if self.classes else self._other_pairs(images, masks, set(stems))
+        self._judge(pairs, others)
         return self._collect(fatal, pairs, skip_bad)
+
+    def _judge(self, pairs: list[_Pair], others: list[_Pair]) -> None:
+        """Decode every file of the complete pairs (in parallel, cached) and record each pair's problems.
+
+        ``others`` (pairs outside the split) only serve to infer the classes when they are not given.
+        """
+        complete = [pair for pair in [*pairs, *others] if pair.complete]
+        facts = inspect_files(
+            (path for pair in complete for path in (pair.image, pair.mask)),
+            cache=VerdictCache.for_root(self.root), desc=f"verify {self.root.name} ({self.split})",
+        )
+        rules = SampleRules(mask_modes=MASK_MODES, upright=True, ignore_index=self.ignore_index)
+        for pair in pairs:
+            if pair.complete:
+                image, mask = self._named(pair.image, facts), self._named(pair.mask, facts)
+                pair.problems += [str(problem) for problem in pair_problems(pair.stem, image, mask, rules)]
+        if not self.classes:
+            usable = (facts[pair.mask] for pair in complete)
+            self._infer_classes([f for f in usable if f.error is None and f.mode in MASK_MODES])
+        rules = SampleRules(num_classes=len(self.classes), ignore_index=self.ignore_index)
+        for pair in pairs:
+            if pair.complete:
+                pair.problems += [str(p) for p in label_problems(pair.stem, self._named(pair.mask, facts), rules)]
+
+    def _named(self, path: Path, facts: dict[Path, FileFacts]) -> tuple[str, FileFacts]:
+        return self._rel(path), facts[path]
 
     @property
     def _where(self) -> str:
@@ -291,13 +300,12 @@ class FolderDataset(SegmentationDataset):
         self.classes, self.palette = tuple(names), palette
         return problems
 
-    def _infer_classes(self, pairs: list[_Pair]) -> None:
+    def _infer_classes(self, masks: list[FileFacts]) -> None:
         """``num_classes`` = largest label (not ``ignore_index``) in the given masks + 1."""
         largest = 0
-        for pair in pairs:
-            if pair.labels is not None:
-                valid = pair.labels[pair.labels != self.ignore_index]
-                largest = max(largest, int(valid.max()) if valid.size else 0)
+        for mask in masks:
+            valid = [value for value in mask.values if value != self.ignore_index]
+            largest = max([largest, *valid])
         self.classes = tuple(f"class_{i}" for i in range(largest + 1))
         self.palette = default_palette(largest + 1)
         if largest == 0:
@@ -351,50 +359,11 @@ class FolderDataset(SegmentationDataset):
 
     def _other_pairs(self, images: _Listing, masks: _Listing, seen: set[str]) -> list[_Pair]:
         """Complete pairs outside this split, inspected only to infer the number of classes."""
-        others = [
+        return [
             _Pair(s, images.files[s], masks.files[s])
             for s in sorted(images.files.keys() & masks.files.keys())
             if s not in seen
         ]
-        for pair in others:
-            self._inspect(pair)
-        return others
-
-    def _inspect(self, pair: _Pair) -> None:
-        """Read the image header and the mask; record sizes, readability and the mask's label values."""
-        if pair.image is None or pair.mask is None:
-            return
-        try:
-            image_size = _image_size(pair.image)
-        except _READ_ERRORS as err:
-            pair.problems.append(f"{self._rel(pair.image)}: unreadable image ({err})")
-            image_size = None
-        try:
-            mask = read_mask(pair.mask)
-        except MaskModeError as err:
-            pair.problems.append(f"{self._rel(pair.mask)}: {err}")
-            return
-        except _READ_ERRORS as err:
-            pair.problems.append(f"{self._rel(pair.mask)}: unreadable mask ({err})")
-            return
-        mask_size = (mask.shape[1], mask.shape[0])
-        if image_size is not None and image_size != mask_size:
-            pair.problems.append(
-                f"size mismatch: {self._rel(pair.image)} is {image_size[0]}x{image_size[1]} (W x H) "
-                f"but {self._rel(pair.mask)} is {mask_size[0]}x{mask_size[1]}"
-            )
-        pair.labels = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
-
-    def _check_labels(self, pair: _Pair) -> None:
-        if pair.labels is None:
-            return
-        valid = (pair.labels < len(self.classes)) | (pair.labels == self.ignore_index)
-        if not valid.all():
-            bad = ", ".join(str(v) for v in pair.labels[~valid])
-            pair.problems.append(
-                f"{self._rel(pair.mask)}: label values {bad} are neither class ids "
-                f"(0..{len(self.classes) - 1}) nor ignore_index {self.ignore_index}"
-            )
 
     def _collect(self, fatal: list[str], pairs: list[_Pair], skip_bad: bool) -> list[_Pair]:
         """Raise for fatal problems (or bad pairs without ``skip_bad``); else warn and drop bad pairs."""

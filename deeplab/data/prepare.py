@@ -9,16 +9,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from PIL import Image
-from tqdm import tqdm
-
 from deeplab.data._standard import DatasetNotFoundError
+from deeplab.data.ade20k import ADE20K_DIR, locate_ade20k
 from deeplab.data.base import SegmentationDataset
-from deeplab.data.cityscapes import CityscapesSegmentation
+from deeplab.data.cityscapes import CityscapesSegmentation, locate_cityscapes
 from deeplab.data.download import ChecksumError, extract, file_digest
 from deeplab.data.download import download as download_file
-from deeplab.data.voc import SBD_SUBDIR, VOC_SUBDIR, prepare_voc_aug
+from deeplab.data.verify import Problem, verify_dataset
+from deeplab.data.voc import SBD_SUBDIR, locate_voc, prepare_voc_aug
 
 # Oxford's mirror of the VOC host (host.robots.ox.ac.uk); torchvision downloads from it too.
 VOC_URL = "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
@@ -39,7 +37,9 @@ def prepare(name: str, root: Path, *, download: bool = True) -> str:
     Args:
         name: ``"voc"``, ``"voc_aug"``, ``"ade20k"`` or ``"cityscapes"`` (instructions only: it
             needs a login).
-        root: dataset folder; archives are kept in it.
+        root: dataset folder; archives are kept in it. For ``voc``/``voc_aug`` it may also be the
+            ``VOCdevkit`` or ``VOC2012`` folder, for ``ade20k`` the ``ADEChallengeData2016`` folder:
+            the folder above is then used.
         download: if false, only archives already in ``root`` are used.
 
     Returns:
@@ -54,13 +54,17 @@ def prepare(name: str, root: Path, *, download: bool = True) -> str:
     if name not in steps:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(steps)}")
     root = Path(root)
+    if name in ("voc", "voc_aug"):
+        root = locate_voc(root)[0]
+    elif name == "ade20k":
+        root = locate_ade20k(root)[0]
     if name != "cityscapes":
         root.mkdir(parents=True, exist_ok=True)
     return steps[name](root, download)
 
 
 def _prepare_voc(root: Path, download: bool) -> str:
-    marker = root / VOC_SUBDIR / "ImageSets" / "Segmentation" / "val.txt"
+    marker = locate_voc(root)[1] / "ImageSets" / "Segmentation" / "val.txt"
     return _fetch_and_extract(VOC_URL, VOC_MD5, root, marker, "PASCAL VOC 2012", download)
 
 
@@ -76,7 +80,7 @@ def _prepare_voc_aug(root: Path, download: bool) -> str:
 
 
 def _prepare_ade20k(root: Path, download: bool) -> str:
-    marker = root / "ADEChallengeData2016" / "annotations" / "validation"
+    marker = root / ADE20K_DIR / "annotations" / "validation"
     return _fetch_and_extract(ADE20K_URL, ADE20K_MD5, root, marker, "ADE20K", download)
 
 
@@ -102,7 +106,7 @@ def _fetch_and_extract(url: str, md5: str, root: Path, marker: Path, label: str,
 
 def cityscapes_instructions(root: Path) -> str:
     """What to download for Cityscapes (it needs a login), where to unpack it, and the layout found."""
-    root = Path(root)
+    root = locate_cityscapes(root)
     lines = [
         "Cityscapes requires a (free) account, so it is not downloaded automatically.",
         f"1. Log in at {CITYSCAPES_URL} and download these two archives:",
@@ -126,15 +130,6 @@ def cityscapes_instructions(root: Path) -> str:
 
 
 @dataclass
-class Problem:
-    """One bad sample found by :func:`check`."""
-
-    sample: str
-    kind: str  # "unreadable", "size mismatch" or "out of range"
-    detail: str
-
-
-@dataclass
 class CheckReport:
     """What :func:`check` found in one split of a dataset."""
 
@@ -147,66 +142,17 @@ class CheckReport:
 
 
 def check(dataset: SegmentationDataset, *, split: str | None = None, progress: bool = False) -> CheckReport:
-    """Reads every sample of ``dataset`` and collects the class pixel histogram and every bad file.
+    """Decodes every sample of ``dataset`` and collects the class pixel histogram and every bad file.
 
-    A sample is bad if a file cannot be decoded, if image and mask sizes differ, or if the mask
-    holds values that are neither a class id nor ``ignore_index``.
+    A sample is bad if a file is missing or cannot be decoded completely, if its mask is not a
+    single-channel index image, if image and mask sizes differ, or if the mask holds values that are
+    neither a class id nor ``ignore_index``. The decoding is :func:`deeplab.data.verify.verify_dataset`:
+    parallel, and cached per file, so a second check of unchanged files decodes nothing.
     """
     split = split if split is not None else str(getattr(dataset, "split", ""))
-    counts = torch.zeros(256, dtype=torch.int64)
-    report = CheckReport(split, len(dataset), tuple(dataset.classes), [], 0)
-    for index in tqdm(range(len(dataset)), desc=f"check {split}", disable=not progress):
-        problem = _check_sample(dataset, index, counts)
-        if problem is not None:
-            report.problems.append(problem)
-    report.class_pixels = counts[: dataset.num_classes].tolist()
-    report.ignored_pixels = int(counts[dataset.ignore_index])
-    return report
-
-
-def _check_sample(dataset: SegmentationDataset, index: int, counts: torch.Tensor) -> Problem | None:
-    sample = dataset.name(index)
-    try:
-        image, mask = dataset.load(index)
-    except Exception as err:  # any decoding failure is a finding, not a crash
-        # PIL's messages often repeat the absolute path, which the file column already shows.
-        reason = f"{type(err).__name__}: {err}" if str(err) and "/" not in str(err) else type(err).__name__
-        return Problem(sample, "unreadable", f"{_bad_file(dataset, index)}{reason}")
-    if tuple(image.shape[-2:]) != tuple(mask.shape[-2:]):
-        size = f"image {tuple(image.shape[-2:])} vs mask {tuple(mask.shape[-2:])}"
-        return Problem(sample, "size mismatch", f"{_files(dataset, index)}{size}")
-    histogram = torch.bincount(mask.flatten().long(), minlength=256)
-    counts += histogram
-    valid = torch.zeros(256, dtype=torch.bool)
-    valid[: dataset.num_classes] = True
-    valid[dataset.ignore_index] = True
-    stray = torch.nonzero((histogram > 0) & ~valid).flatten().tolist()
-    if stray:
-        return Problem(sample, "out of range", f"{_files(dataset, index)}values {stray}")
-    return None
-
-
-def _files(dataset: SegmentationDataset, index: int) -> str:
-    files = getattr(dataset, "files", None)
-    return "" if files is None else " + ".join(_short(dataset, p) for p in files(index)) + ": "
-
-
-def _short(dataset: SegmentationDataset, path: Path) -> str:
-    """``path`` relative to the dataset root when it lies inside it (keeps the report table narrow)."""
-    root = getattr(dataset, "root", None)
-    return str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
-
-
-def _bad_file(dataset: SegmentationDataset, index: int) -> str:
-    """The first of the sample's files that PIL cannot decode, else all its files."""
-    files = getattr(dataset, "files", None)
-    for path in files(index) if files is not None else ():
-        try:
-            with Image.open(path) as image:
-                image.load()
-        except Exception:
-            return f"{_short(dataset, Path(path))}: "
-    return _files(dataset, index)
+    verified = verify_dataset(dataset, progress=progress, desc=f"check {split}")
+    return CheckReport(split, len(dataset), tuple(dataset.classes), verified.pixels[: dataset.num_classes].tolist(),
+                       int(verified.pixels[dataset.ignore_index]), verified.problems)
 
 
 def format_check_report(reports: CheckReport | Sequence[CheckReport]) -> str:

@@ -11,6 +11,7 @@ from ..config import DataConfig
 from ..data import DemoDataset, FolderDataset, SegmentationDataset, eval_transforms, train_transforms
 from ..data.base import PairTransform
 from ..data.registry_standard import DATASETS as STANDARD_DATASETS
+from ..data.verify import ensure_valid
 
 DATASET_NAMES = ("demo", "folder", *STANDARD_DATASETS)
 
@@ -30,10 +31,21 @@ def build_dataset(cfg: DataConfig, split: str, transforms: PairTransform | None)
     return STANDARD_DATASETS[cfg.name](cfg.root, split, transforms=transforms)
 
 
-def build_train_val(cfg: DataConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
-    """The training and validation splits, without transforms yet: they depend on the model's
-    normalisation, which is known once the model is built (see :func:`attach_transforms`)."""
-    return build_dataset(cfg, cfg.train_split, None), build_dataset(cfg, cfg.val_split, None)
+def build_train_val(cfg: DataConfig, *, progress: bool = True) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """The training and validation splits, both checked before any training step, without transforms yet.
+
+    Every image and mask of both splits is decoded once (in parallel, cached per file), so that a
+    corrupt file stops the run at start with one error listing every bad file, instead of crashing
+    it at the first evaluation. Folder datasets check themselves when built; the standard datasets
+    are checked here unless ``cfg.verify`` is false. With ``cfg.skip_bad`` bad samples are dropped
+    with a warning each. Transforms depend on the model's normalisation, known once the model is
+    built: see :func:`attach_transforms`.
+    """
+    train = build_dataset(cfg, cfg.train_split, None)
+    val = build_dataset(cfg, cfg.val_split, None)
+    if cfg.verify and cfg.name in STANDARD_DATASETS:
+        ensure_valid({cfg.train_split: train, cfg.val_split: val}, skip_bad=cfg.skip_bad, progress=progress)
+    return train, val
 
 
 def attach_transforms(train_set: SegmentationDataset, val_set: SegmentationDataset, cfg: DataConfig, *,

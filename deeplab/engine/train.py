@@ -126,7 +126,7 @@ def train(cfg: Config, *, resume: bool = False) -> TrainResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(t.device)
     torch.manual_seed(t.seed)
-    train_set, val_set = build_train_val(cfg.data)
+    train_set, val_set = build_train_val(cfg.data, progress=t.progress)
     model = build_model(cfg, train_set.num_classes).to(device)
     attach_transforms(train_set, val_set, cfg.data, mean=model.spec.mean, std=model.spec.std)
     if t.freeze_bn:

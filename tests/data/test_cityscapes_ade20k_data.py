@@ -88,3 +88,34 @@ def test_ade20k_errors(ade_root: Path, tmp_path_factory: pytest.TempPathFactory)
     empty = tmp_path_factory.mktemp("empty")
     with pytest.raises(DatasetNotFoundError, match="deeplab data prepare ade20k --root"):
         ADE20KSegmentation(empty, "train")
+
+
+def test_cityscapes_root_variants(cityscapes_root: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    expected = [p.name for p in CityscapesSegmentation(cityscapes_root, "val").images]
+    for root in (cityscapes_root / "leftImg8bit", cityscapes_root / "gtFine"):
+        data = CityscapesSegmentation(root, "val")
+        assert data.root == cityscapes_root and [p.name for p in data.images] == expected
+    parent = tmp_path_factory.mktemp("parent")
+    L.make_cityscapes(parent / "cityscapes")
+    (parent / "notes").mkdir()
+    data = CityscapesSegmentation(parent, "train")  # exactly one subfolder holds the layout: unambiguous
+    assert data.root == parent / "cityscapes" and len(data) == 3
+    L.make_cityscapes(parent / "cityscapes_copy")
+    with pytest.raises(ValueError, match="holds several Cityscapes folders \\(cityscapes, cityscapes_copy\\)"):
+        CityscapesSegmentation(parent, "train")
+
+
+def test_ade20k_root_may_be_the_challenge_folder(ade_root: Path) -> None:
+    from deeplab.data.prepare import prepare
+
+    inner = ADE20KSegmentation(ade_root / "ADEChallengeData2016", "val")
+    outer = ADE20KSegmentation(ade_root, "val")
+    assert inner.images == outer.images and inner.masks == outer.masks and inner.root == ade_root
+    np.testing.assert_array_equal(inner[1][1].numpy(), outer[1][1].numpy())
+    assert "already present" in prepare("ade20k", ade_root / "ADEChallengeData2016", download=False)
+    missing = ade_root / "ADEChallengeData2016" / "annotations" / "validation"
+    for path in missing.iterdir():
+        path.unlink()
+    missing.rmdir()
+    with pytest.raises(DatasetNotFoundError, match=f"deeplab data prepare ade20k --root {ade_root}`"):
+        ADE20KSegmentation(ade_root / "ADEChallengeData2016", "val")

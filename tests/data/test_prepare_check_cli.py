@@ -120,8 +120,10 @@ def test_check_reports_every_bad_file(damaged_voc: Path) -> None:
     assert report.split == "val" and report.num_images == 3
     assert found["2007_000033"].kind == "unreadable" and "2007_000033.jpg" in found["2007_000033"].detail
     assert found["2007_000042"].kind == "size mismatch"
-    assert "(20, 30) vs mask (10, 10)" in found["2007_000042"].detail
-    assert found["2007_000061"].kind == "out of range" and "[30]" in found["2007_000061"].detail
+    assert "JPEGImages/2007_000042.jpg is 30x20 (W x H) but" in found["2007_000042"].detail
+    assert "SegmentationClass/2007_000042.png is 10x10" in found["2007_000042"].detail
+    assert found["2007_000061"].kind == "out of range"
+    assert "2007_000061.png: label values 30 are neither class ids (0..20)" in found["2007_000061"].detail
     # Only 2007_000061 reaches the histogram: its background and border, not its stray class 30.
     assert report.class_pixels[0] == L.H * L.W - 12 * 18 and sum(report.class_pixels[1:]) == 0
     assert report.ignored_pixels == 12 * 18 - 10 * 16

@@ -165,3 +165,46 @@ def test_conversion_recovers_from_a_killed_run(aug_root: Path) -> None:
     prepare_voc_aug(aug_root)
     assert sorted(p.stem for p in (voc_dir / "SegmentationClassAug").iterdir()) == L.SBD_ONLY
     assert not (voc_dir / ".SegmentationClassAug.tmp").exists()
+
+
+def test_voc_root_may_be_the_holder_vocdevkit_or_voc2012(voc_root: Path) -> None:
+    reference = VOCSegmentation(voc_root, "val")
+    for root in (voc_root, voc_root / "VOCdevkit", voc_root / "VOCdevkit" / "VOC2012"):
+        data = VOCSegmentation(root, "val")
+        assert data.images == reference.images and data.masks == reference.masks, root
+        assert data.root == voc_root  # the folder `deeplab data prepare --root` takes
+        assert torch.equal(data[1][1], torch.from_numpy(L.object_mask(19)))
+
+
+def test_voc_aug_roots_and_sbd_beside_vocdevkit(aug_root: Path) -> None:
+    voc2012 = aug_root / "VOCdevkit" / "VOC2012"
+    with pytest.raises(DatasetNotFoundError) as err:  # the command to run names the folder holding VOCdevkit
+        VOCAugSegmentation(voc2012, "train_aug")
+    assert f"deeplab data prepare voc_aug --root {aug_root}`" in str(err.value)
+    assert prepare_voc_aug(aug_root / "VOCdevkit").read_text().split() == L.TRAIN_AUG  # finds benchmark_RELEASE
+    for root in (aug_root, aug_root / "VOCdevkit", voc2012):
+        data = VOCAugSegmentation(root, "train_aug")
+        assert [data.name(i) for i in range(len(data))] == L.TRAIN_AUG
+        assert torch.equal(data.load(L.TRAIN_AUG.index("2008_000007"))[1],
+                           torch.from_numpy(L.object_mask(15, border=False)))
+
+
+def test_voc2012_moved_out_of_vocdevkit(tmp_path: Path) -> None:
+    """A VOC2012 folder on its own (no VOCdevkit above it) is found, and SBD is looked for beside it."""
+    L.make_voc_aug_sources(tmp_path / "src")
+    moved = tmp_path / "voc"
+    moved.mkdir()
+    (tmp_path / "src" / "VOCdevkit" / "VOC2012").rename(moved / "VOC2012")
+    (tmp_path / "src" / "benchmark_RELEASE").rename(moved / "benchmark_RELEASE")
+    assert prepare_voc_aug(moved / "VOC2012").read_text().split() == L.TRAIN_AUG
+    for root in (moved, moved / "VOC2012"):
+        assert len(VOCSegmentation(root, "trainval")) == 5 and len(VOCAugSegmentation(root, "val")) == 2
+        assert VOCSegmentation(root, "val").root == moved
+
+
+def test_prepare_recognises_a_vocdevkit_root(voc_root: Path) -> None:
+    from deeplab.data.prepare import prepare
+
+    for root in (voc_root / "VOCdevkit", voc_root / "VOCdevkit" / "VOC2012"):
+        assert "PASCAL VOC 2012: already present" in prepare("voc", root, download=False)
+    assert sorted(p.name for p in voc_root.iterdir()) == ["VOCdevkit"]
