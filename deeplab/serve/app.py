@@ -142,7 +142,7 @@ def _areas(mask: torch.Tensor, predictor: Any) -> list[dict[str, Any]]:
     counts = torch.bincount(mask.flatten(), minlength=predictor.num_classes).tolist()
     present = sorted((i for i, count in enumerate(counts) if count), key=lambda i: -counts[i])
     return [{"id": i, "name": predictor.classes[i], "color": list(predictor.palette[i]), "pixels": counts[i],
-             "fraction": counts[i] / mask.numel()} for i in present]
+             "fraction": round(counts[i] / mask.numel(), 6)} for i in present]
 
 
 def _png(data: bytes, prediction: Prediction, kind: str) -> Response:
