@@ -61,7 +61,7 @@ def test_deeplab_serve_runs_a_server_until_stopped(checkpoint, predictor):
 @pytest.mark.parametrize(("options", "message"), [
     (["--model", "model.onnx"], "--model model.onnx: serving an exported model file needs the deploy work"),
     (["--precision", "bf16"], "--precision bf16: only fp32 is available until the deploy work"),
-])
+], ids=["model", "precision"])
 def test_options_waiting_for_the_deploy_work_are_refused(checkpoint, capsys, options, message):
     assert main(["serve", "--checkpoint", str(checkpoint), *options]) == 2
     assert message in capsys.readouterr().err
