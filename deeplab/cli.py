@@ -1,4 +1,4 @@
-"""The ``deeplab`` command: train | eval | predict | models | data. Thin: parse, call the library, print."""
+"""The ``deeplab`` command: train | eval | predict | serve | models | data. Thin: parse, call the library, print."""
 
 from __future__ import annotations
 
@@ -83,6 +83,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if report.failed and not report.written else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a model over HTTP: a web page to try it and a JSON/PNG API (needs the serve extra)."""
+    try:
+        from .serve import ServeSettings, load_predictor, run_server
+    except ImportError as err:
+        raise RuntimeError(str(err)) from err
+
+    predictor, info = load_predictor(args.checkpoint, model=args.model, precision=args.precision, device=args.device,
+                                     output_stride=args.output_stride, scales=args.scales, flip=args.flip,
+                                     window=args.window)
+    settings = ServeSettings(max_upload_bytes=round(args.max_upload_mb * 2**20), max_side=args.max_side,
+                             max_batch=args.max_batch)
+    run_server(predictor, info, host=args.host, port=args.port, settings=settings)
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     """List the models (version, backbone, parameters; multiply-adds with --macs) and the published weights."""
     from .models.table import format_model_table, format_published_table, model_rows
@@ -127,6 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--areas", action="store_true", help="write areas.csv with per-image class areas")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
+
+    p = commands.add_parser("serve", help=cmd_serve.__doc__)
+    p.add_argument("--checkpoint", type=Path, help="training checkpoint to serve")
+    p.add_argument("--model", type=Path, help="exported model file (ONNX / TorchScript) to serve")
+    p.add_argument("--precision", default="fp32", help="numeric precision of the served model (default fp32)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--output-stride", type=int, default=None, help="rebuild the model at this output stride")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale inference, e.g. 0.75 1 1.25")
+    p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
+    p.add_argument("--window", type=int, default=None, help="sliding-window side for large images")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MiB (else 413)")
+    p.add_argument("--max-side", type=int, default=4096, help="longest image side in pixels (else 413)")
+    p.add_argument("--max-batch", type=int, default=8, help="most waiting images of one size run as one batch")
+    p.set_defaults(func=cmd_serve)
 
     p = commands.add_parser("models", help=cmd_models.__doc__)
     p.add_argument("--macs", action="store_true", help="count multiply-adds at OS 16 and OS 8 (a few seconds)")

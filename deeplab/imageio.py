@@ -7,6 +7,7 @@ moved over it with ``os.replace``, so an interrupted run never leaves a half-wri
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -27,8 +28,10 @@ class ImageReadError(OSError):
     """An image file that does not exist, is not an image, or is corrupt."""
 
 
-def read_image(path: str | Path) -> torch.Tensor:
+def read_image(path: str | Path | IO[bytes]) -> torch.Tensor:
     """Reads an image as a uint8 ``3 x H x W`` RGB tensor, upright according to its EXIF orientation.
+
+    ``path`` may also be a binary file object (e.g. ``io.BytesIO`` holding an uploaded file).
 
     Grayscale and palette images become RGB, alpha is dropped (not composited), CMYK is converted,
     and 16-bit or 32-bit integer images are rescaled to 8 bits (65535 -> 255) rather than clipped.
@@ -93,8 +96,8 @@ def _as_numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
     return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
 
 
-def save_index_png(mask: torch.Tensor | np.ndarray, path: str | Path, palette: Palette) -> None:
-    """Writes an ``H x W`` class map as a palette-mode PNG whose pixel values are the class ids."""
+def encode_index_png(mask: torch.Tensor | np.ndarray, palette: Palette) -> bytes:
+    """An ``H x W`` class map as the bytes of a palette-mode PNG whose pixel values are the class ids."""
     values = _as_numpy(mask)
     if values.ndim != 2:
         raise ValueError(f"expected an H x W mask, got shape {values.shape}")
@@ -102,17 +105,35 @@ def save_index_png(mask: torch.Tensor | np.ndarray, path: str | Path, palette: P
         raise ValueError("a palette PNG holds class ids 0..255 only")
     image = Image.fromarray(values.astype(np.uint8))
     image.putpalette(palette_to_flat(palette))  # turns the "L" image into mode "P"
+    return _png_bytes(image)
+
+
+def encode_rgb_png(image: torch.Tensor | np.ndarray) -> bytes:
+    """A uint8 ``H x W x 3`` array (as returned by ``colorize`` and ``overlay``) as the bytes of an RGB PNG."""
+    values = _as_numpy(image)
+    if values.ndim != 3 or values.shape[2] != 3 or values.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 H x W x 3 image, got {values.dtype} {values.shape}")
+    return _png_bytes(Image.fromarray(values))
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_index_png(mask: torch.Tensor | np.ndarray, path: str | Path, palette: Palette) -> None:
+    """Writes an ``H x W`` class map as a palette-mode PNG whose pixel values are the class ids."""
+    data = encode_index_png(mask, palette)
     with atomic_write(path) as handle:
-        image.save(handle, format="PNG")
+        handle.write(data)
 
 
 def save_rgb_png(image: torch.Tensor | np.ndarray, path: str | Path) -> None:
     """Writes a uint8 ``H x W x 3`` array (as returned by ``colorize`` and ``overlay``) as an RGB PNG."""
-    values = _as_numpy(image)
-    if values.ndim != 3 or values.shape[2] != 3 or values.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 H x W x 3 image, got {values.dtype} {values.shape}")
+    data = encode_rgb_png(image)
     with atomic_write(path) as handle:
-        Image.fromarray(values).save(handle, format="PNG")
+        handle.write(data)
 
 
 def colorize(mask: torch.Tensor, palette: Palette) -> torch.Tensor:
