@@ -140,7 +140,11 @@ def main() -> None:
     rows += list(itertools.product(args.models, args.amp, args.channels_last, args.compile))
     base = None
     for row in rows:
-        rate, peak = _measure(row, args)
+        try:
+            rate, peak = _measure(row, args)
+        except RuntimeError as err:
+            print(f"| {' | '.join(row)} | failed: {str(err).splitlines()[-1][:80]} |", flush=True)
+            continue
         if row[0] == "plain":
             base = rate
         ratio = f"{rate / base:.2f}" if base and row[0] in ("plain", "deeplabv3_resnet101_tv") else "-"

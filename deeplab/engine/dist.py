@@ -131,7 +131,9 @@ def first_on_each_node(env: DistEnv, build: Callable[[], T]) -> T:
     """
     if not _active():
         return build()
-    result, failed = None, torch.zeros(1)
+    # NCCL reduces GPU tensors only.
+    failed = torch.zeros(1, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    result = None
     if env.local_rank == 0:
         try:
             result = build()

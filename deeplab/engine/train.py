@@ -391,7 +391,8 @@ def validate(model: Segmenter, dataset, cfg: Config, env: dist.DistEnv, device: 
 def _evaluate_and_keep_best(state: TrainState, val_set, cfg: Config, env: dist.DistEnv, device: torch.device,
                             log: RunLog, bar: tqdm, meta: dict[str, Any]) -> dict[str, Any]:
     metrics = validate(state.model, val_set, cfg, env, device)
-    log.write({"step": state.step, "miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"]})
+    log.write({"step": state.step, "miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"],
+               "val_pixels": int(torch.tensor(metrics["confusion_matrix"]).sum())})
     if env.is_main:
         bar.write(f"step {state.step}: val mIoU {metrics['miou']:.4f}")
     if metrics["miou"] > state.best_miou:

@@ -15,6 +15,7 @@ import torch
 
 from deeplab.cli import main
 from deeplab.config import load_config
+from deeplab.data import DemoDataset
 from deeplab.engine.checkpoint import read_checkpoint
 from deeplab.engine.train import train
 
@@ -94,6 +95,8 @@ def test_distributed_evaluation_equals_single_process(pair, tmp_path):
                           "--json", str(tmp_path / "m.json"), "--set", "eval.output_stride=null"]))
     alone = json.loads((tmp_path / "m.json").read_text())
     assert (during["miou"], during["pixel_accuracy"]) == (alone["miou"], alone["pixel_accuracy"])
+    val = DemoDataset(split="val", image_size=65, num_images=5)
+    assert during["val_pixels"] == sum(int((val.load(i)[1] != 255).sum()) for i in range(5))  # each image once
 
 
 def test_resume_under_torchrun_with_another_world_size(single, tmp_path):
