@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -27,9 +28,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--resume: no checkpoint at {run_dir / 'last.pt'}")
         config = load_config(run_dir / "config.yaml", args.overrides)
     result = train(config, resume=args.resume)
-    print(f"{'interrupted' if result.interrupted else 'finished'} at step {result.step}; "
-          f"best val mIoU {result.best_miou:.4f}; checkpoints in {result.run_dir}")
-    return 130 if result.interrupted else 0
+    if result.rank == 0:
+        print(f"{'interrupted' if result.interrupted else 'finished'} at step {result.step}; "
+              f"best val mIoU {result.best_miou:.4f}; checkpoints in {result.run_dir}")
+    # 128 + the signal number, as a shell reports a process stopped by it (and torchrun sees a failure
+    # to restart from when --max-restarts allows).
+    return 128 + signal.Signals[result.stop_signal].value if result.interrupted else 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -120,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train", help=cmd_train.__doc__)
     p.add_argument("--config", type=Path, help="YAML config (see configs/); defaults apply where it is silent")
     p.add_argument("--resume", action="store_true", help="continue from run_dir/last.pt")
+    p.epilog = ("several GPUs or nodes: torchrun --nproc-per-node N -m deeplab train --config FILE "
+                "(train.batch_size is the global batch; see docs/distributed.md)")
     _config_args(p)
     p.set_defaults(func=cmd_train)
 

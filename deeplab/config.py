@@ -60,7 +60,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     iterations: int = 30000
-    batch_size: int = 16
+    batch_size: int = 16  # the global batch: split evenly over the processes of a distributed run
     lr: float = 0.007
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -69,11 +69,15 @@ class TrainConfig:
     backbone_lr_mult: float = 1.0
     aux_weight: float = 0.4
     freeze_bn: bool = False
-    amp: str = "off"  # off | bf16 | fp16 (fp16 on CUDA only)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    sync_bn: bool | None = None  # BatchNorm over the global batch; None: on when there are several processes
+    amp: str = "off"  # off | bf16 | fp16 (fp16 on CUDA only, with a gradient scaler)
+    channels_last: bool = False  # NHWC memory format (faster convolutions with AMP on recent GPUs)
+    compile: bool = False  # torch.compile the training module
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each process its LOCAL_RANK's GPU)
     seed: int = 0
     run_dir: str = "runs/default"
     eval_every: int = 1000
+    eval_protocol: str = "fast"  # fast: one scale, no flip, training output stride | eval: the eval section
     log_every: int = 10
     progress: bool = True
 

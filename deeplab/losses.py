@@ -11,12 +11,9 @@ from torch import Tensor
 from deeplab.constants import IGNORE_INDEX
 
 
-def _cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    # Sum / count equals the "mean" reduction, but stays 0 (with a graph) when every pixel is
-    # ignored, where torch's mean over zero elements gives NaN.
-    total = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
-    count = (target != ignore_index).sum().clamp(min=1)
-    return total / count
+def labelled_pixels(target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """The number of pixels of ``target`` that count in the loss (a float scalar on its device)."""
+    return (target != ignore_index).sum().float()
 
 
 def segmentation_loss(
@@ -25,6 +22,7 @@ def segmentation_loss(
     *,
     ignore_index: int = IGNORE_INDEX,
     aux_weight: float = 0.4,
+    normalizer: Tensor | float | None = None,
 ) -> Tensor:
     """Cross-entropy over the non-ignored pixels, summed over a model's training outputs.
 
@@ -36,6 +34,10 @@ def segmentation_loss(
         target: ``N x H x W`` class ids, ``ignore_index`` where unlabelled.
         ignore_index: label value that contributes nothing to the loss.
         aux_weight: weight of the auxiliary head's term.
+        normalizer: what each term's summed cross-entropy is divided by; by default this batch's
+            labelled pixels (the mean). Data-parallel training passes the labelled pixels of the
+            global batch divided by the number of processes: as DistributedDataParallel averages the
+            processes' gradients, they are then those of the mean over the global batch.
 
     Returns:
         A scalar. If every pixel is ignored it is 0 and still backpropagates (zero gradients).
@@ -43,6 +45,10 @@ def segmentation_loss(
     if isinstance(outputs, Tensor):
         outputs = {"out": outputs}
     target = target.long()
+    if normalizer is None:
+        normalizer = labelled_pixels(target, ignore_index)
+    # Sum / count, not torch's "mean": with every pixel ignored it is 0 (with a graph), not NaN.
+    normalizer = torch.as_tensor(normalizer, dtype=torch.float32, device=target.device).clamp(min=1e-6)
     total = None
     for name, logits in outputs.items():
         if (logits.ndim != 4 or target.ndim != 3 or logits.shape[0] != target.shape[0]
@@ -51,7 +57,7 @@ def segmentation_loss(
                              f"'out'); got {name!r} {tuple(logits.shape)} and target {tuple(target.shape)}")
         if logits.shape[-2:] != target.shape[-2:]:
             logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-        term = _cross_entropy(logits.float(), target, ignore_index)
+        term = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum") / normalizer
         term = aux_weight * term if name == "aux" else term
         total = term if total is None else total + term
     if total is None:

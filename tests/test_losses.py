@@ -88,3 +88,17 @@ def test_every_output_but_aux_has_weight_one():
     expected = F.cross_entropy(logits, target, ignore_index=255) + F.cross_entropy(upsampled, target, ignore_index=255)
     loss = segmentation_loss({"out": logits, "scale_0.5": half}, target, aux_weight=0.1)
     torch.testing.assert_close(loss, expected)
+
+
+def test_halves_normalised_by_the_global_count_add_up_to_the_whole_batch():
+    """What each of two data-parallel processes computes (DDP then averages their gradients)."""
+    from deeplab.losses import labelled_pixels
+
+    logits, target = _batch(seed=7)
+    target[1, 3:] = 255  # the halves have different numbers of labelled pixels
+    whole = segmentation_loss(logits, target)
+    count = labelled_pixels(target)
+    halves = [segmentation_loss(logits[i:i + 1], target[i:i + 1], normalizer=count / 2) for i in (0, 1)]
+    torch.testing.assert_close((halves[0] + halves[1]) / 2, whole)
+    mean_of_means = (segmentation_loss(logits[:1], target[:1]) + segmentation_loss(logits[1:], target[1:])) / 2
+    assert not torch.allclose(mean_of_means, whole)  # normalising per process would be wrong here

@@ -58,7 +58,11 @@ def attach_transforms(train_set: SegmentationDataset, val_set: SegmentationDatas
 
 
 class SeededSamples(Dataset):
-    """Wraps a dataset so each sample's random augmentation is a pure function of its position in the run."""
+    """Wraps a dataset so each sample's random augmentation is a pure function of its position in the run.
+
+    Items are ``(index, seed)`` pairs: the transforms draw from torch's CPU generator, seeded with
+    ``seed`` for this one sample and restored afterwards, in the main process as in loader workers.
+    """
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -68,24 +72,33 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, item: tuple[int, int]):
         index, seed = item
-        with torch.random.fork_rng(devices=[]):  # leaves the model's RNG stream (dropout) untouched
-            torch.manual_seed(seed)
+        # Only the CPU generator, which the transforms use: seeding every device (torch.manual_seed)
+        # would leave a GPU's dropout stream at a value fork_rng(devices=[]) does not restore.
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)
             return self.dataset[index]
 
 
 class StepBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches for steps ``start_step, start_step + 1, ...``: sample ``p`` of the run is element
-    ``p % n`` of epoch ``p // n``'s seeded permutation, so batch ``k`` never depends on the past.
+    ``p % n`` of epoch ``p // n``'s seeded permutation, with augmentation seed ``f(seed, p)``, so batch
+    ``k`` never depends on the past (resuming repeats the uninterrupted run).
 
-    With ``world_size > 1`` each rank takes its own slice of the global batch (DDP).
+    ``batch_size`` is the global batch: with ``world_size`` processes, each takes its rank's contiguous
+    slice of ``batch_size // world_size`` samples, and together they see exactly what one process
+    would, whatever their number.
     """
 
     def __init__(self, num_samples: int, batch_size: int, *, seed: int, start_step: int = 0,
                  rank: int = 0, world_size: int = 1) -> None:
         if num_samples == 0:
             raise ValueError("the training split is empty")
+        check_global_batch(batch_size, world_size)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not within world size {world_size}")
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.start_step, self.rank, self.world_size = start_step, rank, world_size
+        self.local_batch_size = batch_size // world_size
         self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
 
     def _index(self, position: int) -> int:
@@ -97,16 +110,29 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         step = self.start_step
-        global_batch = self.batch_size * self.world_size
         while True:
-            first = step * global_batch + self.rank * self.batch_size
-            positions = range(first, first + self.batch_size)
+            first = step * self.batch_size + self.rank * self.local_batch_size
+            positions = range(first, first + self.local_batch_size)
             yield [(self._index(p), self.seed * 7_919 + p) for p in positions]
             step += 1
 
 
+def check_global_batch(batch_size: int, world_size: int) -> int:
+    """The per-process batch of a global ``batch_size``; a clear error when it does not divide."""
+    if batch_size < 1 or batch_size % world_size:
+        raise ValueError(f"train.batch_size={batch_size} is the global batch and must be a positive multiple "
+                         f"of the number of processes ({world_size})")
+    return batch_size // world_size
+
+
 def train_loader(dataset: Dataset, *, batch_size: int, seed: int, start_step: int, num_workers: int,
-                 pin_memory: bool = False) -> DataLoader:
-    sampler = StepBatchSampler(len(dataset), batch_size, seed=seed, start_step=start_step)
+                 rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> DataLoader:
+    """Endless loader of this process's share of the global batch for each step from ``start_step`` on.
+
+    ``batch_size`` is the global batch (see :class:`StepBatchSampler`). The sampler never ends, so the
+    ``num_workers`` worker processes are started once and live as long as the loader.
+    """
+    sampler = StepBatchSampler(len(dataset), batch_size, seed=seed, start_step=start_step, rank=rank,
+                               world_size=world_size)
     return DataLoader(SeededSamples(dataset), batch_sampler=sampler, num_workers=num_workers,
                       pin_memory=pin_memory, persistent_workers=num_workers > 0)

@@ -1,28 +1,46 @@
-"""The training loop: iteration-based SGD with poly LR, periodic evaluation, last/best checkpoints."""
+"""The training loop: iteration-based SGD with poly LR, periodic evaluation, last/best checkpoints, on one
+process or on many (``torchrun`` + DistributedDataParallel + SyncBN) with the same recipe.
+
+``train.batch_size`` is the global batch; each of the ``WORLD_SIZE`` processes takes its slice of every
+step's batch (:class:`~deeplab.engine.data.StepBatchSampler`), and the loss is normalised over the global
+batch, so 1, 2 or 8 processes train the same way. Every random stream is a function of the step: the
+augmentation of each sample (its position in the run), dropout (reseeded from ``(seed, step, rank)``
+before every step), so a run resumed from any step repeats the uninterrupted one bit for bit.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from ..config import Config, save_config
 from ..inference import Predictor
-from ..losses import segmentation_loss
+from ..losses import labelled_pixels, segmentation_loss
+from ..metrics import segmentation_metrics
+from ..models import Segmenter, build_from_spec
+from . import dist
 from .checkpoint import build_model, read_checkpoint, save_checkpoint
-from .data import attach_transforms, build_train_val, train_loader
+from .data import attach_transforms, build_train_val, check_global_batch, train_loader
 from .evaluate import evaluate
 from .report import plot_training_curve, save_previews
+from .runlog import RunLog, Throughput
 from .schedule import poly_lr
+
+EVAL_PROTOCOLS = ("fast", "eval")
+resolve_device = dist.resolve_device  # the CLI resolves devices through this module
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -31,31 +49,70 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class TrainResult:
+    """How a call to :func:`train` ended (on every process)."""
+
     run_dir: Path
     step: int
     best_miou: float
     last_metrics: dict[str, Any] | None
     interrupted: bool = False
+    stop_signal: str | None = None  # "SIGINT" or "SIGTERM" when interrupted
+    rank: int = 0
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but CUDA is not available on this machine")
-    return torch.device(name)
+@dataclass
+class StepInfo:
+    """What ``on_step_end`` receives after every optimizer step, on every process."""
+
+    step: int  # steps done so far
+    loss: float  # the loss of the global batch
+    lr: float
+    best_miou: float  # the best val mIoU so far (-1 before the first evaluation)
+    rank: int
+    world_size: int
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint restores."""
+
+    model: Segmenter
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    step: int = 0
+    best_miou: float = -1.0
+    resumed_from: tuple[int, int] | None = None  # (step, world size) of the checkpoint resumed from
+
+
+class TrainingModule(nn.Module):
+    """What DistributedDataParallel wraps: its ``forward`` computes every output the loss uses (main,
+    aux, per-scale), so that gradient synchronisation covers all of them."""
+
+    def __init__(self, model: Segmenter) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        return self.model.forward_train(images)
 
 
 def autocast_for(amp: str, device: torch.device):
-    """``torch.autocast`` for ``train.amp``: bf16 on CPU or GPU, fp16 on GPU only."""
+    """``torch.autocast`` for ``train.amp``: ``bf16`` or ``fp16`` (with :func:`grad_scaler`), or ``off``.
+
+    Both run on CPU too (fp16 there mainly so that the GPU recipe's code path can be tested anywhere).
+    """
     if amp == "off":
         return nullcontext()
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
     if amp not in dtypes:
         raise ValueError(f"train.amp={amp!r}; valid choices: off, bf16, fp16")
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("train.amp=fp16 needs a CUDA device; use bf16 on CPU")
     return torch.autocast(device.type, dtype=dtypes[amp])
+
+
+def grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler:
+    """A gradient scaler, enabled for fp16 only: small fp16 gradients underflow to zero without one
+    (bf16 has fp32's exponent range and needs none). Its state is saved in every checkpoint."""
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.SGD:
@@ -76,6 +133,23 @@ def freeze_batchnorm(model: nn.Module) -> None:
                 p.requires_grad_(False)
 
 
+def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    """Training mode, with BatchNorm kept frozen when asked (also after an evaluation switched it to eval)."""
+    model.train()
+    if freeze_bn:
+        freeze_batchnorm(model)
+
+
+def reseed(seed: int, step: int, rank: int) -> None:
+    """Makes the global random streams (dropout, on CPU and every GPU) a function of (seed, step, rank).
+
+    Whatever drew from them before (an evaluation, a loader being built, a resumed run that did
+    neither), the step draws the same numbers, and each process its own.
+    """
+    high, low = np.random.SeedSequence([seed, step, rank]).generate_state(2)
+    torch.manual_seed(int(high) << 32 | int(low))
+
+
 @contextmanager
 def stop_on_signals():
     """Turns Ctrl-C and SIGTERM into a flag the loop checks after each step, so it can save first."""
@@ -92,94 +166,166 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
-class RunLog:
-    """JSON lines in ``run_dir/log.jsonl``, mirrored to TensorBoard when it is installed."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.file = (run_dir / "log.jsonl").open("a")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
-        except ImportError:
-            self.tensorboard = None
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if self.tensorboard is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, int | float):
-                    self.tensorboard.add_scalar(key, value, record["step"])
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-
-
-def train(cfg: Config, *, resume: bool = False) -> TrainResult:
+def train(cfg: Config, *, resume: bool = False, on_step_end: Callable[[StepInfo], None] | None = None
+          ) -> TrainResult:
     """Trains ``cfg.model`` on ``cfg.data`` as ``cfg.train`` says; evaluates on the val split every
-    ``eval_every`` steps. Writes ``config.yaml``, ``log.jsonl``, ``last.pt`` and ``best.pt`` to ``run_dir``."""
-    t = cfg.train
-    run_dir = Path(t.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(t.device)
-    torch.manual_seed(t.seed)
-    train_set, val_set = build_train_val(cfg.data, progress=t.progress)
-    model = build_model(cfg, train_set.num_classes).to(device)
+    ``eval_every`` steps. Rank 0 writes ``config.yaml``, ``log.jsonl``, ``last.pt`` and ``best.pt`` to
+    ``run_dir``.
+
+    Started by ``torchrun``, each process trains its share of the global batch under
+    DistributedDataParallel (NCCL on GPUs, gloo on CPU). A SIGINT or SIGTERM to any process makes every
+    process stop after the current step, once rank 0 has saved ``last.pt``.
+
+    Args:
+        cfg: the run's configuration.
+        resume: continue from ``run_dir/last.pt`` (automatic after a torchrun elastic restart).
+        on_step_end: called on every process after each optimizer step (and its evaluation, if any),
+            e.g. to record progress or stop the run early by raising a signal.
+    """
+    env, device, created = dist.setup(cfg.train.device)
+    try:
+        return _train(cfg, env, device, resume, on_step_end)
+    finally:
+        dist.teardown(created)
+
+
+def _train(cfg: Config, env: dist.DistEnv, device: torch.device, resume: bool,
+           on_step_end: Callable[[StepInfo], None] | None) -> TrainResult:
+    t, run_dir = cfg.train, Path(cfg.train.run_dir)
+    _check_settings(cfg, env, device)
+    torch.manual_seed(t.seed)  # the same initial weights in every process
+    train_set, val_set = dist.first_on_each_node(
+        env, lambda: build_train_val(cfg.data, progress=t.progress and env.local_rank == 0))
+    model = prepare_model(build_model(cfg, train_set.num_classes), cfg, env, device)
     attach_transforms(train_set, val_set, cfg.data, mean=model.spec.mean, std=model.spec.std)
-    if t.freeze_bn:
-        freeze_batchnorm(model)
-    optimizer = build_optimizer(model, cfg)
-    step, best_miou = 0, -1.0
-    if resume:
-        step, best_miou = _restore(run_dir / "last.pt", model, optimizer)
-    save_config(cfg, run_dir / "config.yaml")
+    state = TrainState(model, build_optimizer(model, cfg), grad_scaler(t.amp, device))
+    if resume or (dist.restart_count() > 0 and (run_dir / "last.pt").is_file()):
+        _restore(run_dir, state)
+    module = wrap_for_training(state.model, env, device, compile=t.compile)
     meta = {"config": cfg, "classes": list(train_set.classes), "palette": list(train_set.palette)}
-    loader = iter(train_loader(train_set, batch_size=t.batch_size, seed=t.seed, start_step=step,
-                               num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda"))
-    log, metrics, interrupted = RunLog(run_dir), None, False
-    bar = tqdm(total=t.iterations, initial=step, desc="train", unit="it", disable=not t.progress, dynamic_ncols=True)
-    model.train()
-    if t.freeze_bn:
-        freeze_batchnorm(model)
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    loader = iter(train_loader(train_set, batch_size=t.batch_size, seed=t.seed, start_step=state.step,
+                               num_workers=cfg.data.num_workers, rank=env.rank, world_size=env.world_size,
+                               pin_memory=device.type == "cuda"))
+    log, meter = RunLog(run_dir, enabled=env.is_main), Throughput(t.batch_size, device)
+    bar = tqdm(total=t.iterations, initial=state.step, desc="train", unit="it", dynamic_ncols=True,
+               disable=not (t.progress and env.is_main))
+    _announce(bar, log, cfg, state, env)
+    metrics, stopped, saved_at = None, None, -1
     try:
         with stop_on_signals() as stop:
-            while step < t.iterations:
-                lr = _set_lr(optimizer, poly_lr(step, base_lr=t.lr, iterations=t.iterations,
-                                                power=t.poly_power, warmup=t.warmup_iterations))
-                loss = _train_step(model, optimizer, next(loader), cfg, device, step)
-                step += 1
+            while state.step < t.iterations:
+                started = time.perf_counter()
+                lr = _set_lr(state.optimizer, poly_lr(state.step, base_lr=t.lr, iterations=t.iterations,
+                                                      power=t.poly_power, warmup=t.warmup_iterations))
+                images, masks = _to_device(next(loader), device, t.channels_last)
+                reseed(t.seed, state.step, env.rank)
+                loss = train_step(module, state.optimizer, state.scaler, images, masks, cfg, env)
+                loss_value, stopped = _synchronise(loss, stop, env)
+                _check_finite(loss_value, state.step, cfg)
+                state.step += 1
+                meter.add(time.perf_counter() - started)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-                if step % t.log_every == 0 or step == t.iterations:
-                    log.write({"step": step, "loss": loss, "lr": lr, "time": time.time()})
-                if step % t.eval_every == 0 or step == t.iterations:
-                    metrics = _evaluate(model, val_set, cfg, device)
-                    log.write({"step": step, "miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"]})
-                    bar.write(f"step {step}: val mIoU {metrics['miou']:.4f}")
-                    if metrics["miou"] > best_miou:
-                        best_miou = metrics["miou"]
-                        save_checkpoint(run_dir / "best.pt", model=model, optimizer=None, step=step,
-                                        best_miou=best_miou, **meta)
-                    save_checkpoint(run_dir / "last.pt", model=model, optimizer=optimizer, step=step,
-                                    best_miou=best_miou, **meta)
-                if stop["signal"]:
-                    save_checkpoint(run_dir / "last.pt", model=model, optimizer=optimizer, step=step,
-                                    best_miou=best_miou, **meta)
-                    bar.write(f"{stop['signal']} received: saved {run_dir / 'last.pt'} at step {step}; "
-                              "continue with --resume")
-                    interrupted = True
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+                if state.step % t.log_every == 0 or state.step == t.iterations:
+                    log.write({"step": state.step, "loss": loss_value, "lr": lr, "time": time.time(), **meter.take()})
+                if state.step % t.eval_every == 0 or state.step == t.iterations:
+                    saved_at = _save(run_dir / "last.pt", state, meta, env)  # first: a failing eval loses nothing
+                    metrics = _evaluate_and_keep_best(state, val_set, cfg, env, device, log, bar, meta)
+                if on_step_end is not None:
+                    on_step_end(StepInfo(state.step, loss_value, lr, state.best_miou, env.rank, env.world_size))
+                if stopped:
+                    _stop(bar, run_dir, state, meta, env, stopped, saved_at)
                     break
     finally:
         bar.close()
         log.close()
-    if not interrupted:
-        plot_training_curve(run_dir / "log.jsonl", run_dir / "training_curve.png")
-        predictor = Predictor(model, num_classes=val_set.num_classes, palette=val_set.palette, device=device)
-        save_previews(predictor, val_set, run_dir / "previews")
-    return TrainResult(run_dir, step, best_miou, metrics, interrupted)
+    if not stopped:
+        _finish(state.model, val_set, run_dir, env, device)
+    return TrainResult(run_dir, state.step, state.best_miou, metrics, stopped is not None,
+                       stopped[0] if stopped else None, env.rank)
+
+
+def train_step(module: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, images: Tensor,
+               masks: Tensor, cfg: Config, env: dist.DistEnv) -> Tensor:
+    """One optimizer step on this process's share of the global batch; returns its (detached) loss.
+
+    The loss of each process is its summed cross-entropy over the global batch's labelled pixels
+    divided by the number of processes, so that DDP's averaged gradients are those of the global batch.
+    """
+    normalizer = dist.all_reduce_sum(labelled_pixels(masks, cfg.data.ignore_index)) / env.world_size
+    with autocast_for(cfg.train.amp, images.device):
+        outputs = module(images)
+    loss = segmentation_loss(outputs, masks, ignore_index=cfg.data.ignore_index, aux_weight=cfg.train.aux_weight,
+                             normalizer=normalizer)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
+def _check_settings(cfg: Config, env: dist.DistEnv, device: torch.device) -> None:
+    """Clear errors for settings that would fail later (or silently do the wrong thing)."""
+    check_global_batch(cfg.train.batch_size, env.world_size)
+    autocast_for(cfg.train.amp, device)
+    for key in ("iterations", "eval_every", "log_every"):
+        if getattr(cfg.train, key) < 1:
+            raise ValueError(f"train.{key} must be at least 1, got {getattr(cfg.train, key)}")
+    if cfg.train.eval_protocol not in EVAL_PROTOCOLS:
+        raise ValueError(f"train.eval_protocol={cfg.train.eval_protocol!r}; valid choices: "
+                         f"{', '.join(EVAL_PROTOCOLS)}")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN pick its fastest kernels once
+
+
+def prepare_model(model: Segmenter, cfg: Config, env: dist.DistEnv, device: torch.device) -> Segmenter:
+    """The model as the loop trains it: SyncBN when several processes share the batch (``train.sync_bn``),
+    on ``device``, channels-last if asked, in training mode (BatchNorm frozen if asked)."""
+    t = cfg.train
+    if (env.distributed if t.sync_bn is None else t.sync_bn) and not t.freeze_bn:
+        model = dist.convert_sync_batchnorm(model, device)
+    model = model.to(device, memory_format=torch.channels_last if t.channels_last else torch.preserve_format)
+    set_train_mode(model, t.freeze_bn)
+    return model
+
+
+def wrap_for_training(model: Segmenter, env: dist.DistEnv, device: torch.device, *, compile: bool = False
+                      ) -> nn.Module:
+    """:class:`TrainingModule` around ``model``, in DistributedDataParallel when there are several
+    processes, then ``torch.compile``-d if asked (DDP first, so that compilation sees its buckets)."""
+    module: nn.Module = TrainingModule(model)
+    if env.distributed:
+        module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(module) if compile else module
+
+
+def _to_device(batch: tuple[Tensor, Tensor], device: torch.device, channels_last: bool) -> tuple[Tensor, Tensor]:
+    images, masks = (x.to(device, non_blocking=True) for x in batch)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images, masks
+
+
+def _synchronise(loss: Tensor, stop: dict[str, str | None], env: dist.DistEnv) -> tuple[float, tuple[str, int] | None]:
+    """One all-reduce per step: the global batch's loss, and how many processes got SIGINT / SIGTERM.
+
+    Returns the loss and ``(signal name, processes that got it)`` if any process is asked to stop, so
+    that every process stops after the same step.
+    """
+    flags = [float(stop["signal"] == "SIGINT"), float(stop["signal"] == "SIGTERM")]
+    stats = dist.all_reduce_sum(torch.cat([loss.float().view(1), torch.tensor(flags, device=loss.device)]))
+    total, sigint, sigterm = stats.tolist()
+    stopped = ("SIGTERM", int(sigterm)) if sigterm else ("SIGINT", int(sigint)) if sigint else None
+    return total / env.world_size, stopped
+
+
+def _check_finite(loss: float, step: int, cfg: Config) -> None:
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"loss became {loss} at step {step + 1}; stopped without saving, so the last good checkpoint in "
+            f"{cfg.train.run_dir} is intact. Try a lower train.lr or train.warmup_iterations > 0."
+        )
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
@@ -188,36 +334,105 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
     return lr
 
 
-def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, cfg: Config, device: torch.device,
-                step: int) -> float:
-    images, masks = (x.to(device, non_blocking=True) for x in batch)
-    with autocast_for(cfg.train.amp, device):
-        outputs = model.forward_train(images)
-    loss = segmentation_loss(outputs, masks, ignore_index=cfg.data.ignore_index, aux_weight=cfg.train.aux_weight)
-    value = loss.item()
-    if not math.isfinite(value):
-        raise NonFiniteLossError(
-            f"loss became {value} at step {step + 1}; stopped without saving, so the last good checkpoint in "
-            f"{cfg.train.run_dir} is intact. Try a lower train.lr or train.warmup_iterations > 0."
-        )
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return value
+def _save(path: Path, state: TrainState, meta: dict[str, Any], env: dist.DistEnv, *, optimizer: bool = True) -> int:
+    """Rank 0 writes the checkpoint (atomically); returns the step it holds."""
+    if env.is_main:
+        extra = {"world_size": env.world_size, "grad_scaler": state.scaler.state_dict()}
+        save_checkpoint(path, model=state.model, optimizer=state.optimizer if optimizer else None, step=state.step,
+                        best_miou=state.best_miou, extra=extra, **meta)
+    return state.step
 
 
-def _evaluate(model: nn.Module, dataset, cfg: Config, device: torch.device) -> dict[str, Any]:
-    return evaluate(model, dataset, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index,
-                    device=device, batch_size=cfg.eval.batch_size, num_workers=0, progress=False)
-
-
-def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
+def _restore(run_dir: Path, state: TrainState) -> None:
+    """Loads ``last.pt`` into every process (``run_dir`` must be on storage all nodes see)."""
+    path = run_dir / "last.pt"
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {path}")
     checkpoint = read_checkpoint(path)
-    model.load_state_dict(checkpoint.raw["model"])
-    optimizer.load_state_dict(checkpoint.raw["optimizer"])
-    torch.set_rng_state(checkpoint.raw["rng"]["torch"])
-    if "cuda" in checkpoint.raw["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(checkpoint.raw["rng"]["cuda"])
-    return checkpoint.step, checkpoint.best_miou
+    state.model.load_state_dict(checkpoint.raw["model"])
+    state.optimizer.load_state_dict(checkpoint.raw["optimizer"])
+    if checkpoint.raw.get("grad_scaler"):
+        state.scaler.load_state_dict(checkpoint.raw["grad_scaler"])
+    state.step = checkpoint.step
+    # last.pt is written before each evaluation, so the best mIoU it knows may predate best.pt's.
+    best = run_dir / "best.pt"
+    state.best_miou = max(checkpoint.best_miou, read_checkpoint(best).best_miou if best.is_file() else -1.0)
+    state.resumed_from = (checkpoint.step, checkpoint.raw.get("world_size", 1))
+
+
+def eval_protocol(model: Segmenter, cfg: Config) -> dict[str, Any]:
+    """How evaluations during training measure mIoU (and so select ``best.pt``), as ``train.eval_protocol`` says:
+    ``fast``: one scale, no flip, the training output stride; ``eval``: the ``eval`` section's settings."""
+    if cfg.train.eval_protocol == "fast":
+        return {"output_stride": model.spec.output_stride, "scales": [1.0], "flip": False, "window": None}
+    e = cfg.eval
+    return {"output_stride": e.output_stride or model.spec.output_stride, "scales": list(e.scales),
+            "flip": e.flip, "window": e.window}
+
+
+def validate(model: Segmenter, dataset, cfg: Config, env: dist.DistEnv, device: torch.device) -> dict[str, Any]:
+    """Val mIoU under :func:`eval_protocol`; each process evaluates its shard of the split and the
+    confusion matrices are summed, which gives exactly the single-process result."""
+    protocol = eval_protocol(model, cfg)
+    dist.broadcast_buffers(model)  # BN statistics as rank 0 has them (differ without SyncBN)
+    net = model
+    if protocol["output_stride"] != model.spec.output_stride:  # same weights, another dilation
+        net = build_from_spec(model.spec.at_output_stride(protocol["output_stride"])).to(device)
+        net.load_state_dict(model.state_dict())
+    shard = Subset(dataset, range(env.rank, len(dataset), env.world_size)) if env.distributed else dataset
+    metrics = evaluate(net, shard, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index, device=device,
+                       scales=protocol["scales"], flip=protocol["flip"], window=protocol["window"],
+                       batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, progress=False)
+    cm = dist.all_reduce_sum(torch.tensor(metrics["confusion_matrix"], dtype=torch.long, device=device)).cpu()
+    set_train_mode(model, cfg.train.freeze_bn)
+    return {**segmentation_metrics(cm), "confusion_matrix": cm.tolist()}
+
+
+def _evaluate_and_keep_best(state: TrainState, val_set, cfg: Config, env: dist.DistEnv, device: torch.device,
+                            log: RunLog, bar: tqdm, meta: dict[str, Any]) -> dict[str, Any]:
+    metrics = validate(state.model, val_set, cfg, env, device)
+    log.write({"step": state.step, "miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"],
+               "val_pixels": int(torch.tensor(metrics["confusion_matrix"]).sum())})
+    if env.is_main:
+        bar.write(f"step {state.step}: val mIoU {metrics['miou']:.4f}")
+    if metrics["miou"] > state.best_miou:
+        state.best_miou = metrics["miou"]
+        _save(Path(cfg.train.run_dir) / "best.pt", state, meta, env, optimizer=False)
+    return metrics
+
+
+def _announce(bar: tqdm, log: RunLog, cfg: Config, state: TrainState, env: dist.DistEnv) -> None:
+    """States, once, how the run is distributed and how best.pt is selected (log and console)."""
+    if not env.is_main:
+        return
+    p = eval_protocol(state.model, cfg)
+    how = (f"val mIoU every {cfg.train.eval_every} steps at output stride {p['output_stride']}, scales "
+           f"{p['scales']}, flip {'on' if p['flip'] else 'off'}" + (f", window {p['window']}" if p["window"] else ""))
+    lines = [f"{env.world_size} process(es), global batch {cfg.train.batch_size} "
+             f"({cfg.train.batch_size // env.world_size} per process); best.pt: the highest {how} "
+             f"(train.eval_protocol={cfg.train.eval_protocol})"]
+    if state.resumed_from:
+        lines.append(f"resuming from step {state.resumed_from[0]} (saved by {state.resumed_from[1]} process(es))")
+    for line in lines:
+        bar.write(line)
+    log.write({"step": state.step, "world_size": env.world_size, "global_batch": cfg.train.batch_size,
+               "eval_protocol": {"name": cfg.train.eval_protocol, **p}})
+
+
+def _stop(bar: tqdm, run_dir: Path, state: TrainState, meta: dict[str, Any], env: dist.DistEnv,
+          stopped: tuple[str, int], saved_at: int) -> None:
+    if saved_at != state.step:
+        _save(run_dir / "last.pt", state, meta, env)
+    if env.is_main:
+        bar.write(f"{stopped[0]} received by {stopped[1]} of {env.world_size} process(es): saved "
+                  f"{run_dir / 'last.pt'} at step {state.step}; continue with --resume")
+    dist.barrier()  # no process leaves (and lets torchrun stop the others) before the checkpoint is written
+
+
+def _finish(model: Segmenter, val_set, run_dir: Path, env: dist.DistEnv, device: torch.device) -> None:
+    """Rank 0 draws the training curve and prediction previews; the others wait for it."""
+    if env.is_main:
+        plot_training_curve(run_dir / "log.jsonl", run_dir / "training_curve.png")
+        predictor = Predictor(model, num_classes=val_set.num_classes, palette=val_set.palette, device=device)
+        save_previews(predictor, val_set, run_dir / "previews")
+    dist.barrier()

@@ -1,4 +1,4 @@
-"""Resume equivalence, signals, NaN losses: checkpoints survive and runs continue exactly."""
+"""Resume is exact wherever the run is stopped; signals, NaN losses and failing evaluations lose no training."""
 
 import signal
 
@@ -6,36 +6,71 @@ import pytest
 import torch
 
 from deeplab.cli import main
+from deeplab.config import load_config
 from deeplab.engine import train as train_module
 from deeplab.engine.checkpoint import read_checkpoint
+from deeplab.engine.train import train
+
+# 6 images and a batch of 2: an epoch is 3 steps. Evaluations at steps 2, 4, 6 and 7. Dropout stays on
+# (the default 0.1), so the model's own random stream is exercised as well as the augmentation's.
+EXACT = ("train.iterations=7", "train.eval_every=2", "data.num_images=6")
 
 
-def _interrupt_at(monkeypatch, step_to_stop: int, signum: int) -> None:
-    """Delivers a real signal to this process right after the given step's update."""
-    original = train_module._train_step
+def _stop_at(step: int, signum: int = signal.SIGTERM):
+    """A hook that sends a real signal to this process after ``step`` (the run stops after the next one)."""
 
-    def step_then_signal(model, optimizer, batch, cfg, device, step):
-        loss = original(model, optimizer, batch, cfg, device, step)
-        if step + 1 == step_to_stop:
+    def hook(info):
+        if info.step == step:
             signal.raise_signal(signum)
-        return loss
 
-    monkeypatch.setattr(train_module, "_train_step", step_then_signal)
+    return hook
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_resume_equals_uninterrupted(tiny, tmp_path, monkeypatch, signum, capsys):
-    assert main(["train", "--set", *tiny(run="straight")]) == 0
-    with monkeypatch.context() as patch:
-        _interrupt_at(patch, 2, signum)
-        assert main(["train", "--set", *tiny("train.eval_every=100", run="resumed")]) == 130
-    assert read_checkpoint(tmp_path / "resumed" / "last.pt").step == 2
-    assert main(["train", "--resume", "--set", *tiny("train.eval_every=100", run="resumed")]) == 0
-    straight = read_checkpoint(tmp_path / "straight" / "last.pt")
-    resumed = read_checkpoint(tmp_path / "resumed" / "last.pt")
-    assert resumed.step == straight.step == 4
-    for key, value in straight.raw["model"].items():
-        assert torch.equal(value, resumed.raw["model"][key]), key
+def _assert_same_weights(a, b):
+    wa, wb = read_checkpoint(a / "last.pt").raw["model"], read_checkpoint(b / "last.pt").raw["model"]
+    assert wa.keys() == wb.keys()
+    for key, value in wa.items():
+        assert torch.equal(value, wb[key]), key
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    from .conftest import TINY
+
+    run = tmp_path_factory.mktemp("straight")
+    assert main(["train", "--set", *TINY, *EXACT, f"train.run_dir={run}"]) == 0
+    return run
+
+
+@pytest.mark.parametrize(("hook_step", "stopped_at", "workers", "signum"), [
+    (1, 2, 0, signal.SIGTERM),  # mid-epoch, and the step's evaluation ran before the stop
+    (2, 3, 0, signal.SIGINT),  # at an epoch's end, right after an evaluation (step 2)
+    (4, 5, 0, signal.SIGTERM),  # mid-epoch, one step after an evaluation
+    (4, 5, 2, signal.SIGTERM),  # the same with loader worker processes
+], ids=["mid-epoch-at-eval", "epoch-end-after-eval", "mid-epoch", "mid-epoch-workers"])
+def test_stopped_by_a_signal_and_resumed_equals_uninterrupted(straight, tiny, tmp_path, hook_step, stopped_at,
+                                                             workers, signum):
+    config = load_config(None, tiny(*EXACT, f"data.num_workers={workers}"))
+    first = train(config, on_step_end=_stop_at(hook_step, signum))
+    assert first.interrupted and first.stop_signal == signal.Signals(signum).name and first.step == stopped_at
+    assert read_checkpoint(tmp_path / "run" / "last.pt").step == stopped_at
+    assert main(["train", "--resume", "--set", *tiny(*EXACT, f"data.num_workers={workers}")]) == 0
+    _assert_same_weights(straight, tmp_path / "run")
+
+
+def test_the_cli_exit_code_names_the_signal(tiny, tmp_path, monkeypatch, capsys):
+    calls = []
+    real_train = train_module.train
+
+    def train_then_interrupt(config, resume=False):
+        calls.append(resume)
+        return real_train(config, resume=resume, on_step_end=_stop_at(1))
+
+    monkeypatch.setattr(train_module, "train", train_then_interrupt)
+    assert main(["train", "--set", *tiny("train.eval_every=100")]) == 128 + signal.SIGTERM
+    out = capsys.readouterr().out
+    assert "SIGTERM received by 1 of 1 process(es): saved" in out and "at step 2; continue with --resume" in out
+    assert "interrupted at step 2" in out and calls == [False]
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tiny, tmp_path, capsys):
@@ -57,6 +92,27 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypat
     assert "loss became nan at step 3" in capsys.readouterr().err
     kept = read_checkpoint(tmp_path / "run" / "last.pt")
     assert kept.step == 2 and all(torch.isfinite(v).all() for v in kept.raw["model"].values() if v.is_floating_point())
+
+
+def test_last_checkpoint_is_written_before_evaluating(tiny, tmp_path, monkeypatch, capsys):
+    def failing_evaluate(*args, **kwargs):
+        raise OSError("val image unreadable")
+
+    monkeypatch.setattr(train_module, "evaluate", failing_evaluate)
+    assert main(["train", "--set", *tiny()]) == 2
+    assert "val image unreadable" in capsys.readouterr().err
+    assert read_checkpoint(tmp_path / "run" / "last.pt").step == 2  # step 2's training is kept
+    assert not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_best_miou_survives_a_resume_from_a_checkpoint_written_before_its_evaluation(tiny, tmp_path):
+    assert main(["train", "--set", *tiny("train.iterations=2", "train.eval_every=2")]) == 0
+    best = read_checkpoint(tmp_path / "run" / "best.pt").best_miou
+    assert read_checkpoint(tmp_path / "run" / "last.pt").best_miou == -1.0  # written before step 2's evaluation
+    seen = []
+    train(load_config(None, tiny("train.iterations=3", "train.eval_every=100")), resume=True,
+          on_step_end=lambda info: seen.append(info.best_miou))
+    assert seen[0] == best >= 0  # not -1: a worse later evaluation cannot replace best.pt
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
