@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 from .models import Segmenter, create_model, list_models
 
 __version__ = "0.1.0"
-__all__ = ["Predictor", "Segmenter", "__version__", "create_model", "evaluate", "list_models",
+__all__ = ["Predictor", "Segmenter", "__version__", "create_model", "evaluate", "export_model", "list_models",
            "load_checkpoint", "train"]
 
 if TYPE_CHECKING:
     from .engine.checkpoint import load_checkpoint
     from .engine.evaluate import evaluate
     from .engine.train import train
+    from .export import export_model
     from .inference import Predictor
 
 _LAZY = {
@@ -25,6 +26,7 @@ _LAZY = {
     "load_checkpoint": "deeplab.engine.checkpoint",
     "train": "deeplab.engine.train",
     "evaluate": "deeplab.engine.evaluate",
+    "export_model": "deeplab.export",
 }
 
 

@@ -1,4 +1,5 @@
-"""The ``deeplab`` command: train | eval | predict | serve | models | data. Thin: parse, call the library, print."""
+"""The ``deeplab`` command: train | eval | predict | export | benchmark | serve | models | data. Thin: parse, call
+the library, print."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+
+PRECISION_CHOICES = ("fp32", "bf16", "fp16")  # eager precisions; an export keeps its own
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -37,18 +40,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a checkpoint on its dataset's val split: mIoU table, optional JSON."""
-    from .config import apply_overrides, parse_override
+    """Evaluate a checkpoint or an export on its dataset's val split: mIoU table, optional JSON."""
+    from .config import apply_overrides, from_dict, parse_override
     from .engine.checkpoint import read_checkpoint
-    from .engine.evaluate import evaluate_checkpoint
-    from .engine.train import resolve_device
+    from .engine.evaluate import evaluate_file
     from .imageio import atomic_write
     from .metrics import format_metrics_table, metrics_to_json
 
-    config = apply_overrides(read_checkpoint(args.checkpoint).config, args.overrides)
-    if any(parse_override(o)[0] == "model.output_stride" for o in args.overrides):
-        config.eval.output_stride = config.model.output_stride  # an explicit model OS wins
-    metrics, classes = evaluate_checkpoint(args.checkpoint, config, device=resolve_device(config.train.device))
+    path = args.model or args.checkpoint
+    explicit_os = any(parse_override(o)[0] == "model.output_stride" for o in args.overrides)
+    if _is_export(path):
+        from .runtime import read_export
+
+        config = apply_overrides(from_dict(read_export(path).config), args.overrides)
+        output_stride = config.model.output_stride if explicit_os else None  # an export keeps its own stride
+    else:
+        config = apply_overrides(read_checkpoint(path).config, args.overrides)
+        if explicit_os:
+            config.eval.output_stride = config.model.output_stride  # an explicit model OS wins
+        output_stride = config.eval.output_stride or config.model.output_stride
+    metrics, classes = evaluate_file(path, config, output_stride=output_stride, precision=args.precision,
+                                     device=_device(config.train.device, path))
     print(format_metrics_table(metrics, classes))
     if args.json:
         with atomic_write(args.json, "w") as handle:
@@ -57,34 +69,73 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_for_prediction(args: argparse.Namespace, device):
-    """(model, class names, palette) from ``--checkpoint`` or ``--pretrained``."""
+def _is_export(path: Path) -> bool:
+    from .runtime import detect_format
+
+    return detect_format(path) != "checkpoint"
+
+
+def _device(name: str, model_path: Path | None = None):
+    """``auto`` picks the GPU when there is one, except for ONNX files (the usual onnxruntime runs on the CPU)."""
+    import torch
+
+    from .engine.train import resolve_device
+    from .runtime import detect_format
+
+    if name == "auto" and model_path is not None and detect_format(model_path) == "onnx":
+        return torch.device("cpu")
+    return resolve_device(name)
+
+
+def _predictor(args: argparse.Namespace):
+    """The Predictor for ``--model``/``--checkpoint`` (any model file) or ``--pretrained`` (published weights)."""
+    from .inference import Predictor
+
+    options = {"scales": args.scales, "flip": args.flip, "window": args.window, "precision": args.precision}
     if args.pretrained:
         from .models import create_model, published_weights
 
         published = published_weights(args.pretrained)
         model = create_model(published.model, weights=published.name, output_stride=args.output_stride)
-        return model.to(device).eval(), list(published.classes), published.palette
-    from .engine.checkpoint import load_checkpoint
-
-    model, checkpoint = load_checkpoint(args.checkpoint, output_stride=args.output_stride, device=device)
-    return model, checkpoint.classes, checkpoint.palette
+        return Predictor(model, num_classes=len(published.classes), classes=list(published.classes),
+                         palette=published.palette, device=_device(args.device), **options)
+    path = args.model or args.checkpoint
+    return Predictor.from_file(path, output_stride=args.output_stride, device=_device(args.device, path), **options)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict masks for image files, folders or globs: index, colour and overlay PNGs."""
-    from .engine.train import resolve_device
-    from .inference import Predictor, predict_paths
+    from .inference import predict_paths
 
-    device = resolve_device(args.device)
-    model, classes, palette = _model_for_prediction(args, device)
-    predictor = Predictor(model, num_classes=len(classes), classes=classes, palette=palette, device=device,
-                          scales=args.scales, flip=args.flip, window=args.window)
-    report = predict_paths(predictor, args.inputs, args.out, area_table=args.areas)
+    report = predict_paths(_predictor(args), args.inputs, args.out, area_table=args.areas)
     for path, reason in report.failed:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     print(f"wrote {len(report.written)} prediction(s) to {args.out}")
     return 1 if report.failed and not report.written else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a checkpoint to ONNX or TorchScript (fp32, bf16, int8); the file is verified before it is written."""
+    from .export import export_model
+
+    fmt = args.format or ("torchscript" if args.out.suffix.lower() in (".pt", ".ts", ".torchscript") else "onnx")
+    report = export_model(args.checkpoint, args.out, format=fmt, precision=args.precision,
+                          output_stride=args.output_stride, calibration_images=args.calibration_images,
+                          calibration=args.calibration, max_miou_drop=args.max_miou_drop,
+                          eval_images=args.eval_images)
+    print(report.summary())
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """Latency and peak memory of each deploy path (eager, fast, TorchScript, ONNX Runtime, bf16, int8) and peers."""
+    from .benchmark import DEFAULT_MODELS, format_report, run_benchmark
+
+    models = [name.strip() for name in args.models.split(",")] if args.models else list(DEFAULT_MODELS)
+    result = run_benchmark(models, size=args.size, batch=args.batch, runs=args.runs, warmup=args.warmup,
+                           memory=not args.no_memory, peers=not args.no_peers)
+    print(format_report(result))
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -94,7 +145,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise RuntimeError(str(err)) from err
 
-    predictor, info = load_predictor(args.checkpoint, model=args.model, precision=args.precision, device=args.device,
+    device = _device(args.device, args.model or args.checkpoint)
+    predictor, info = load_predictor(args.checkpoint, model=args.model, precision=args.precision, device=device,
                                      output_stride=args.output_stride, scales=args.scales, flip=args.flip,
                                      window=args.window)
     settings = ServeSettings(max_upload_bytes=round(args.max_upload_mb * 2**20), max_side=args.max_side,
@@ -111,6 +163,18 @@ def cmd_models(args: argparse.Namespace) -> int:
     print()
     print(format_published_table())
     return 0
+
+
+def _model_source(p: argparse.ArgumentParser, *, pretrained: bool = False) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a checkpoint written by deeplab train")
+    source.add_argument("--model", type=Path, help="an export from deeplab export (.onnx, TorchScript) or a checkpoint")
+    if pretrained:
+        source.add_argument("--pretrained", metavar="NAME",
+                            help="published weights by name, e.g. deeplabv3_resnet101.coco_voc (see deeplab models)")
+    p.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
+                   help="eager arithmetic: bf16 on GPUs and CPUs with AVX512-BF16/AMX, fp16 on GPUs "
+                        "(an export runs at the precision it was exported at)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,16 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("eval", help=cmd_eval.__doc__)
-    p.add_argument("--checkpoint", type=Path, required=True)
+    _model_source(p)
     p.add_argument("--json", type=Path, help="also write the metrics as JSON here")
     _config_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = commands.add_parser("predict", help=cmd_predict.__doc__)
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="a checkpoint written by deeplab train")
-    source.add_argument("--pretrained", metavar="NAME",
-                        help="published weights by name, e.g. deeplabv3_resnet101.coco_voc (see deeplab models)")
+    _model_source(p, pretrained=True)
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--output-stride", type=int, default=None, help="rebuild the model at this output stride")
@@ -150,10 +211,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 
+    p = commands.add_parser("export", help=cmd_export.__doc__)
+    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by deeplab train")
+    p.add_argument("--out", type=Path, required=True, help="the file to write, e.g. model.onnx")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default=None,
+                   help="default: torchscript for an --out ending in .pt/.ts/.torchscript, else onnx")
+    p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="int8: ONNX Runtime static quantization; bf16: TorchScript")
+    p.add_argument("--output-stride", type=int, default=None, help="export the model rebuilt at this stride")
+    p.add_argument("--calibration-images", type=int, default=64, help="int8: images that calibrate activations")
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="int8: a folder of calibration images (default: the checkpoint's training split)")
+    p.add_argument("--max-miou-drop", type=float, default=1.0,
+                   help="int8: fail if the val mIoU drops by more points than this against fp32")
+    p.add_argument("--eval-images", type=int, default=None,
+                   help="int8: val images for the accuracy check (default all; 0 skips it)")
+    p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("benchmark", help=cmd_benchmark.__doc__)
+    p.add_argument("--models", default=None, help="comma-separated model names (default: the README table's four)")
+    p.add_argument("--size", type=int, default=513, help="input side")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--runs", type=int, default=7, help="timed runs per path, interleaved across paths")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--no-memory", action="store_true", help="skip peak memory (measured in one process per path)")
+    p.add_argument("--no-peers", action="store_true", help="skip torchvision and segmentation_models_pytorch")
+    p.set_defaults(func=cmd_benchmark)
+
     p = commands.add_parser("serve", help=cmd_serve.__doc__)
-    p.add_argument("--checkpoint", type=Path, help="training checkpoint to serve")
-    p.add_argument("--model", type=Path, help="exported model file (ONNX / TorchScript) to serve")
-    p.add_argument("--precision", default="fp32", help="numeric precision of the served model (default fp32)")
+    _model_source(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="auto")
@@ -186,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = _print_warning
         try:
             return args.func(args)
-        except (ValueError, OSError, RuntimeError, FloatingPointError) as err:  # the user's input, not a bug
+        except (ValueError, OSError, RuntimeError, FloatingPointError, ImportError) as err:  # input, not a bug
             print(f"error: {err}", file=sys.stderr)
             return 2
 

@@ -1,13 +1,15 @@
-"""Prediction with a trained model: multi-scale and flip averaging, sliding windows, files to masks."""
+"""Prediction with a trained or exported model: fast eager path, ONNX Runtime, TorchScript; multi-scale and flip
+averaging, sliding windows, files to masks."""
 
 from __future__ import annotations
 
 import csv
 import glob
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +26,9 @@ from deeplab.imageio import (
     save_index_png,
     save_rgb_png,
 )
+from deeplab.models.spec import ModelSpec
 from deeplab.palettes import default_palette
+from deeplab.runtime import AUTOCAST_DTYPES, check_precision, fast_copy
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
@@ -34,8 +38,14 @@ IMAGE_EXTENSIONS = frozenset(
 class Predictor:
     """Turns images into class maps with a segmentation model (``N x 3 x H x W -> N x C x H x W``).
 
+    One class whatever runs the network: an eager PyTorch model (by default through the fast path:
+    an eval-mode copy with BatchNorm folded into the convolutions, channels-last, optional bf16/fp16
+    autocast), or an export loaded by :meth:`from_file` (ONNX Runtime, TorchScript). Multi-scale, flip
+    and sliding-window inference work the same on every backend.
+
     Args:
-        model: returns logits at its input's size; put in eval mode and moved to ``device``.
+        model: returns logits at its input's size: an ``nn.Module`` or, for exports, any callable
+            mapping a normalised float batch to logits.
         num_classes: number of classes ``C`` the model predicts (checked against its output).
         classes: class names (default ``class_0`` ...); used for tables and CSV columns.
         palette: one RGB colour per class (default: the PASCAL VOC colour map).
@@ -49,11 +59,16 @@ class Predictor:
             window in some dimension is tiled; tiles are never padded, so an input that fits in one
             window gets exactly the plain forward pass.
         overlap: fraction of the window shared by neighbouring tiles, in ``[0, 1)``.
+        precision: ``fp32``; ``bf16`` (autocast) on a GPU or a CPU with AVX512-BF16/AMX; ``fp16`` on a GPU.
+        fast: run an ``nn.Module`` through the fast path (:func:`deeplab.runtime.fast_copy`), which
+            leaves ``model`` itself untouched. ``False`` runs ``model`` as given, after putting it in
+            eval mode on ``device`` (plain eager).
+        spec: the model's :class:`~deeplab.models.ModelSpec`; default ``model.spec`` where it has one.
     """
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
         *,
         num_classes: int,
         classes: Sequence[str] | None = None,
@@ -65,22 +80,78 @@ class Predictor:
         flip: bool = False,
         window: int | tuple[int, int] | None = None,
         overlap: float = 1 / 3,
+        precision: str = "fp32",
+        fast: bool = True,
+        spec: ModelSpec | None = None,
     ) -> None:
         self.classes = list(classes) if classes is not None else [f"class_{i}" for i in range(num_classes)]
         self.palette = list(palette) if palette is not None else default_palette(num_classes)
         _check_options(num_classes, self.classes, self.palette, scales, window, overlap)
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.precision = precision
+        self.spec = spec if spec is not None else getattr(model, "spec", None)
+        self._autocast = None
+        self._channels_last = False
+        if isinstance(model, nn.Module) and not isinstance(model, torch.jit.ScriptModule):
+            check_precision(precision, self.device)
+            self._autocast = AUTOCAST_DTYPES.get(precision)
+            self._channels_last = fast and self.device.type in ("cpu", "cuda")
+            self.model = fast_copy(model, self.device) if fast else model.to(self.device).eval()
+        else:
+            self.model = model
         self.num_classes = num_classes
-        spec = getattr(model, "spec", None)
-        mean = mean if mean is not None else getattr(spec, "mean", IMAGENET_MEAN)
-        std = std if std is not None else getattr(spec, "std", IMAGENET_STD)
+        mean = mean if mean is not None else getattr(self.spec, "mean", IMAGENET_MEAN)
+        std = std if std is not None else getattr(self.spec, "std", IMAGENET_STD)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.scales = tuple(float(scale) for scale in scales)
         self.flip = flip
         self.window = (window, window) if isinstance(window, int) else window
         self.overlap = overlap
+
+    @property
+    def output_stride(self) -> int | None:
+        """The network's output stride (from its spec), or ``None`` when unknown."""
+        return self.spec.output_stride if self.spec is not None else getattr(self.model, "output_stride", None)
+
+    @classmethod
+    def from_file(
+        cls, path: str | Path, *, output_stride: int | None = None, precision: str = "fp32",
+        device: str | torch.device = "cpu", **options: Any,
+    ) -> Predictor:
+        """A predictor for a training checkpoint (``.pt`` from ``deeplab train``) or an export (ONNX, TorchScript).
+
+        The file alone says what the model is, its classes, palette and normalisation.
+
+        Args:
+            path: the model file; its kind is recognised from its contents.
+            output_stride: rebuild a checkpoint's model at this output stride. An export is fixed at the
+                stride it was exported at (``deeplab export --output-stride``); asking for another is an error.
+            precision: for a checkpoint, see the class docstring. An export runs at the precision it was
+                exported at; ``fp32`` (the default) or that precision is accepted, anything else is an error.
+            device: where the model runs (ONNX Runtime: ``cpu``, or ``cuda`` with onnxruntime-gpu).
+            **options: the other keyword arguments of :class:`Predictor` (``scales``, ``flip``, ``window``...).
+        """
+        from .runtime import detect_format, load_export
+
+        path = Path(path)
+        if detect_format(path) == "checkpoint":
+            from .engine.checkpoint import load_checkpoint  # engine only for training checkpoints
+
+            model, checkpoint = load_checkpoint(path, output_stride=output_stride, device=device)
+            return cls(model, num_classes=len(checkpoint.classes), classes=checkpoint.classes,
+                       palette=checkpoint.palette, device=device, precision=precision, **options)
+        runner, info = load_export(path, device)
+        if output_stride is not None and output_stride != info.spec.output_stride:
+            raise ValueError(f"{path} was exported at output stride {info.spec.output_stride}; for "
+                             f"{output_stride}, export again with --output-stride {output_stride}")
+        if precision not in ("fp32", info.precision):
+            raise ValueError(f"{path} is a {info.precision} export; its precision is fixed at export time "
+                             f"(export again with --precision {precision})")
+        predictor = cls(runner, num_classes=info.spec.num_classes, classes=info.classes, palette=info.palette,
+                        device=device, spec=info.spec, **options)
+        predictor.precision = info.precision
+        return predictor
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """Converts a uint8 ``3 x H x W`` RGB image to a normalised float ``1 x 3 x H x W`` batch."""
@@ -148,7 +219,13 @@ class Predictor:
         return total / count
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x)
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self._autocast is not None:
+            with torch.autocast(self.device.type, dtype=self._autocast):
+                logits = self.model(x)
+        else:
+            logits = self.model(x)
         expected = (x.shape[0], self.num_classes, *x.shape[-2:])
         if tuple(logits.shape) != expected:
             raise ValueError(

@@ -12,10 +12,11 @@ def test_public_names_resolve_to_the_library_objects():
     from deeplab.engine.checkpoint import load_checkpoint
     from deeplab.engine.evaluate import evaluate
     from deeplab.engine.train import train
+    from deeplab.export import export_model
     from deeplab.inference import Predictor
 
-    assert (deeplab.train, deeplab.evaluate, deeplab.Predictor, deeplab.load_checkpoint) == (
-        train, evaluate, Predictor, load_checkpoint)
+    assert (deeplab.train, deeplab.evaluate, deeplab.Predictor, deeplab.load_checkpoint, deeplab.export_model) == (
+        train, evaluate, Predictor, load_checkpoint, export_model)
     assert "deeplabv3plus_resnet101" in deeplab.list_models() and deeplab.__version__
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
         deeplab.nonsense  # noqa: B018

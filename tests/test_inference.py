@@ -1,4 +1,6 @@
+import copy
 import csv
+import sys
 import warnings
 
 import numpy as np
@@ -8,7 +10,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from deeplab.config import Config
+from deeplab.engine.checkpoint import load_checkpoint, save_checkpoint
 from deeplab.inference import Predictor, _tile_starts, expand_inputs, predict_paths
+from deeplab.models import create_model, list_models
+from deeplab.runtime import cpu_has_bf16
 
 
 def _pixel_linear(num_classes: int = 4, seed: int = 0) -> nn.Conv2d:
@@ -47,13 +53,22 @@ def _image(h: int = 9, w: int = 11, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-def test_constructor_sets_eval_mode_and_defaults():
+def test_constructor_runs_an_eval_copy_and_sets_defaults():
     model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Dropout2d(0.5))
     model.train()
     predictor = Predictor(model, num_classes=3)
-    assert not model.training
+    assert model.training and not predictor.model.training  # the caller's model is left as it was
+    x = torch.randn(1, 3, 5, 5)
+    torch.testing.assert_close(predictor.logits_for_batch(x), predictor.logits_for_batch(x))  # no dropout
     assert predictor.classes == ["class_0", "class_1", "class_2"]
     assert predictor.palette[:2] == [(0, 0, 0), (128, 0, 0)]
+    assert predictor.spec is None and predictor.output_stride is None and predictor.precision == "fp32"
+
+
+def test_plain_eager_runs_the_given_model_in_eval_mode():
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Dropout2d(0.5))
+    predictor = Predictor(model, num_classes=3, fast=False)
+    assert predictor.model is model and not model.training
 
 
 @pytest.mark.parametrize(
@@ -149,7 +164,7 @@ def test_multi_scale_with_flip_runs_every_pass():
     predictor = Predictor(model, num_classes=2, scales=(0.5, 1.0), flip=True)
     out = predictor.logits_for_batch(torch.zeros(1, 3, 6, 8))
     assert out.shape == (1, 2, 6, 8)
-    assert sorted(shape[-1] for shape in model.calls) == [4, 4, 8, 8]
+    assert sorted(shape[-1] for shape in predictor.model.calls) == [4, 4, 8, 8]
     torch.testing.assert_close(out.softmax(1).sum(1), torch.ones(1, 6, 8))
 
 
@@ -170,7 +185,7 @@ def test_sliding_window_averages_logits_of_overlapping_tiles():
     expected_row = torch.tensor([0, 1, 2, 3, 2, 3, 2, 3, 4, 5], dtype=torch.float32)
     torch.testing.assert_close(out[0, 0], expected_row.expand(4, 10))
     torch.testing.assert_close(out[0, 1], 2 * expected_row.expand(4, 10))
-    assert model.calls == [(1, 3, 4, 6), (1, 3, 4, 6)]  # the short side is not padded
+    assert predictor.model.calls == [(1, 3, 4, 6), (1, 3, 4, 6)]  # the short side is not padded
 
 
 @pytest.mark.parametrize("window, overlap", [(8, 1 / 3), ((5, 12), 0.5), (7, 0.0)])
@@ -294,3 +309,169 @@ def test_output_stems_never_collide_with_suffixed_names(tmp_path):
     names = sorted(path.name for path in (tmp_path / "out").iterdir())
     assert len(names) == 6
     assert [path.name for path in report.written] == ["x.png", "x_color_1.png"]
+
+
+# --- the fast path, precisions and model files ---------------------------------------------------
+
+
+def _with_random_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Gives every BatchNorm non-trivial statistics and affine parameters, so folding them is a real test."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                n = module.num_features
+                module.running_mean.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
+    return model
+
+
+def _batchnorms(model: nn.Module) -> int:
+    return sum(isinstance(module, nn.BatchNorm2d) for module in model.modules())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_fast_path_folds_every_batchnorm_and_equals_plain_eager(name):
+    model = _with_random_statistics(create_model(name, num_classes=5)).train()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    fast = Predictor(model, num_classes=5)
+    plain = Predictor(copy.deepcopy(model), num_classes=5, fast=False)
+    assert _batchnorms(fast.model) == 0
+    x = torch.randn(2, 3, 65, 81, generator=torch.Generator().manual_seed(1))
+    difference = (fast.logits_for_batch(x) - plain.logits_for_batch(x)).abs().max().item()
+    assert difference < 1e-3
+    # the caller's model is untouched: still training, same weights and statistics, BatchNorms in place
+    assert model.training and _batchnorms(model) == _batchnorms(plain.model)
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+
+
+def test_each_predictor_sees_the_current_weights_of_a_model_in_training():
+    model = create_model("deeplabv3plus_mobilenetv2", num_classes=3).train()
+    x = torch.randn(1, 3, 65, 65)
+    first = Predictor(model, num_classes=3).logits_for_batch(x)
+    with torch.no_grad():
+        model.head.classifier.bias.add_(torch.tensor([5.0, 0.0, -5.0]))
+    second = Predictor(model, num_classes=3).logits_for_batch(x)
+    torch.testing.assert_close(second - first, torch.tensor([5.0, 0.0, -5.0]).view(1, 3, 1, 1).expand_as(first),
+                               atol=1e-4, rtol=0)
+
+
+class _ConvReadTwice(nn.Module):
+    """The conv output feeds its BatchNorm and, through a plain addition, the output: folding would be wrong."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+class _ConvIntoTwoNorms(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.first, self.second = nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.first(y) - self.second(y)
+
+
+@pytest.mark.parametrize("model_class, warned", [(_ConvReadTwice, True), (_ConvIntoTwoNorms, False)])
+def test_fast_path_never_folds_a_batchnorm_whose_conv_output_is_read_elsewhere(model_class, warned):
+    # Two BNs reading one conv are seen by the pairing itself; a plain function reading the conv output
+    # is not, and is caught by comparing the folded model's output with the original's.
+    model = _with_random_statistics(model_class().eval())
+    x = torch.randn(1, 3, 9, 9)
+    with torch.no_grad():
+        expected = model(x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predictor = Predictor(model, num_classes=4)
+    assert any("unfolded" in str(w.message) for w in caught) == warned
+    assert _batchnorms(predictor.model) == _batchnorms(model)
+    torch.testing.assert_close(predictor.logits_for_batch(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("precision, message", [
+    ("fp16", "fp16 needs a CUDA device"),
+    ("int8", "deeplab export --precision int8"),
+    ("fp64", "valid choices: fp32, bf16, fp16, int8"),
+])
+def test_unsupported_precisions_are_clear_errors(precision, message):
+    with pytest.raises(ValueError, match=message):
+        Predictor(_pixel_linear(), num_classes=4, precision=precision)
+
+
+def test_bf16_runs_where_the_cpu_has_it_and_is_refused_where_it_would_be_emulated():
+    model = _with_random_statistics(create_model("deeplabv3plus_mobilenetv2", num_classes=3)).eval()
+    if not cpu_has_bf16():
+        with pytest.raises(ValueError, match="AVX512-BF16 or AMX"):
+            Predictor(model, num_classes=3, precision="bf16")
+        return
+    x = torch.randn(1, 3, 65, 65)
+    bf16 = Predictor(model, num_classes=3, precision="bf16").logits_for_batch(x)
+    fp32 = Predictor(model, num_classes=3).logits_for_batch(x)
+    assert bf16.dtype == torch.float32 and (bf16 - fp32).abs().max() < 0.1 * fp32.abs().max()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("checkpoint") / "ck.pt"
+    torch.manual_seed(0)
+    model = _with_random_statistics(create_model("deeplabv3plus_mobilenetv2", num_classes=3))
+    save_checkpoint(path, model=model, optimizer=None, step=7, best_miou=0.0, config=Config(),
+                    classes=["sky", "sea", "boat"], palette=[(0, 0, 255), (0, 128, 255), (255, 0, 0)])
+    return path
+
+
+def test_from_file_with_a_training_checkpoint_matches_the_checkpoints_model(tiny_checkpoint):
+    predictor = Predictor.from_file(tiny_checkpoint, output_stride=8, flip=True)
+    model, _ = load_checkpoint(tiny_checkpoint, output_stride=8)
+    assert predictor.classes == ["sky", "sea", "boat"] and predictor.palette[2] == (255, 0, 0)
+    assert predictor.num_classes == 3 and predictor.output_stride == 8 and predictor.spec == model.spec
+    assert predictor.flip
+    image = _image(70, 90)
+    expected = Predictor(model, num_classes=3, flip=True, fast=False).predict_logits(image)
+    assert (predictor.predict_logits(image) - expected).abs().max() < 1e-3
+    assert predictor.predict(image).shape == (70, 90) and predictor.predict(image).dtype == torch.int64
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("notes.txt", b"hello", "not a readable checkpoint"),
+    ("model.onnx", b"\x08\x07 certainly not protobuf \xff\xff", "not an ONNX model"),
+    ("weights.pt", None, "not a deeplab training checkpoint"),
+])
+def test_a_file_that_is_not_a_model_is_a_clear_error(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is None:
+        torch.save({"conv.weight": torch.zeros(1)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        Predictor.from_file(path)
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        Predictor.from_file(tmp_path / "missing.onnx")
+
+
+def test_an_onnx_file_from_elsewhere_is_not_taken_for_an_export(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    path = tmp_path / "foreign.onnx"
+    torch.onnx.export(nn.Conv2d(3, 2, 1), (torch.zeros(1, 3, 4, 4),), str(path), dynamo=False)
+    assert onnx.load(str(path)).graph.node
+    with pytest.raises(ValueError, match="not a deeplab export"):
+        Predictor.from_file(path)
+
+
+def test_onnx_without_the_deploy_extra_names_the_extra(tmp_path, monkeypatch):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\x08\x07")
+    monkeypatch.setitem(sys.modules, "onnx", None)  # what an environment without the extra looks like
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ImportError, match=r"deeplab\[deploy\]"):
+        Predictor.from_file(path)

@@ -14,7 +14,6 @@ from ..config import Config
 from ..data import SegmentationDataset, eval_transforms
 from ..inference import Predictor
 from ..metrics import confusion_matrix, segmentation_metrics
-from .checkpoint import load_checkpoint
 from .data import build_dataset
 
 
@@ -22,38 +21,64 @@ def evaluate(
     model: torch.nn.Module, dataset: SegmentationDataset, *, num_classes: int, ignore_index: int = 255,
     device: str | torch.device = "cpu", scales: Sequence[float] = (1.0,), flip: bool = False,
     window: int | None = None, batch_size: int = 1, num_workers: int = 0, progress: bool = True,
+    precision: str = "fp32", fast: bool = True,
 ) -> dict[str, Any]:
     """Accumulates one confusion matrix over ``dataset`` and returns :func:`segmentation_metrics` of it.
 
     The dataset must return normalised images (``eval_transforms``); batches larger than 1 need
-    images of one size. The model's train/eval mode is restored afterwards.
+    images of one size. The model runs through :class:`Predictor`'s fast path (a folded copy) unless
+    ``fast=False``; either way every module's train/eval mode is as it was afterwards.
     """
-    was_training = model.training
-    predictor = Predictor(model, num_classes=num_classes, device=device, scales=scales, flip=flip, window=window)
+    modes = [module.training for module in model.modules()]
+    try:
+        predictor = Predictor(model, num_classes=num_classes, device=device, scales=scales, flip=flip,
+                              window=window, precision=precision, fast=fast)
+        return evaluate_predictor(predictor, dataset, ignore_index=ignore_index, batch_size=batch_size,
+                                  num_workers=num_workers, progress=progress)
+    finally:
+        for module, training in zip(model.modules(), modes, strict=True):
+            module.training = training
+
+
+def evaluate_predictor(
+    predictor: Predictor, dataset: SegmentationDataset, *, ignore_index: int = 255, batch_size: int = 1,
+    num_workers: int = 0, progress: bool = True,
+) -> dict[str, Any]:
+    """:func:`evaluate` for a ready :class:`Predictor` (any backend: eager, ONNX Runtime, TorchScript)."""
+    num_classes = predictor.num_classes
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    try:
-        for images, masks in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
-            pred = predictor.logits_for_batch(images).argmax(1).cpu()
-            cm += confusion_matrix(pred, masks, num_classes, ignore_index)
-    finally:
-        model.train(was_training)
+    for images, masks in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
+        pred = predictor.logits_for_batch(images).argmax(1).cpu()
+        cm += confusion_matrix(pred, masks, num_classes, ignore_index)
     metrics = segmentation_metrics(cm)
     metrics["confusion_matrix"] = cm.tolist()
     return metrics
 
 
 def evaluate_checkpoint(path: str | Path, config: Config, *, device: str | torch.device = "cpu",
-                        progress: bool = True) -> tuple[dict[str, Any], list[str]]:
+                        progress: bool = True, precision: str = "fp32") -> tuple[dict[str, Any], list[str]]:
     """Evaluates a checkpoint on ``config.data``'s validation split at ``config.eval``'s settings."""
-    model, checkpoint = load_checkpoint(path, output_stride=config.eval.output_stride or config.model.output_stride,
-                                        device=device)
-    dataset = build_dataset(config.data, config.data.val_split,
-                            eval_transforms(mean=checkpoint.spec.mean, std=checkpoint.spec.std))
-    if dataset.num_classes != len(checkpoint.classes):
-        raise ValueError(f"dataset {config.data.name!r} has {dataset.num_classes} classes but the checkpoint "
-                         f"was trained for {len(checkpoint.classes)}")
-    metrics = evaluate(model, dataset, num_classes=len(checkpoint.classes), ignore_index=dataset.ignore_index,
-                       device=device, scales=config.eval.scales, flip=config.eval.flip, window=config.eval.window,
-                       batch_size=config.eval.batch_size, num_workers=config.data.num_workers, progress=progress)
-    return metrics, list(checkpoint.classes)
+    return evaluate_file(path, config, output_stride=config.eval.output_stride or config.model.output_stride,
+                         device=device, progress=progress, precision=precision)
+
+
+def evaluate_file(path: str | Path, config: Config, *, output_stride: int | None = None,
+                  device: str | torch.device = "cpu", progress: bool = True,
+                  precision: str = "fp32") -> tuple[dict[str, Any], list[str]]:
+    """Evaluates a checkpoint or an export (ONNX, TorchScript) on ``config.data``'s validation split.
+
+    Scales, flip, window and batch size come from ``config.eval``; ``output_stride`` rebuilds a
+    checkpoint's model (an export must have been exported at it).
+    """
+    predictor = Predictor.from_file(path, output_stride=output_stride, precision=precision, device=device,
+                                    scales=config.eval.scales, flip=config.eval.flip, window=config.eval.window)
+    spec = predictor.spec
+    dataset = build_dataset(config.data, config.data.val_split, eval_transforms(mean=spec.mean, std=spec.std))
+    if dataset.num_classes != predictor.num_classes:
+        raise ValueError(f"dataset {config.data.name!r} has {dataset.num_classes} classes but {path} "
+                         f"predicts {predictor.num_classes}")
+    metrics = evaluate_predictor(predictor, dataset, ignore_index=dataset.ignore_index,
+                                 batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
+                                 progress=progress)
+    return metrics, list(predictor.classes)

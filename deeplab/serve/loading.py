@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ..inference import Predictor
 
 
@@ -25,7 +27,7 @@ def load_predictor(
     *,
     model: str | Path | None = None,
     precision: str = "fp32",
-    device: str = "auto",
+    device: str | torch.device = "cpu",
     output_stride: int | None = None,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
@@ -35,35 +37,22 @@ def load_predictor(
 
     Args:
         checkpoint: a training checkpoint (classes, palette and config inside).
-        model: an exported model file (ONNX / TorchScript); needs the deploy work's Predictor backends.
-        precision: ``fp32``; other precisions need the deploy work's Predictor backends.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        output_stride: rebuild the model at this output stride (default: the training one).
+        model: an export from ``deeplab export`` (ONNX, TorchScript) or a checkpoint; exclusive with ``checkpoint``.
+        precision: ``fp32``, ``bf16`` or ``fp16`` for a checkpoint (see :class:`~deeplab.inference.Predictor`);
+            an export runs at the precision it was exported at.
+        device: where the model runs (``deeplab serve --device auto`` picks it as ``deeplab predict`` does).
+        output_stride: rebuild a checkpoint's model at this output stride (default: the training one).
         scales, flip, window: multi-scale, flip and sliding-window inference, as in ``deeplab predict``.
 
     Raises:
-        NotImplementedError: for ``model`` or a precision other than fp32, until the deploy work lands.
-        ValueError, FileNotFoundError: for a missing or unreadable checkpoint.
+        ValueError, FileNotFoundError: for a missing or unreadable model file, or both/neither given.
     """
-    if model is not None:
-        raise NotImplementedError(
-            f"--model {model}: serving an exported model file needs the deploy work (Predictor backends for "
-            "ONNX Runtime / TorchScript), which this version does not have yet; serve the --checkpoint instead"
-        )
-    if precision != "fp32":
-        raise NotImplementedError(
-            f"--precision {precision}: only fp32 is available until the deploy work (Predictor backends with a "
-            "precision option) lands"
-        )
-    if checkpoint is None:
-        raise ValueError("give the model to serve: --checkpoint PATH")
-    from ..engine.checkpoint import load_checkpoint
-    from ..engine.train import resolve_device
-
-    torch_device = resolve_device(device)
-    network, ckpt = load_checkpoint(checkpoint, output_stride=output_stride, device=torch_device)
-    predictor = Predictor(network, num_classes=len(ckpt.classes), classes=ckpt.classes, palette=ckpt.palette,
-                          device=torch_device, scales=scales, flip=flip, window=window)
-    info = ModelInfo(name=network.spec.name, output_stride=network.spec.output_stride,
-                     source=str(checkpoint), device=str(torch_device), precision=precision)
+    if (checkpoint is None) == (model is None):
+        raise ValueError("give exactly one model to serve: --checkpoint PATH or --model PATH")
+    path = Path(checkpoint if checkpoint is not None else model)
+    predictor = Predictor.from_file(path, output_stride=output_stride, precision=precision, device=device,
+                                    scales=scales, flip=flip, window=window)
+    spec = predictor.spec
+    info = ModelInfo(name=spec.name if spec is not None else "unknown", output_stride=predictor.output_stride,
+                     source=str(path), device=str(predictor.device), precision=predictor.precision)
     return predictor, info

@@ -58,18 +58,37 @@ def test_deeplab_serve_runs_a_server_until_stopped(checkpoint, predictor):
     assert f"serving deeplabv3plus_mobilenetv2 ({checkpoint}) on http://127.0.0.1:{port}/" in output
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    (["--model", "model.onnx"], "--model model.onnx: serving an exported model file needs the deploy work"),
-    (["--precision", "bf16"], "--precision bf16: only fp32 is available until the deploy work"),
-], ids=["model", "precision"])
-def test_options_waiting_for_the_deploy_work_are_refused(checkpoint, capsys, options, message):
-    assert main(["serve", "--checkpoint", str(checkpoint), *options]) == 2
-    assert message in capsys.readouterr().err
+def test_an_onnx_export_serves_the_checkpoints_masks(checkpoint, predictor, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the deploy extra is not installed: pip install -e '.[deploy]'")
+    from deeplab.export import export_model
+
+    onnx_file = tmp_path / "model.onnx"
+    export_model(checkpoint, onnx_file, format="onnx")
+    served, info = load_predictor(model=onnx_file)
+    assert (info.name, info.output_stride, info.source) == ("deeplabv3plus_mobilenetv2", 16, str(onnx_file))
+    assert served.classes == predictor.classes and served.palette == predictor.palette
+    for index, side in ((0, 65), (1, 81)):
+        image = read_image(io.BytesIO(png_bytes(demo_image(index, side))))
+        agree = (served.predict(image) == predictor.predict(image)).float().mean()
+        assert agree > 0.999, f"{side} px: ONNX and checkpoint masks agree on only {agree:.4%} of pixels"
+
+
+def test_precision_reaches_the_served_model(checkpoint, capsys):
+    from deeplab.runtime import cpu_has_bf16
+
+    if cpu_has_bf16():
+        _, info = load_predictor(checkpoint, precision="bf16")
+        assert info.precision == "bf16"
+    assert main(["serve", "--checkpoint", str(checkpoint), "--precision", "fp16", "--device", "cpu"]) == 2
+    assert "fp16" in capsys.readouterr().err
 
 
 def test_missing_or_bad_checkpoint_is_a_clear_error(tmp_path, capsys):
-    assert main(["serve"]) == 2
-    assert "give the model to serve: --checkpoint PATH" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve"])
+    assert "one of the arguments --checkpoint --model is required" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="give exactly one model to serve"):
+        load_predictor()
     assert main(["serve", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="nope.pt"):
