@@ -90,6 +90,6 @@ def test_missing_or_bad_checkpoint_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(ValueError, match="give exactly one model to serve"):
         load_predictor()
     assert main(["serve", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
-    assert "checkpoint not found" in capsys.readouterr().err
+    assert "model file not found" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_predictor(tmp_path / "nope.pt")
