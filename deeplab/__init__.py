@@ -11,20 +11,23 @@ from typing import TYPE_CHECKING, Any
 from .models import Segmenter, create_model, list_models
 
 __version__ = "0.1.0"
-__all__ = ["Predictor", "Segmenter", "__version__", "create_model", "evaluate", "list_models",
-           "load_checkpoint", "train"]
+__all__ = ["CRFParams", "Predictor", "Segmenter", "__version__", "create_model", "dense_crf", "evaluate",
+           "list_models", "load_checkpoint", "train"]
 
 if TYPE_CHECKING:
     from .engine.checkpoint import load_checkpoint
     from .engine.evaluate import evaluate
     from .engine.train import train
     from .inference import Predictor
+    from .postprocess import CRFParams, dense_crf
 
 _LAZY = {
     "Predictor": "deeplab.inference",
     "load_checkpoint": "deeplab.engine.checkpoint",
     "train": "deeplab.engine.train",
     "evaluate": "deeplab.engine.evaluate",
+    "dense_crf": "deeplab.postprocess",
+    "CRFParams": "deeplab.postprocess",
 }
 
 
