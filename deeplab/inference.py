@@ -25,6 +25,7 @@ from deeplab.imageio import (
     save_rgb_png,
 )
 from deeplab.palettes import default_palette
+from deeplab.postprocess import CRFParams, dense_crf
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
@@ -49,6 +50,8 @@ class Predictor:
             window in some dimension is tiled; tiles are never padded, so an input that fits in one
             window gets exactly the plain forward pass.
         overlap: fraction of the window shared by neighbouring tiles, in ``[0, 1)``.
+        crf: DenseCRF settings: ``predict(image)`` then refines the softmax on the image
+            (``deeplab.postprocess``, v1/v2's post-processing); ``None``: no CRF.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class Predictor:
         flip: bool = False,
         window: int | tuple[int, int] | None = None,
         overlap: float = 1 / 3,
+        crf: CRFParams | None = None,
     ) -> None:
         self.classes = list(classes) if classes is not None else [f"class_{i}" for i in range(num_classes)]
         self.palette = list(palette) if palette is not None else default_palette(num_classes)
@@ -81,6 +85,7 @@ class Predictor:
         self.flip = flip
         self.window = (window, window) if isinstance(window, int) else window
         self.overlap = overlap
+        self.crf = crf
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """Converts a uint8 ``3 x H x W`` RGB image to a normalised float ``1 x 3 x H x W`` batch."""
@@ -114,8 +119,11 @@ class Predictor:
         return self.logits_for_batch(self.preprocess(image))[0].cpu()
 
     def predict(self, image: torch.Tensor) -> torch.Tensor:
-        """Class map (int64 ``H x W``, on CPU) for a uint8 ``3 x H x W`` RGB image."""
-        return self.logits_for_batch(self.preprocess(image))[0].argmax(dim=0).cpu()
+        """Class map (int64 ``H x W``, on CPU) for a uint8 ``3 x H x W`` RGB image (CRF-refined with ``crf``)."""
+        logits = self.logits_for_batch(self.preprocess(image))[0]
+        if self.crf is not None:  # DenseCRF hook: softmax probabilities + the uint8 image
+            return dense_crf(image, logits.softmax(dim=0).cpu(), self.crf).argmax(dim=0)
+        return logits.argmax(dim=0).cpu()
 
     def _pass(self, x: torch.Tensor, scale: float, flipped: bool) -> torch.Tensor:
         """Logits of one (scale, flip) pass, resized back to the input's size."""
