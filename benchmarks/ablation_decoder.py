@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from deeplab.config import Config, load_config
 from deeplab.data import eval_transforms
-from deeplab.engine.checkpoint import load_checkpoint
+from deeplab.engine.checkpoint import load_checkpoint, read_checkpoint
 from deeplab.engine.data import build_dataset
 from deeplab.engine.train import resolve_device, train
 from deeplab.imageio import atomic_write
@@ -57,6 +57,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="recipe overrides, e.g. data.name=folder data.root=mydata data.crop_size=321")
     parser.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "ablation_decoder")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    parser.add_argument("--keep-finished", action="store_true",
+                        help="score a run whose last.pt already reached --iterations instead of training it again "
+                             "(continue an ablation that was stopped)")
     return parser.parse_args(argv)
 
 
@@ -90,6 +93,12 @@ def evaluate_with_bands(checkpoint: Path, config: Config, bands: Sequence[int]) 
     return figures
 
 
+def finished(run_dir: Path, iterations: int) -> bool:
+    """Whether ``run_dir`` holds a run that trained for ``iterations`` steps."""
+    last = run_dir / "last.pt"
+    return last.is_file() and read_checkpoint(last).step >= iterations
+
+
 def mean_std(values: Sequence[float]) -> str:
     percent = [100 * v for v in values]
     spread = statistics.stdev(percent) if len(percent) > 1 else 0.0
@@ -120,11 +129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for model, extra in models.items():
             config = run_config(args, model, extra, seed)
             start = time.perf_counter()
-            outcome = train(config)
-            if outcome.interrupted:  # Ctrl-C / SIGTERM: train saved last.pt; stop rather than score a partial run
-                print(f"interrupted during {model} seed {seed}; no table", file=sys.stderr)
-                return 130
-            figures = evaluate_with_bands(outcome.run_dir / "last.pt", config, args.bands)
+            run_dir = Path(config.train.run_dir)
+            if not (args.keep_finished and finished(run_dir, args.iterations)):
+                outcome = train(config)
+                if outcome.interrupted:  # Ctrl-C / SIGTERM: train saved last.pt; stop rather than score a partial run
+                    print(f"interrupted during {model} seed {seed}; no table", file=sys.stderr)
+                    return 130
+            figures = evaluate_with_bands(run_dir / "last.pt", config, args.bands)
             figures["seconds"] = time.perf_counter() - start
             results[model].append(figures)
             print(f"{model} seed {seed}: mIoU {100 * figures['miou']:.2f}% "
