@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from .models import Segmenter, create_model, list_models
 
 __version__ = "0.1.0"
-__all__ = ["Predictor", "Segmenter", "__version__", "create_model", "evaluate", "export_model", "list_models",
-           "load_checkpoint", "train"]
+__all__ = ["CRFParams", "Predictor", "Segmenter", "__version__", "create_model", "dense_crf", "evaluate",
+           "export_model", "list_models", "load_checkpoint", "train"]
 
 if TYPE_CHECKING:
     from .engine.checkpoint import load_checkpoint
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .engine.train import train
     from .export import export_model
     from .inference import Predictor
+    from .postprocess import CRFParams, dense_crf
 
 _LAZY = {
     "Predictor": "deeplab.inference",
@@ -27,6 +28,8 @@ _LAZY = {
     "train": "deeplab.engine.train",
     "evaluate": "deeplab.engine.evaluate",
     "export_model": "deeplab.export",
+    "dense_crf": "deeplab.postprocess",
+    "CRFParams": "deeplab.postprocess",
 }
 
 

@@ -43,7 +43,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint or an export on its dataset's val split: mIoU table, optional JSON."""
     from .config import apply_overrides, from_dict, parse_override
     from .engine.checkpoint import read_checkpoint
-    from .engine.evaluate import evaluate_file
+    from .engine.evaluate import crf_params, evaluate_file
     from .imageio import atomic_write
     from .metrics import format_metrics_table, metrics_to_json
 
@@ -62,6 +62,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics, classes = evaluate_file(path, config, output_stride=output_stride, precision=args.precision,
                                      device=_device(config.train.device, path))
     print(format_metrics_table(metrics, classes))
+    if config.eval.crf:
+        print(f"with the DenseCRF: {crf_params(config.eval).describe()}")
     if args.json:
         with atomic_write(args.json, "w") as handle:
             json.dump(metrics_to_json(metrics, classes), handle, indent=2)
@@ -91,7 +93,8 @@ def _predictor(args: argparse.Namespace):
     """The Predictor for ``--model``/``--checkpoint`` (any model file) or ``--pretrained`` (published weights)."""
     from .inference import Predictor
 
-    options = {"scales": args.scales, "flip": args.flip, "window": args.window, "precision": args.precision}
+    options = {"scales": args.scales, "flip": args.flip, "window": args.window, "precision": args.precision,
+               "crf": parse_crf_params(args.crf_params, args.crf)}
     if args.pretrained:
         from .models import create_model, published_weights
 
@@ -101,6 +104,22 @@ def _predictor(args: argparse.Namespace):
                          palette=published.palette, device=_device(args.device), **options)
     path = args.model or args.checkpoint
     return Predictor.from_file(path, output_stride=args.output_stride, device=_device(args.device, path), **options)
+
+
+def parse_crf_params(text: str | None, enabled: bool):
+    """``--crf`` / ``--crf-params w1=5,sigma_alpha=50`` -> CRFParams, or None when neither is given."""
+    from .postprocess import CRFParams
+
+    if text is None:
+        return CRFParams() if enabled else None
+    options = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, _, value = item.partition("=")
+        try:
+            options[key.strip()] = int(value) if key.strip() == "iterations" else float(value)
+        except ValueError:
+            raise ValueError(f"--crf-params: {item!r} must look like KEY=NUMBER, e.g. w1=5,sigma_alpha=50") from None
+    return CRFParams.from_options(**options)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -152,6 +171,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(max_upload_bytes=round(args.max_upload_mb * 2**20), max_side=args.max_side,
                              max_batch=args.max_batch)
     run_server(predictor, info, host=args.host, port=args.port, settings=settings)
+    return 0
+
+
+def cmd_crf_tune(args: argparse.Namespace) -> int:
+    """Cross-validate the DenseCRF's w1, sigma_alpha, sigma_beta on held-out val images (the papers' search)."""
+    from .config import apply_overrides
+    from .engine.checkpoint import read_checkpoint
+    from .engine.crf_tune import crf_grid, format_crf_table, tune_crf
+    from .engine.train import resolve_device
+    from .imageio import atomic_write
+    from .postprocess import CRFParams
+
+    config = apply_overrides(read_checkpoint(args.checkpoint).config, args.overrides)
+    base = CRFParams() if args.iterations is None else CRFParams.from_options(iterations=args.iterations)
+    grid = crf_grid(args.w1, args.sigma_alpha, args.sigma_beta, base=base)
+    result = tune_crf(args.checkpoint, config, images=args.images, grid=grid,
+                      device=resolve_device(args.device), workers=args.workers)
+    print(format_crf_table(result, top=args.top, checkpoint=str(args.checkpoint)))
+    if args.json:
+        rows = [{**vars(params), "miou": miou} for params, miou in result.rows]
+        with atomic_write(args.json, "w") as handle:
+            json.dump({"dataset": result.dataset, "images": result.images, "baseline_miou": result.baseline_miou,
+                       "best": rows[0], "rows": rows}, handle, indent=2)
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -208,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
     p.add_argument("--window", type=int, default=None, help="sliding-window side for large images")
     p.add_argument("--areas", action="store_true", help="write areas.csv with per-image class areas")
+    p.add_argument("--crf", action="store_true", help="refine with the DenseCRF (pip install 'deeplab[crf]')")
+    p.add_argument("--crf-params", metavar="KEY=VALUE,...",
+                   help="CRF settings, implies --crf, e.g. w1=5,sigma_alpha=50,sigma_beta=3 (see deeplab crf-tune)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 
@@ -251,6 +297,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int, default=4096, help="longest image side in pixels (else 413)")
     p.add_argument("--max-batch", type=int, default=8, help="most waiting images of one size run as one batch")
     p.set_defaults(func=cmd_serve)
+
+    from .postprocess import CRF_SEARCH_GRID as GRID
+
+    p = commands.add_parser("crf-tune", help=cmd_crf_tune.__doc__)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--images", type=int, default=100, help="held-out val images (the papers used 100)")
+    p.add_argument("--w1", type=float, nargs="+", default=list(GRID["w1"]), help="appearance weights")
+    p.add_argument("--sigma-alpha", type=float, nargs="+", default=list(GRID["sigma_alpha"]),
+                   help="appearance position widths (pixels)")
+    p.add_argument("--sigma-beta", type=float, nargs="+", default=list(GRID["sigma_beta"]),
+                   help="appearance colour widths (0..255)")
+    p.add_argument("--iterations", type=int, default=None, help="mean-field iterations (default 10)")
+    p.add_argument("--workers", type=int, default=None, help="CRF processes (default: one per core)")
+    p.add_argument("--top", type=int, default=15, help="rows to print, best first (0: all)")
+    p.add_argument("--json", type=Path, help="also write every setting's mIoU as JSON here")
+    p.add_argument("--device", default="auto")
+    _config_args(p)
+    p.set_defaults(func=cmd_crf_tune)
 
     p = commands.add_parser("models", help=cmd_models.__doc__)
     p.add_argument("--macs", action="store_true", help="count multiply-adds at OS 16 and OS 8 (a few seconds)")

@@ -30,6 +30,8 @@ class ModelConfig:
     head_conv: bool | None = None  # torchvision's extra 3x3 conv after ASPP (v3 ResNet)
     dropout: float | None = None  # head dropout; 0 turns it off
     aux_loss: bool | None = None  # auxiliary FCN head on ResNet stage 3
+    multiscale_features: bool | None = None  # v1 DeepLab-MSc: MLPs on the image and pool1-4, concatenated before fc8
+    msc_scales: list[float] | None = None  # v2 multi-scale inputs fused by max, e.g. [1.0, 0.75, 0.5]; [] turns off
     mean: list[float] | None = None  # input normalisation; None: what the backbone's weights expect
     std: list[float] | None = None
     pretrained_backbone: bool | str = False  # True: torchvision/timm ImageNet weights; or a local path / URL
@@ -89,6 +91,14 @@ class EvalConfig:
     flip: bool = False
     window: int | None = None  # sliding-window side in pixels for large images
     batch_size: int = 1
+    crf: bool = False  # DenseCRF post-processing (v1/v2); needs the extra: pip install 'deeplab[crf]'
+    crf_iterations: int | None = None  # mean-field iterations; None: deeplab.postprocess.CRFParams' default (10)
+    crf_w1: float | None = None  # appearance kernel weight; None: the default (4), see `deeplab crf-tune`
+    crf_sigma_alpha: float | None = None  # its position width in pixels (default 121)
+    crf_sigma_beta: float | None = None  # its colour width, 0..255 RGB (default 5)
+    crf_w2: float | None = None  # smoothness kernel weight (default 3, fixed in the papers)
+    crf_sigma_gamma: float | None = None  # its position width in pixels (default 3, fixed in the papers)
+    crf_workers: int | None = None  # CRF processes; None: one per CPU core
 
 
 @dataclass

@@ -28,6 +28,7 @@ from deeplab.imageio import (
 )
 from deeplab.models.spec import ModelSpec
 from deeplab.palettes import default_palette
+from deeplab.postprocess import CRFParams, dense_crf
 from deeplab.runtime import AUTOCAST_DTYPES, check_precision, fast_copy
 
 IMAGE_EXTENSIONS = frozenset(
@@ -64,6 +65,8 @@ class Predictor:
             leaves ``model`` itself untouched. ``False`` runs ``model`` as given, after putting it in
             eval mode on ``device`` (plain eager).
         spec: the model's :class:`~deeplab.models.ModelSpec`; default ``model.spec`` where it has one.
+        crf: DenseCRF settings: ``predict(image)`` then refines the softmax on the image
+            (``deeplab.postprocess``, v1/v2's post-processing); ``None``: no CRF.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class Predictor:
         precision: str = "fp32",
         fast: bool = True,
         spec: ModelSpec | None = None,
+        crf: CRFParams | None = None,
     ) -> None:
         self.classes = list(classes) if classes is not None else [f"class_{i}" for i in range(num_classes)]
         self.palette = list(palette) if palette is not None else default_palette(num_classes)
@@ -108,6 +112,7 @@ class Predictor:
         self.flip = flip
         self.window = (window, window) if isinstance(window, int) else window
         self.overlap = overlap
+        self.crf = crf
 
     @property
     def output_stride(self) -> int | None:
@@ -185,8 +190,11 @@ class Predictor:
         return self.logits_for_batch(self.preprocess(image))[0].cpu()
 
     def predict(self, image: torch.Tensor) -> torch.Tensor:
-        """Class map (int64 ``H x W``, on CPU) for a uint8 ``3 x H x W`` RGB image."""
-        return self.logits_for_batch(self.preprocess(image))[0].argmax(dim=0).cpu()
+        """Class map (int64 ``H x W``, on CPU) for a uint8 ``3 x H x W`` RGB image (CRF-refined with ``crf``)."""
+        logits = self.logits_for_batch(self.preprocess(image))[0]
+        if self.crf is not None:  # DenseCRF hook: softmax probabilities + the uint8 image
+            return dense_crf(image, logits.softmax(dim=0).cpu(), self.crf).argmax(dim=0)
+        return logits.argmax(dim=0).cpu()
 
     def _pass(self, x: torch.Tensor, scale: float, flipped: bool) -> torch.Tensor:
         """Logits of one (scale, flip) pass, resized back to the input's size."""

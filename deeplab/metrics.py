@@ -139,3 +139,35 @@ def metrics_to_json(metrics: dict[str, Any], class_names: Sequence[str]) -> dict
         "per_class_iou": {name: _json_float(iou) for name, iou in zip(class_names, ious, strict=True)},
         "absent_classes": [class_names[i] for i in metrics["absent_classes"]],
     }
+
+
+def boundary_band(target: torch.Tensor, width: int) -> torch.Tensor:
+    """The trimap of the v3+ paper's boundary experiment: pixels within ``width`` of a label change.
+
+    A pixel is on a boundary when a 4-neighbour has another label (``ignore_index`` counts as a
+    label, so VOC's void outlines mark boundaries too); the band is every pixel at most ``width``
+    pixels away from one (square neighbourhood). Restrict a confusion matrix to it to get the
+    "mIoU within a band around object boundaries".
+
+    Args:
+        target: ``H x W`` or ``N x H x W`` ground-truth labels.
+        width: band half-width in pixels, >= 0.
+
+    Returns:
+        A bool tensor of ``target``'s shape.
+    """
+    if width < 0:
+        raise ValueError(f"band width must be >= 0, got {width}")
+    if target.ndim not in (2, 3):
+        raise ValueError(f"expected an H x W or N x H x W label map, got shape {tuple(target.shape)}")
+    labels = target if target.ndim == 3 else target.unsqueeze(0)
+    edge = torch.zeros_like(labels, dtype=torch.bool)
+    vertical = labels[:, 1:, :] != labels[:, :-1, :]
+    horizontal = labels[:, :, 1:] != labels[:, :, :-1]
+    edge[:, 1:, :] |= vertical
+    edge[:, :-1, :] |= vertical
+    edge[:, :, 1:] |= horizontal
+    edge[:, :, :-1] |= horizontal
+    band = torch.nn.functional.max_pool2d(edge.unsqueeze(1).float(), 2 * width + 1, stride=1, padding=width)
+    band = band.squeeze(1) > 0
+    return band if target.ndim == 3 else band.squeeze(0)

@@ -155,3 +155,18 @@ def test_metrics_to_json_is_nan_free_and_keyed_by_name():
     assert out["per_class_iou"]["cat"] == pytest.approx(2 / 3)
     assert out["per_class_iou"]["zebra"] is None
     assert out["absent_classes"] == ["zebra"]
+
+
+def test_boundary_band_is_the_trimap_around_label_changes():
+    from deeplab.metrics import boundary_band
+
+    target = torch.zeros(9, 12, dtype=torch.long)
+    target[:, 6:] = 1  # one vertical boundary between columns 5 and 6
+    assert boundary_band(target, 0).nonzero()[:, 1].unique().tolist() == [5, 6]
+    band = boundary_band(target, 2)
+    assert band.shape == target.shape and band[:, 3:9].all() and not band[:, :3].any() and not band[:, 9:].any()
+    assert boundary_band(target.unsqueeze(0).repeat(2, 1, 1), 2).shape == (2, 9, 12)
+    assert not boundary_band(torch.zeros(5, 5, dtype=torch.long), 3).any()
+    assert boundary_band(target, 100).all()
+    with pytest.raises(ValueError, match="band width must be >= 0"):
+        boundary_band(target, -1)

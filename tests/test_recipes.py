@@ -8,6 +8,7 @@ import pytest
 from deeplab.config import load_config
 from deeplab.data.voc import prepare_voc_aug
 from deeplab.engine.checkpoint import read_checkpoint
+from deeplab.engine.evaluate import crf_params
 from deeplab.engine.train import train
 from tests.data.layouts import make_ade20k, make_cityscapes, make_voc_aug_sources
 
@@ -33,14 +34,16 @@ def test_there_is_a_recipe_for_each_paper_setting():
     for expected in ["deeplabv3_resnet101_voc-aug_513_30k", "deeplabv3plus_resnet101_voc-aug_513_30k",
                      "deeplabv3plus_xception65_voc-aug_513_30k", "deeplabv3_mobilenetv2_voc-aug_513_30k",
                      "deeplabv3plus_xception65_cityscapes_769_90k", "deeplabv1_vgg16_voc-aug_321_6k",
-                     "deeplabv2_vgg16_voc-aug_321_6k"]:
+                     "deeplabv2_vgg16_voc-aug_321_6k", "deeplabv1_vgg16_msc_voc-aug_321_6k",
+                     "deeplabv2_resnet101_msc_voc-aug_321_20k"]:
         assert expected in names
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_matches_its_name_and_states_its_target(recipe):
     config = load_config(recipe)
-    model, dataset, crop, schedule = re.fullmatch(r"(\w+?)_([a-z0-9-]+)_(\d+)_(\d+)k", recipe.stem).groups()
+    model, variant, dataset, crop, schedule = re.fullmatch(r"(\w+?)(_msc)?_([a-z0-9-]+)_(\d+)_(\d+)k",
+                                                           recipe.stem).groups()
     assert config.model.name == model
     assert config.data.name == dataset.replace("-", "_")
     assert config.data.crop_size == int(crop) and config.train.iterations == int(schedule) * 1000
@@ -48,6 +51,15 @@ def test_recipe_matches_its_name_and_states_its_target(recipe):
     assert "# Target" in recipe.read_text()
     if config.data.crop_size == 513:  # the v3/v3+ recipe: train OS 16, evaluate OS 8
         assert (config.model.output_stride, config.eval.output_stride, config.train.lr) == (16, 8, 0.007)
+    # "_msc" is each paper's multi-scale variant: v1's multi-scale features (DeepLab-MSc), v2's multi-scale
+    # inputs (MSC); both papers report them with the DenseCRF.
+    if model.startswith("deeplabv1"):
+        assert bool(config.model.multiscale_features) == bool(variant)
+    if model.startswith("deeplabv2"):
+        assert config.model.msc_scales == ([1.0, 0.75, 0.5] if variant else None)
+    if variant:
+        assert config.eval.crf is True and "row" in recipe.read_text()
+        assert crf_params(config.eval).iterations == 10  # the CRF keys make valid settings
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)

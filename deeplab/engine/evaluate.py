@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..config import Config
+from ..config import Config, EvalConfig
 from ..data import SegmentationDataset, eval_transforms
 from ..inference import Predictor
 from ..metrics import confusion_matrix, segmentation_metrics
+from ..postprocess import CRFParams, refine_many
 from .data import build_dataset
 
 
@@ -21,20 +24,22 @@ def evaluate(
     model: torch.nn.Module, dataset: SegmentationDataset, *, num_classes: int, ignore_index: int = 255,
     device: str | torch.device = "cpu", scales: Sequence[float] = (1.0,), flip: bool = False,
     window: int | None = None, batch_size: int = 1, num_workers: int = 0, progress: bool = True,
-    precision: str = "fp32", fast: bool = True,
+    precision: str = "fp32", fast: bool = True, crf: CRFParams | None = None, crf_workers: int | None = None,
 ) -> dict[str, Any]:
     """Accumulates one confusion matrix over ``dataset`` and returns :func:`segmentation_metrics` of it.
 
     The dataset must return normalised images (``eval_transforms``); batches larger than 1 need
     images of one size. The model runs through :class:`Predictor`'s fast path (a folded copy) unless
-    ``fast=False``; either way every module's train/eval mode is as it was afterwards.
+    ``fast=False``; either way every module's train/eval mode is as it was afterwards. With ``crf``,
+    the softmax of every prediction is refined by the DenseCRF (``deeplab.postprocess``) on the raw
+    image, in ``crf_workers`` processes (default: one per core).
     """
     modes = [module.training for module in model.modules()]
     try:
         predictor = Predictor(model, num_classes=num_classes, device=device, scales=scales, flip=flip,
                               window=window, precision=precision, fast=fast)
         return evaluate_predictor(predictor, dataset, ignore_index=ignore_index, batch_size=batch_size,
-                                  num_workers=num_workers, progress=progress)
+                                  num_workers=num_workers, progress=progress, crf=crf, crf_workers=crf_workers)
     finally:
         for module, training in zip(model.modules(), modes, strict=True):
             module.training = training
@@ -42,18 +47,72 @@ def evaluate(
 
 def evaluate_predictor(
     predictor: Predictor, dataset: SegmentationDataset, *, ignore_index: int = 255, batch_size: int = 1,
-    num_workers: int = 0, progress: bool = True,
+    num_workers: int = 0, progress: bool = True, crf: CRFParams | None = None, crf_workers: int | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate` for a ready :class:`Predictor` (any backend: eager, ONNX Runtime, TorchScript)."""
     num_classes = predictor.num_classes
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    for images, masks in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
-        pred = predictor.logits_for_batch(images).argmax(1).cpu()
-        cm += confusion_matrix(pred, masks, num_classes, ignore_index)
+    if crf is None:
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+        for images, masks in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
+            pred = predictor.logits_for_batch(images).argmax(1).cpu()
+            cm += confusion_matrix(pred, masks, num_classes, ignore_index)
+    else:
+        for pred, mask in _crf_predictions(predictor, dataset, crf, batch_size=batch_size,
+                                           num_workers=num_workers, crf_workers=crf_workers, progress=progress):
+            cm += confusion_matrix(pred, mask, num_classes, ignore_index)
     metrics = segmentation_metrics(cm)
     metrics["confusion_matrix"] = cm.tolist()
     return metrics
+
+
+# ---------------------------------------------------------------- DenseCRF hook (v1/v2 post-processing)
+
+
+class WithRawImages(Dataset):
+    """``(normalised image, mask, raw uint8 image)``: the DenseCRF needs the image's real colours.
+
+    Each sample is loaded once; the dataset's transforms (which must keep the geometry, as the
+    evaluation transforms do) make the first two items.
+    """
+
+    def __init__(self, dataset: SegmentationDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image, mask = self.dataset.load(index)
+        x, target = self.dataset.transforms(image, mask) if self.dataset.transforms else (image, mask)
+        return x, target, image.as_subclass(torch.Tensor)
+
+
+def _crf_predictions(predictor: Predictor, dataset: SegmentationDataset, crf: CRFParams, *, batch_size: int,
+                     num_workers: int, crf_workers: int | None,
+                     progress: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(CRF-refined class map, mask) per image; the network runs here while worker processes refine."""
+    masks: deque[torch.Tensor] = deque()
+
+    def pairs():
+        loader = DataLoader(WithRawImages(dataset), batch_size=batch_size, num_workers=num_workers)
+        for images, batch_masks, raw in loader:
+            probs = predictor.logits_for_batch(images).softmax(dim=1).cpu()
+            for index in range(len(raw)):
+                masks.append(batch_masks[index])
+                yield raw[index], probs[index]
+
+    for refined in refine_many(pairs(), crf, workers=crf_workers, total=len(dataset), progress=progress):
+        yield torch.from_numpy(refined.argmax(axis=0)), masks.popleft()
+
+
+def crf_params(config: EvalConfig) -> CRFParams | None:
+    """The CRF settings ``eval.crf_*`` ask for (unset keys keep :class:`CRFParams`' defaults), or
+    ``None`` when ``eval.crf`` is false."""
+    if not config.crf:
+        return None
+    given = {f.name: getattr(config, f"crf_{f.name}") for f in fields(CRFParams)}
+    return CRFParams.from_options(**{k: v for k, v in given.items() if v is not None})
 
 
 def evaluate_checkpoint(path: str | Path, config: Config, *, device: str | torch.device = "cpu",
@@ -68,8 +127,8 @@ def evaluate_file(path: str | Path, config: Config, *, output_stride: int | None
                   precision: str = "fp32") -> tuple[dict[str, Any], list[str]]:
     """Evaluates a checkpoint or an export (ONNX, TorchScript) on ``config.data``'s validation split.
 
-    Scales, flip, window and batch size come from ``config.eval``; ``output_stride`` rebuilds a
-    checkpoint's model (an export must have been exported at it).
+    Scales, flip, window, batch size and the DenseCRF come from ``config.eval``; ``output_stride``
+    rebuilds a checkpoint's model (an export must have been exported at it).
     """
     predictor = Predictor.from_file(path, output_stride=output_stride, precision=precision, device=device,
                                     scales=config.eval.scales, flip=config.eval.flip, window=config.eval.window)
@@ -80,5 +139,5 @@ def evaluate_file(path: str | Path, config: Config, *, output_stride: int | None
                          f"predicts {predictor.num_classes}")
     metrics = evaluate_predictor(predictor, dataset, ignore_index=dataset.ignore_index,
                                  batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
-                                 progress=progress)
+                                 progress=progress, crf=crf_params(config.eval), crf_workers=config.eval.crf_workers)
     return metrics, list(predictor.classes)

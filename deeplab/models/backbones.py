@@ -6,7 +6,8 @@ previous dilation, as in torchvision and timm). Parameter names follow torchvisi
 MobileNetV2) or timm (aligned Xception) so their ImageNet weights load unchanged.
 
 Feature names: ``"low_level"`` (stride 4, for the v3+ decoder), ``"aux"`` (ResNet stage 3, for
-the auxiliary head) and ``"out"`` (stride = ``output_stride``).
+the auxiliary head), ``"out"`` (stride = ``output_stride``), and on VGG-16 the taps of v1's
+multi-scale features (``"image"``, ``"pool1"`` ... ``"pool4"``).
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ class VGG16Backbone(nn.Module):
     """VGG-16 made dense (DeepLab v1/v2): 3x3 max pools with padding 1; pools past the output
     stride use stride 1 and the convs after them are dilated (conv5 rate 2 at output stride 8).
 
+    Besides ``"out"`` it returns what DeepLab-MSc (v1's multi-scale features) taps: the input
+    ``"image"`` and the outputs of the first four max pools, ``"pool1"`` ... ``"pool4"``.
     Module indices match ``torchvision.models.vgg16().features`` so ImageNet weights load.
     """
 
@@ -127,20 +130,32 @@ class VGG16Backbone(nn.Module):
         planner = _StridePlanner(1, output_stride)
         layers: list[nn.Module] = []
         in_channels, dilation = 3, 1
+        self.feature_specs = {"image": FeatureSpec(3, 1)}
+        self._taps: dict[int, str] = {}  # index in ``features`` -> name of its output
         for item in self._CFG:
             if item == "M":
                 stride, _, dilation = planner.step(2)
                 layers.append(nn.MaxPool2d(3, stride=stride, padding=1))
+                if len(self._taps) < 4:
+                    name = f"pool{len(self._taps) + 1}"
+                    self._taps[len(layers) - 1] = name
+                    self.feature_specs[name] = FeatureSpec(in_channels, planner.stride)
             else:
                 layers += [nn.Conv2d(in_channels, item, 3, padding=dilation, dilation=dilation), nn.ReLU(True)]
                 in_channels = item
         # DeepLab's VGG adds a 3x3 average pool ("pool5a") after pool5; it has no weights.
         layers.append(nn.AvgPool2d(3, stride=1, padding=1))
         self.features = nn.Sequential(*layers)
-        self.feature_specs = {"out": FeatureSpec(512, output_stride)}
+        self.feature_specs["out"] = FeatureSpec(512, output_stride)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        return {"out": self.features(x)}
+        outputs = {"image": x}
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index in self._taps:
+                outputs[self._taps[index]] = x
+        outputs["out"] = x
+        return outputs
 
 
 class _InvertedResidual(nn.Module):

@@ -12,20 +12,22 @@ from .aspp import ASPP, ASPPv2
 from .layers import ConvBNReLU, conv3x3_bn_relu
 
 
-def fc_branch(in_channels: int, rate: int, num_classes: int, hidden: int = 1024, dropout: float = 0.5) -> nn.Sequential:
-    """VGG's fully connected layers made convolutional: fc6 (3x3, atrous), fc7 (1x1), fc8 classifier.
-
-    Dropout after fc6 and fc7 (0.5 in the v1/v2 Caffe models).
-    """
-    return nn.Sequential(
+def fc_layers(in_channels: int, rate: int, hidden: int = 1024, dropout: float = 0.5) -> list[nn.Module]:
+    """VGG's fc6 (3x3, atrous) and fc7 (1x1) made convolutional, each followed by ReLU and dropout
+    (0.5 in the v1/v2 Caffe models)."""
+    return [
         nn.Conv2d(in_channels, hidden, 3, padding=rate, dilation=rate),
         nn.ReLU(inplace=True),
         nn.Dropout(dropout),
         nn.Conv2d(hidden, hidden, 1),
         nn.ReLU(inplace=True),
         nn.Dropout(dropout),
-        nn.Conv2d(hidden, num_classes, 1),
-    )
+    ]
+
+
+def fc_branch(in_channels: int, rate: int, num_classes: int, hidden: int = 1024, dropout: float = 0.5) -> nn.Sequential:
+    """fc6 - fc7 - fc8: :func:`fc_layers` and a 1x1 classifier."""
+    return nn.Sequential(*fc_layers(in_channels, rate, hidden, dropout), nn.Conv2d(hidden, num_classes, 1))
 
 
 class LargeFOVHead(nn.Sequential):
@@ -36,6 +38,65 @@ class LargeFOVHead(nn.Sequential):
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
         return super().forward(features["out"])
+
+
+class MultiScaleFeatures(nn.Module):
+    """DeepLab-MSc (v1 paper, Sec. 4.3 "multi-scale prediction"): a two-layer MLP on the input image and on
+    each of the first four max-pooling outputs: 128 3x3 filters, then 128 1x1 filters, with ReLU.
+
+    The 3x3 conv strides to the output stride, so the five 128-channel maps meet the main network's
+    last feature map and are concatenated with it (5 x 128 = 640 channels). Dropout after each ReLU,
+    like fc6/fc7 (the paper does not say; our choice).
+
+    Args:
+        taps: the backbone's declarations of the tapped features (name -> channels and stride).
+        output_stride: the stride of the map they are concatenated with.
+        channels: width of each MLP (128 in the paper).
+        dropout: after each ReLU.
+    """
+
+    TAPS = ("image", "pool1", "pool2", "pool3", "pool4")
+
+    def __init__(self, taps: dict, output_stride: int, *, channels: int = 128, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.branches = nn.ModuleDict()
+        for name in self.TAPS:
+            spec = taps[name]
+            stride = max(1, output_stride // spec.stride)
+            self.branches[name] = nn.Sequential(
+                nn.Conv2d(spec.channels, channels, 3, stride=stride, padding=1),
+                nn.ReLU(inplace=True),
+                nn.Dropout(dropout),
+                nn.Conv2d(channels, channels, 1),
+                nn.ReLU(inplace=True),
+                nn.Dropout(dropout),
+            )
+        self.out_channels = channels * len(self.TAPS)
+
+    def forward(self, features: dict[str, Tensor], size: torch.Size | tuple[int, int]) -> Tensor:
+        maps = []
+        for name, branch in self.branches.items():
+            y = branch(features[name])
+            if y.shape[-2:] != size:  # strided conv and pooling round alike; this guards other layouts
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            maps.append(y)
+        return torch.cat(maps, dim=1)
+
+
+class LargeFOVMScHead(nn.Module):
+    """DeepLab-MSc-LargeFOV: the LargeFOV fc6 - fc7 trunk; its output concatenated with the
+    :class:`MultiScaleFeatures` maps feeds the fc8 classifier."""
+
+    def __init__(self, taps: dict, num_classes: int, *, output_stride: int, rate: int = 12,
+                 dropout: float = 0.5) -> None:
+        super().__init__()
+        self.fc = nn.Sequential(*fc_layers(taps["out"].channels, rate, dropout=dropout))
+        self.multiscale = MultiScaleFeatures(taps, output_stride, dropout=dropout)
+        self.classifier = nn.Conv2d(1024 + self.multiscale.out_channels, num_classes, 1)
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        x = self.fc(features["out"])
+        return self.classifier(torch.cat([x, self.multiscale(features, x.shape[-2:])], dim=1))
 
 
 class DeepLabV2Head(nn.Module):

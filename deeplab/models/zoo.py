@@ -20,7 +20,8 @@ from torchvision import models as tvm
 
 from ..constants import NORMALIZATIONS, check_normalization
 from .backbones import MobileNetV2Backbone, ResNetBackbone, VGG16Backbone, XceptionBackbone
-from .heads import AuxHead, DeepLabV2Head, DeepLabV3Head, DeepLabV3PlusHead, LargeFOVHead
+from .heads import AuxHead, DeepLabV2Head, DeepLabV3Head, DeepLabV3PlusHead, LargeFOVHead, LargeFOVMScHead
+from .msc import MSCSegmenter, check_scales
 from .segmenter import Segmenter
 from .spec import RATE_OPTIONS, ModelSpec, scaled_rates
 from .weights import WeightsLike, load_backbone_weights, load_weights, resolve_weights
@@ -35,8 +36,13 @@ IMAGENET_URLS = {
 
 # Arguments that say how to initialise the weights, not what the network is: never part of a spec.
 INIT_ARGUMENTS = ("weights", "pretrained_backbone")
-# Options where ``None`` is a real choice rather than "use the default".
-_NONE_IS_A_CHOICE = frozenset({"multi_grid"})
+# Options every model takes, applied by ``build_from_spec`` around the built network rather than by
+# its constructor, with their defaults. ``msc_scales``: v2's multi-scale input fusion (MSCSegmenter);
+# off (None, or an empty list) unless set. A spec records it only when it is on.
+GENERIC_OPTIONS: dict[str, Any] = {"msc_scales": None}
+# Options where ``None`` is a real choice rather than "use the default" (``msc_scales=None`` turns
+# off the fusion that weights from an MSC checkpoint would bring).
+_NONE_IS_A_CHOICE = frozenset({"multi_grid", "msc_scales"})
 
 
 @dataclass(frozen=True)
@@ -129,7 +135,7 @@ def resolve_spec(name: str, options: Mapping[str, Any], implied: Mapping[str, An
     rates are rescaled when ``options`` ask for another output stride.
     """
     entry = model_entry(name)
-    defaults = entry.options()
+    defaults = {**entry.options(), **GENERIC_OPTIONS}
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         keys = ", ".join(repr(k) for k in unknown)
@@ -169,12 +175,20 @@ def _checked_spec(name: str, values: dict[str, Any]) -> ModelSpec:
             if isinstance(values[key], str | bytes) or not all(isinstance(v, int) and v >= 1 for v in values[key]):
                 raise ValueError(f"{key} must be a list of positive ints, got {values[key]!r}")
             values[key] = tuple(values[key])
+    scales = values.pop("msc_scales", None)
+    scales = () if scales is None else check_scales(scales)
+    if scales:  # recorded only when on, so a plain model's spec is the same as before MSC existed
+        values["msc_scales"] = scales
     return ModelSpec(name, num_classes, output_stride, values, tuple(mean), tuple(std))
 
 
 def build_from_spec(spec: ModelSpec, *, pretrained_backbone: bool | str = False) -> Segmenter:
     """Builds exactly the network a spec describes (random or ImageNet-initialised weights)."""
-    model = model_entry(spec.name).construct(**spec.builder_arguments(), pretrained_backbone=pretrained_backbone)
+    arguments = spec.builder_arguments()
+    generic = {key: arguments.pop(key, default) for key, default in GENERIC_OPTIONS.items()}
+    model = model_entry(spec.name).construct(**arguments, pretrained_backbone=pretrained_backbone)
+    if generic["msc_scales"]:
+        model = MSCSegmenter.from_segmenter(model, generic["msc_scales"])
     model.spec = spec
     return model
 
@@ -207,16 +221,23 @@ def _vgg(output_stride: int, pretrained: bool | str) -> VGG16Backbone:
 @_register("v1", "VGG-16", paper_rates=(12,), rates_stride=8)
 def deeplabv1_vgg16(
     *, num_classes: int = 21, output_stride: int = 8, atrous_rate: int | None = None, dropout: float = 0.5,
-    pretrained_backbone: bool | str = False,
+    multiscale_features: bool = False, pretrained_backbone: bool | str = False,
 ) -> Segmenter:
     """DeepLab v1 LargeFOV: atrous VGG-16 (OS 8), fc6 3x3 rate 12 with 1024 channels, fc7, fc8.
 
     Args:
         atrous_rate: fc6's rate; default 12 at OS 8 (the LargeFOV row of the v1 paper), scaled with the stride.
         dropout: after fc6 and fc7 (0.5 in the paper's Caffe model).
+        multiscale_features: DeepLab-MSc-LargeFOV: a two-layer MLP (128 3x3, 128 1x1) on the input and
+            on each of the first four pooling outputs, their 640 channels concatenated with fc7's
+            output before fc8 (v1 paper, Sec. 4.3).
     """
     backbone = _vgg(output_stride, pretrained_backbone)
-    head = LargeFOVHead(512, num_classes, rate=atrous_rate, dropout=dropout)
+    if multiscale_features:
+        head = LargeFOVMScHead(backbone.feature_specs, num_classes, output_stride=output_stride, rate=atrous_rate,
+                               dropout=dropout)
+    else:
+        head = LargeFOVHead(512, num_classes, rate=atrous_rate, dropout=dropout)
     return Segmenter(backbone, head, num_classes=num_classes, output_stride=output_stride)
 
 
