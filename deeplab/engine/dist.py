@@ -86,10 +86,27 @@ def setup(device_name: str) -> tuple[DistEnv, torch.device, bool]:
     created = False
     if env.distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=env.rank, world_size=env.world_size,
+        dist.init_process_group(backend, rank=env.rank, world_size=env.world_size, store=_attempt_store(env),
                                 device_id=device if device.type == "cuda" else None)
         created = True
     return env, device, created
+
+
+def _attempt_store(env: DistEnv) -> dist.Store | None:
+    """torchrun's store, with a key space of its own for this restart; ``None`` outside torchrun's shared store.
+
+    torchrun's c10d rendezvous hands its workers one TCP store for the whole job, elastic restarts
+    included. The process group's keys (each peer's address) from a failed attempt stay in it, so a
+    process of the next attempt could read a dead peer's address and fail to connect (pytorch#135712).
+    Prefixing the keys with the restart count, which every worker of a restarted group shares, keeps
+    attempts apart.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), env.world_size,
+                          is_master=False)  # the agent hosts the server
+    return dist.PrefixStore(f"deeplab/attempt_{restart}", store)
 
 
 def teardown(created: bool) -> None:
