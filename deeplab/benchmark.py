@@ -31,14 +31,13 @@ from .engine.checkpoint import save_checkpoint
 from .export import export_model
 from .inference import Predictor
 from .models import create_model
+from .models.weights import TORCHVISION_LAYOUT
 from .runtime import check_precision
 
 # The README table: v3+ on the three backbones at OS 16, and v3 ResNet-101 in torchvision's layout.
 DEFAULT_MODELS = ("deeplabv3plus_resnet101", "deeplabv3plus_xception65", "deeplabv3plus_mobilenetv2",
                   "deeplabv3_resnet101")
 NUM_CLASSES = 21
-# torchvision's DeepLabV3: output stride 8 (rates 12/24/36), an extra 3x3 conv after ASPP, no multi-grid.
-_TORCHVISION_LAYOUT = {"output_stride": 8, "head_conv": True, "multi_grid": None, "dropout": 0.5}
 _SMP_ENCODERS = {"deeplabv3plus_resnet101": "resnet101", "deeplabv3plus_mobilenetv2": "mobilenet_v2",
                  "deeplabv3plus_xception65": "tu-xception65", "deeplabv3_resnet101": "resnet101"}
 
@@ -75,7 +74,7 @@ class BenchmarkResult:
 def model_options(name: str) -> dict:
     """The architecture benchmarked under ``name`` (torchvision's layout for ``deeplabv3_resnet101``)."""
     if name == "deeplabv3_resnet101":
-        return dict(_TORCHVISION_LAYOUT)
+        return dict(TORCHVISION_LAYOUT)  # OS 8 (rates 12/24/36), a 3x3 conv after ASPP
     return {"output_stride": 16} if name.startswith("deeplabv3") else {}
 
 
