@@ -31,11 +31,11 @@ from deeplab.engine.dist import DistEnv
 from deeplab.engine.runlog import peak_memory_mb
 from deeplab.engine.train import build_optimizer, grad_scaler, prepare_model, reseed, train_step, wrap_for_training
 from deeplab.models import create_model
+from deeplab.models.weights import TORCHVISION_LAYOUT
 
 NUM_CLASSES = 21
 MODELS = {
-    "deeplabv3_resnet101_tv": dict(name="deeplabv3_resnet101", output_stride=8, head_conv=True, multi_grid=None,
-                                   dropout=0.5, aux_loss=True),
+    "deeplabv3_resnet101_tv": dict(name="deeplabv3_resnet101", **TORCHVISION_LAYOUT, aux_loss=True),
     "deeplabv3plus_resnet101": dict(name="deeplabv3plus_resnet101"),
     "deeplabv3plus_mobilenetv2": dict(name="deeplabv3plus_mobilenetv2"),
 }

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from deeplab.cli import main
 from deeplab.config import Config
@@ -16,6 +15,7 @@ from deeplab.export import ExportError, export_model
 from deeplab.inference import Predictor
 from deeplab.models import create_model, list_models
 from deeplab.runtime import read_export
+from tests.fixtures import with_random_statistics
 
 pytest.importorskip("onnxruntime", reason="the deploy extra (onnx, onnxruntime) is not installed")
 
@@ -23,20 +23,9 @@ CLASSES = ["background", "left", "right"]
 PALETTE = [(0, 0, 0), (255, 0, 0), (0, 0, 255)]
 
 
-def _random_statistics(model: nn.Module) -> nn.Module:
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
-                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-    return model
-
-
 def _checkpoint(path, name: str, **options):
     torch.manual_seed(0)
-    model = _random_statistics(create_model(name, num_classes=3, **options))
+    model = with_random_statistics(create_model(name, num_classes=3, **options))
     save_checkpoint(path, model=model, optimizer=None, step=3, best_miou=0.0, config=Config(), classes=CLASSES,
                     palette=PALETTE)
     return path

@@ -15,6 +15,7 @@ from deeplab.engine.checkpoint import load_checkpoint, save_checkpoint
 from deeplab.inference import Predictor, _tile_starts, expand_inputs, predict_paths
 from deeplab.models import create_model, list_models
 from deeplab.runtime import cpu_has_bf16
+from tests.fixtures import with_random_statistics
 
 
 def _pixel_linear(num_classes: int = 4, seed: int = 0) -> nn.Conv2d:
@@ -314,27 +315,13 @@ def test_output_stems_never_collide_with_suffixed_names(tmp_path):
 # --- the fast path, precisions and model files ---------------------------------------------------
 
 
-def _with_random_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Gives every BatchNorm non-trivial statistics and affine parameters, so folding them is a real test."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
-                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
-    return model
-
-
 def _batchnorms(model: nn.Module) -> int:
     return sum(isinstance(module, nn.BatchNorm2d) for module in model.modules())
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_fast_path_folds_every_batchnorm_and_equals_plain_eager(name):
-    model = _with_random_statistics(create_model(name, num_classes=5)).train()
+    model = with_random_statistics(create_model(name, num_classes=5)).train()
     before = {key: value.clone() for key, value in model.state_dict().items()}
     fast = Predictor(model, num_classes=5)
     plain = Predictor(copy.deepcopy(model), num_classes=5, fast=False)
@@ -386,7 +373,7 @@ class _ConvIntoTwoNorms(nn.Module):
 def test_fast_path_never_folds_a_batchnorm_whose_conv_output_is_read_elsewhere(model_class, warned):
     # Two BNs reading one conv are seen by the pairing itself; a plain function reading the conv output
     # is not, and is caught by comparing the folded model's output with the original's.
-    model = _with_random_statistics(model_class().eval())
+    model = with_random_statistics(model_class().eval())
     x = torch.randn(1, 3, 9, 9)
     with torch.no_grad():
         expected = model(x)
@@ -409,7 +396,7 @@ def test_unsupported_precisions_are_clear_errors(precision, message):
 
 
 def test_bf16_runs_where_the_cpu_has_it_and_is_refused_where_it_would_be_emulated():
-    model = _with_random_statistics(create_model("deeplabv3plus_mobilenetv2", num_classes=3)).eval()
+    model = with_random_statistics(create_model("deeplabv3plus_mobilenetv2", num_classes=3)).eval()
     if not cpu_has_bf16():
         with pytest.raises(ValueError, match="AVX512-BF16 or AMX"):
             Predictor(model, num_classes=3, precision="bf16")
@@ -424,7 +411,7 @@ def test_bf16_runs_where_the_cpu_has_it_and_is_refused_where_it_would_be_emulate
 def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("checkpoint") / "ck.pt"
     torch.manual_seed(0)
-    model = _with_random_statistics(create_model("deeplabv3plus_mobilenetv2", num_classes=3))
+    model = with_random_statistics(create_model("deeplabv3plus_mobilenetv2", num_classes=3))
     save_checkpoint(path, model=model, optimizer=None, step=7, best_miou=0.0, config=Config(),
                     classes=["sky", "sea", "boat"], palette=[(0, 0, 255), (0, 128, 255), (255, 0, 0)])
     return path

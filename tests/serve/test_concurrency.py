@@ -64,6 +64,20 @@ def _mask(response: httpx.Response) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(response.content)))
 
 
+def _assert_predict_mask(mask: np.ndarray, predictor, data: bytes, label: str = "another mask") -> None:
+    """``mask`` is ``predictor.predict``'s mask for the image ``data``, up to float rounding.
+
+    A batch of several images runs other kernels than one image alone: the logits differ by about 1e-5,
+    so a pixel whose two best classes tie that closely may go either way. Every other pixel must match.
+    """
+    logits = predictor.predict_logits(read_image(io.BytesIO(data)))
+    expected = logits.argmax(0)
+    served = torch.from_numpy(mask.astype(np.int64))
+    differ = served != expected
+    gap = (logits.gather(0, expected[None]) - logits.gather(0, served[None]))[0]
+    assert bool((gap[differ] < 1e-4).all()) and float(differ.float().mean()) < 1e-3, label
+
+
 def _post(client, data: bytes):
     return client.post("/predict?format=png", content=data, headers={"content-type": "image/png"})
 
@@ -91,7 +105,7 @@ def test_health_answers_while_the_model_runs_and_waiting_images_are_batched_by_s
     assert gated.batches == [1, 4, 2]  # the one running, then the waiting ones: one batch per image size
     assert (app.state.queue.images_run, app.state.queue.batches_run) == (7, 3)
     for data, response in zip([first, *same_size, *other_size], responses, strict=True):
-        assert np.array_equal(_mask(response), predictor.predict(read_image(io.BytesIO(data))).numpy())
+        _assert_predict_mask(_mask(response), predictor, data)
 
 
 def test_a_failing_image_fails_alone_and_the_server_keeps_answering(predictor):
@@ -114,7 +128,7 @@ def test_a_failing_image_fails_alone_and_the_server_keeps_answering(predictor):
     assert failed.status_code == 500
     assert failed.json() == {"detail": "internal error: RuntimeError: the model cannot take a blank image"}
     for data, response in ((good[0], first), (good[1], second), (good[2], third), (good[1], again)):
-        assert np.array_equal(_mask(response), predictor.predict(read_image(io.BytesIO(data))).numpy())
+        _assert_predict_mask(_mask(response), predictor, data)
     assert health.status_code == 200
     assert gated.batches == [1, 3, 1, 1, 1, 1]  # the batch of three failed and was retried image by image
 
@@ -142,7 +156,6 @@ def test_a_full_queue_answers_503_and_the_rest_complete(predictor):
 def test_sixteen_concurrent_clients_on_a_real_server_get_their_own_masks(loaded):
     sizes = [65, (65, 81), 81, (73, 65)]
     uploads = [png_bytes(demo_image(i, sizes[i % 4])) for i in range(16)]
-    expected = [loaded[0].predict(read_image(io.BytesIO(data))).numpy() for data in uploads]
     app = create_app(*loaded)
     with running_server(app) as url:
         barrier = threading.Barrier(16)
@@ -162,5 +175,5 @@ def test_sixteen_concurrent_clients_on_a_real_server_get_their_own_masks(loaded)
         with httpx.Client(base_url=url) as client:
             assert client.get("/health").json()["status"] == "ok"
     for index, response in results:
-        assert np.array_equal(_mask(response), expected[index]), f"request {index} got another mask"
+        _assert_predict_mask(_mask(response), loaded[0], uploads[index], f"request {index} got another mask")
     assert app.state.queue.images_run == 16  # each image ran exactly once, however they were batched
