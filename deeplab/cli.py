@@ -141,7 +141,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     report = export_model(args.checkpoint, args.out, format=fmt, precision=args.precision,
                           output_stride=args.output_stride, calibration_images=args.calibration_images,
                           calibration=args.calibration, max_miou_drop=args.max_miou_drop,
-                          eval_images=args.eval_images)
+                          eval_images=args.eval_images, tolerance=args.tolerance)
     print(report.summary())
     return 0
 
@@ -272,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: fail if the val mIoU drops by more points than this against fp32")
     p.add_argument("--eval-images", type=int, default=None,
                    help="int8: val images for the accuracy check (default all; 0 skips it)")
+    p.add_argument("--tolerance", type=float, default=1e-3,
+                   help="fp32: fail if the export's logits differ from the checkpoint's by more than this")
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("benchmark", help=cmd_benchmark.__doc__)
