@@ -101,6 +101,16 @@ def test_an_export_is_fixed_at_its_stride_and_precision(mobilenet, tmp_path):
         Predictor.from_file(tmp_path / "m.onnx", precision="bf16")
 
 
+def test_an_export_outside_the_tolerance_is_not_written(mobilenet, tmp_path, capsys):
+    report = export_model(mobilenet, tmp_path / "ok.onnx")
+    assert 0 < report.max_abs_diff < 1e-3  # folded BatchNorm: rounding-level, never bit-exact
+    with pytest.raises(ExportError, match=r"differs from the original model by .* \(> 1e-09\)"):
+        export_model(mobilenet, tmp_path / "m.onnx", tolerance=1e-9)
+    assert main(["export", "--checkpoint", str(mobilenet), "--out", str(tmp_path / "m.onnx"),
+                 "--tolerance", "1e-9"]) != 0
+    assert "nothing written" in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()
+
+
 def test_export_without_the_deploy_extra_names_the_extra(mobilenet, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnx", None)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
