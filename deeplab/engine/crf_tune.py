@@ -24,7 +24,6 @@ from ..data import eval_transforms
 from ..inference import Predictor
 from ..metrics import confusion_matrix, segmentation_metrics
 from ..postprocess import CRF_SEARCH_GRID, CRFParams, dense_crf, map_in_processes
-from .checkpoint import load_checkpoint
 from .data import build_dataset
 
 SUBSET_SEED = 0
@@ -78,15 +77,14 @@ def tune_crf(checkpoint: str | Path, config: Config, *, images: int = 100, grid:
     The network runs as ``config.eval`` says (output stride, scales, flip, window), as in ``deeplab eval``.
     """
     grid = list(grid) if grid is not None else crf_grid()
-    model, ck = load_checkpoint(checkpoint, output_stride=config.eval.output_stride or config.model.output_stride,
-                                device=device)
-    dataset = build_dataset(config.data, config.data.val_split, eval_transforms(mean=ck.spec.mean, std=ck.spec.std))
-    num_classes = len(ck.classes)
+    e = config.eval
+    predictor = Predictor.from_file(checkpoint, output_stride=e.output_stride or config.model.output_stride,
+                                    device=device, scales=e.scales, flip=e.flip, window=e.window)
+    spec, num_classes = predictor.spec, predictor.num_classes
+    dataset = build_dataset(config.data, config.data.val_split, eval_transforms(mean=spec.mean, std=spec.std))
     if dataset.num_classes != num_classes:
         raise ValueError(f"dataset {config.data.name!r} has {dataset.num_classes} classes but the checkpoint "
                          f"was trained for {num_classes}")
-    e = config.eval
-    predictor = Predictor(model, num_classes=num_classes, device=device, scales=e.scales, flip=e.flip, window=e.window)
     subset = held_out_indices(len(dataset), images)
     baseline = torch.zeros(num_classes, num_classes, dtype=torch.long)
     cms = torch.zeros(len(grid), num_classes, num_classes, dtype=torch.long)
