@@ -1,0 +1,257 @@
+"""The reference's side of the conformance check: the authors' DeepLab graphs with random weights, and their outputs.
+
+Run with the TF venv (``.venv-tf/bin/python conformance/tf_reference.py OUT``) and the reference code in
+``DEEPLAB_TF_REFERENCE`` (a tensorflow/models ``research`` folder). For each variant it builds the graph with the
+reference's own ``model.predict_labels`` (logits resized to the input by its own ``align_corners=True`` resize),
+gives every variable a seeded random value, and writes to ``OUT/<variant>/``:
+
+- ``model.ckpt.index`` / ``model.ckpt.data-*``: the TF checkpoint (what ``deeplab import-tf`` reads);
+- ``variables.npz``: every entry as TensorFlow's own checkpoint reader returns it (to check our reader against);
+- ``meta.json``: the settings, seeds and versions;
+- ``<H>x<W>/image.png`` (the random uint8 input, lossless), ``logits.npy`` (H x W x C float32, input size),
+  ``labels.npy`` (H x W, the reference's argmax) and, with ``--dump REGEX``, ``tensors.npz`` (matching graph tensors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import cases
+import numpy as np
+import tf_compat
+
+
+def random_value(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """A random value for one variable; BatchNorm statistics are drawn here and recalibrated by ``calibrate``.
+
+    Convolutions are He-scaled (fan-in of one output); BatchNorm gets gamma, beta and moving statistics that all
+    differ from their identity values, so the check covers how every one of them is applied.
+    """
+    leaf = name.rsplit("/", 1)[-1]
+    if leaf in ("weights", "pointwise_weights"):
+        fan_in = int(np.prod(shape[:-1]))
+        return rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+    if leaf == "depthwise_weights":  # [kh, kw, channels, multiplier]: one output sees kh*kw inputs
+        return rng.normal(0.0, np.sqrt(2.0 / (shape[0] * shape[1])), shape)
+    if leaf == "biases":
+        return rng.normal(0.0, 0.1, shape)
+    if leaf == "moving_mean":
+        return rng.normal(0.0, 0.2, shape)
+    if leaf == "moving_variance":
+        return rng.uniform(0.5, 2.0, shape)
+    if leaf == "gamma":
+        return rng.uniform(0.5, 1.0, shape)
+    if leaf == "beta":
+        return rng.normal(0.0, 0.1, shape)
+    raise ValueError(f"no random value defined for variable {name} {list(shape)}")
+
+
+def batch_norm_waves(graph) -> list[list]:
+    """The graph's BatchNorm ops grouped so that no op depends on another of its own group or a later one."""
+    below: dict[str, int] = {}  # op name -> bit set of the BatchNorm ops it depends on (itself included)
+    depth: dict[int, int] = {}
+    norms = []
+    for op in graph.get_operations():  # creation order is a topological order
+        bits = 0
+        for tensor in op.inputs:
+            bits |= below.get(tensor.op.name, 0)
+        for control in op.control_inputs:
+            bits |= below.get(control.name, 0)
+        if op.type.startswith("FusedBatchNorm"):
+            index = len(norms)
+            depth[index] = 1 + max((depth[i] for i in range(index) if bits >> i & 1), default=0)
+            norms.append(op)
+            bits |= 1 << index
+        below[op.name] = bits
+    waves: list[list] = [[] for _ in range(max(depth.values(), default=0))]
+    for index, op in enumerate(norms):
+        waves[depth[index] - 1].append(op)
+    return waves
+
+
+def calibrate(graph, session, feed, values: dict[str, np.ndarray], rng: np.random.Generator) -> int:
+    """Redraws every BatchNorm's moving statistics around the statistics of its actual input on this image.
+
+    Independent draws (the defaults of ``random_value``) make 100 layers either fade or blow up; here each
+    BatchNorm gets mean + 0.3 std * N(0, 1) and var * U(0.5, 2) of its input, so every layer's output stays
+    O(1) and keeps its spatial variation, while the statistics still differ from the true ones (and from 0 / 1).
+    Layers are set wave by wave in dependency order; each wave feeds the earlier waves' outputs (computed
+    here from their new statistics), so TensorFlow runs only the layers in between. Returns the wave count.
+    """
+    by_name = {v.op.name: v for v in graph.get_collection("variables")}
+    feed = dict(feed)
+    waves = batch_norm_waves(graph)
+    for wave in waves:
+        inputs = session.run([op.inputs[0] for op in wave], feed)
+        for op, x in zip(wave, inputs, strict=True):
+            scope = op.name.rsplit("/", 1)[0]
+            axes = tuple(range(x.ndim - 1))
+            mean, var = x.mean(axis=axes, dtype=np.float64), x.var(axis=axes, dtype=np.float64)
+            if x.size == x.shape[-1]:  # one value per channel (image pooling): its spread over channels instead
+                var = np.full_like(var, x.var(dtype=np.float64))
+            # A channel (almost) constant on this image must not get a tiny variance that another image amplifies.
+            var = np.maximum(var, 0.1 * var.mean() + 1e-3)
+            stats = {"moving_mean": mean + 0.3 * np.sqrt(var) * rng.normal(size=mean.shape),
+                     "moving_variance": var * rng.uniform(0.5, 2.0, var.shape)}
+            for leaf, value in stats.items():
+                variable = by_name[f"{scope}/{leaf}"]
+                values[variable.op.name] = value.astype(variable.dtype.as_numpy_dtype)
+                variable.load(values[variable.op.name], session)
+            gamma, beta = values[f"{scope}/gamma"], values[f"{scope}/beta"]
+            scale = gamma / np.sqrt(values[f"{scope}/moving_variance"] + op.get_attr("epsilon"))
+            feed[op.outputs[0]] = ((x - values[f"{scope}/moving_mean"]) * scale + beta).astype(x.dtype)
+    return len(waves)
+
+
+def _flags(variant: str) -> None:
+    from deeplab import common  # the reference's
+
+    flags = common.FLAGS
+    if not flags.is_parsed():
+        flags(["tf_reference"])  # defaults of common.py; never our own argv
+    options = cases.VARIANTS[variant]
+    flags.model_variant = variant
+    flags.decoder_output_stride = [str(s) for s in options["decoder_output_stride"] or []] or None
+
+
+def build(variant: str, size: tuple[int, int]):
+    """The reference graph for one variant and input size: (graph, image placeholder, logits, labels)."""
+    import tensorflow as tf
+
+    from deeplab import common, model
+
+    tf1 = tf.compat.v1
+    _flags(variant)
+    options = cases.VARIANTS[variant]
+    graph = tf1.Graph()
+    with graph.as_default():
+        images = tf1.placeholder(tf.float32, [1, *size, 3], name="ImageTensor")
+        model_options = common.ModelOptions(
+            outputs_to_num_classes={common.OUTPUT_TYPE: cases.NUM_CLASSES}, crop_size=list(size),
+            atrous_rates=options["atrous_rates"], output_stride=options["output_stride"])
+        predictions = model.predict_labels(images, model_options, image_pyramid=None)
+        labels = predictions[common.OUTPUT_TYPE]
+        # predict_labels takes the argmax of the logits it resized to the input (prediction_with_upsampled_logits,
+        # the default); that resized tensor is the argmax's input.
+        logits = labels.op.inputs[0]
+        if logits.shape.as_list() != [1, *size, cases.NUM_CLASSES]:
+            raise RuntimeError(f"{variant} {size}: unexpected logits {logits.shape} (argmax input)")
+    return graph, images, logits, labels
+
+
+def assign_random(graph, session, variables: dict[str, np.ndarray] | None, rng: np.random.Generator
+                  ) -> dict[str, np.ndarray]:
+    """Gives every global variable a value (drawn now, or the given ones) and returns them all."""
+    values = {} if variables is None else variables
+    graph_vars = sorted(graph.get_collection("variables"), key=lambda v: v.op.name)
+    names = [v.op.name for v in graph_vars]
+    if variables is not None and sorted(variables) != names:
+        raise RuntimeError("graphs of one variant at two sizes hold different variables")
+    for var in graph_vars:
+        name = var.op.name
+        if variables is None:
+            values[name] = random_value(name, tuple(var.shape.as_list()), rng).astype(var.dtype.as_numpy_dtype)
+        var.load(values[name], session)
+    return values
+
+
+def random_image(size: tuple[int, int]) -> np.ndarray:
+    rng = np.random.default_rng([cases.SEED, *size])
+    return rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+
+
+def dump_tensors(graph, session, feed, pattern: str) -> dict[str, np.ndarray]:
+    """Values of every float tensor whose op name matches ``pattern`` (to find the first layer that differs)."""
+    wanted = [op.outputs[0] for op in graph.get_operations()
+              if re.search(pattern, op.name) and op.outputs and op.outputs[0].dtype.is_floating
+              and op.type not in ("VariableV2", "VarHandleOp", "Const", "Identity", "ReadVariableOp")]
+    return dict(zip([t.op.name for t in wanted], session.run(wanted, feed), strict=True))
+
+
+def top2_gap(logits: np.ndarray) -> dict[str, float]:
+    """The gap between the best and second-best logit per pixel, relative to max|logit|: its median, and the
+    share of pixels where it is within the tolerance (their argmax may flip under an allowed difference)."""
+    top = np.sort(logits, axis=-1)
+    gap = (top[..., -1] - top[..., -2]) / np.abs(logits).max()
+    return {"top2_gap_median": float(np.median(gap)),
+            "near_ties": float((gap <= 2 * cases.MAX_RELATIVE_DIFFERENCE).mean())}
+
+
+def run_variant(variant: str, out: Path, dump: str | None) -> dict:
+    import tensorflow as tf
+
+    tf1 = tf.compat.v1
+    folder = out / variant
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([cases.SEED, zlib.crc32(variant.encode())])
+    variables = None
+    report = {"variant": variant, "options": cases.VARIANTS[variant], "seed": cases.SEED, "num_classes":
+              cases.NUM_CLASSES, "tensorflow": tf.__version__, "sizes": {}}
+    for size in cases.SIZES:
+        started = time.perf_counter()
+        graph, images, logits, labels = build(variant, size)
+        with graph.as_default(), tf1.Session(graph=graph) as session:
+            drawing = variables is None
+            variables = assign_random(graph, session, variables, rng)
+            image = random_image(size)
+            feed = {images: image[None].astype(np.float32)}
+            if drawing:  # calibrated on the first size's image; the other size shows the values carry over
+                report["calibration"] = {"size": cases.size_name(size),
+                                         "waves": calibrate(graph, session, feed, variables, rng)}
+            logits_value, labels_value = session.run([logits, labels], feed)
+            sub = folder / cases.size_name(size)
+            sub.mkdir(exist_ok=True)
+            (sub / "image.png").write_bytes(session.run(tf.io.encode_png(image)))
+            np.save(sub / "logits.npy", logits_value[0])
+            np.save(sub / "labels.npy", labels_value[0])
+            if dump:
+                np.savez(sub / "tensors.npz", **dump_tensors(graph, session, feed, dump))
+            if "checkpoint" not in report:  # one checkpoint per variant: the variables do not depend on the size
+                saver = tf1.train.Saver(graph.get_collection("variables"), write_version=tf1.train.SaverDef.V2)
+                report["checkpoint"] = saver.save(session, str(folder / "model.ckpt"), write_meta_graph=False)
+        if not np.array_equal(labels_value[0], logits_value[0].argmax(-1)):
+            raise RuntimeError(f"{variant} {size}: the reference's labels are not the argmax of its logits")
+        report["sizes"][cases.size_name(size)] = {
+            "max_abs_logit": float(np.abs(logits_value).max()), "logit_std": float(logits_value.std()),
+            "spatial_std": float(logits_value[0].std(axis=(0, 1)).mean()), **top2_gap(logits_value[0]),
+            "classes_present": int(len(np.unique(labels_value))), "seconds": round(time.perf_counter() - started, 1)}
+        print(f"{variant} {cases.size_name(size)}: {report['sizes'][cases.size_name(size)]}", flush=True)
+    reader = tf.train.load_checkpoint(report["checkpoint"])
+    stored = {name: reader.get_tensor(name) for name in sorted(reader.get_variable_to_shape_map())}
+    np.savez(folder / "variables.npz", **stored)
+    report["variables"] = len(stored)
+    report["values"] = int(sum(v.size for v in stored.values()))
+    (folder / "meta.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="output folder")
+    parser.add_argument("--variants", nargs="+", choices=sorted(cases.VARIANTS), default=list(cases.VARIANTS))
+    parser.add_argument("--dump", metavar="REGEX", help="also save graph tensors whose op name matches")
+    args = parser.parse_args(argv)
+    try:
+        research = tf_compat.install(os.environ.get("DEEPLAB_TF_REFERENCE"))
+    except tf_compat.ReferenceNotFound as err:
+        print(f"tf_reference: {err}", file=sys.stderr)
+        return 2
+    import tensorflow as tf
+
+    print(f"reference: {research}\nTensorFlow {tf.__version__}; " + "; ".join(tf_compat.NOTES), flush=True)
+    for variant in args.variants:
+        report = run_variant(variant, args.out, args.dump)
+        print(f"{variant}: {report['variables']} variables, {report['values']:,} values -> {report['checkpoint']}",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
