@@ -76,6 +76,20 @@ def batch_norm_waves(graph) -> list[list]:
     return waves
 
 
+def _nearest_norms(tensors: list) -> set:
+    """The BatchNorm ops that ``tensors`` depend on with no other BatchNorm in between (what to feed)."""
+    found, seen, stack = set(), set(), [t.op for t in tensors]
+    while stack:
+        for tensor in stack.pop().inputs:
+            op = tensor.op
+            if op.type.startswith("FusedBatchNorm"):
+                found.add(op)
+            elif op not in seen:
+                seen.add(op)
+                stack.append(op)
+    return found
+
+
 def calibrate(graph, session, feed, values: dict[str, np.ndarray], rng: np.random.Generator) -> int:
     """Redraws every BatchNorm's moving statistics around the statistics of its actual input on this image.
 
@@ -86,10 +100,12 @@ def calibrate(graph, session, feed, values: dict[str, np.ndarray], rng: np.rando
     here from their new statistics), so TensorFlow runs only the layers in between. Returns the wave count.
     """
     by_name = {v.op.name: v for v in graph.get_collection("variables")}
-    feed = dict(feed)
+    outputs = {}  # BatchNorm op -> its output under the new statistics
     waves = batch_norm_waves(graph)
     for wave in waves:
-        inputs = session.run([op.inputs[0] for op in wave], feed)
+        wanted = [op.inputs[0] for op in wave]
+        fed = {norm.outputs[0]: outputs[norm] for norm in _nearest_norms(wanted)}
+        inputs = session.run(wanted, {**feed, **fed})
         for op, x in zip(wave, inputs, strict=True):
             scope = op.name.rsplit("/", 1)[0]
             axes = tuple(range(x.ndim - 1))
@@ -106,7 +122,7 @@ def calibrate(graph, session, feed, values: dict[str, np.ndarray], rng: np.rando
                 variable.load(values[variable.op.name], session)
             gamma, beta = values[f"{scope}/gamma"], values[f"{scope}/beta"]
             scale = gamma / np.sqrt(values[f"{scope}/moving_variance"] + op.get_attr("epsilon"))
-            feed[op.outputs[0]] = ((x - values[f"{scope}/moving_mean"]) * scale + beta).astype(x.dtype)
+            outputs[op] = ((x - values[f"{scope}/moving_mean"]) * scale + beta).astype(x.dtype)
     return len(waves)
 
 
