@@ -77,7 +77,8 @@ def run_check_config(config_path: Path, split: str | None = None, *, progress: b
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    return _print_report(reports, skip_bad=data.skip_bad)
+    unchecked = not data.verify and data.name != "folder"  # a folder always checks itself when it loads
+    return _print_report(reports, skip_bad=data.skip_bad, unchecked=unchecked)
 
 
 def run_check(dataset: str, root: Path, split: str | None = None, *, progress: bool = True) -> int:
@@ -96,11 +97,13 @@ def run_check(dataset: str, root: Path, split: str | None = None, *, progress: b
     return _print_report(reports, skip_bad=False)
 
 
-def _print_report(reports: list, *, skip_bad: bool) -> int:
+def _print_report(reports: list, *, skip_bad: bool, unchecked: bool = False) -> int:
     """Prints the tables and what training will do about the bad samples; 1 if there are any."""
     print(format_check_report(reports))
     bad = sum(len({problem.sample for problem in report.problems}) for report in reports)
-    if bad and skip_bad:
+    if bad and unchecked:
+        print(f"\ndata.verify=false: training does not check these {bad} sample(s) at start")
+    elif bad and skip_bad:
         print(f"\ndata.skip_bad=true: training leaves these {bad} sample(s) out, with a warning each")
     elif bad:
         print(f"\ntraining stops at start on these {bad} sample(s) (data.skip_bad=true leaves them out)")

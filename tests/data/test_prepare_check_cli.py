@@ -273,3 +273,18 @@ def test_cli_check_of_a_clean_folder(tmp_path: Path, capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert _rows(out, "train")[0] == ["train", "4", "0"] and _rows(out, "val")[0] == ["val", "1", "0"]
     assert "no problems found" in out and "training stops" not in out
+
+
+@pytest.mark.parametrize(("options", "verdict"), [
+    ("", "training stops at start on these 3 sample(s) (data.skip_bad=true leaves them out)"),
+    ("  skip_bad: true\n", "data.skip_bad=true: training leaves these 3 sample(s) out, with a warning each"),
+    ("  verify: false\n", "data.verify=false: training does not check these 3 sample(s) at start"),
+])
+def test_cli_check_of_a_config_says_what_training_does_with_the_bad_samples(
+    damaged_voc: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], options: str, verdict: str
+) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data:\n  name: voc\n  root: {damaged_voc}\n{options}")
+    args = _parser().parse_args(["data", "check", "--config", str(config)])
+    assert args.func(args) == 1
+    assert capsys.readouterr().out.rstrip().endswith(verdict)
