@@ -60,7 +60,7 @@ def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
 
 def test_every_command_has_a_description_and_every_option_a_help_text():
     commands = dict(_commands(build_parser()))
-    assert {"train", "eval", "predict", "export", "benchmark", "serve", "crf-tune", "models", "data"} == {
+    assert {"train", "eval", "predict", "export", "benchmark", "serve", "crf-tune", "models", "data"} <= {
         path[0] for path in commands}
     assert ("data", "check") in commands and ("data", "prepare") in commands
     for path, parser in commands.items():
