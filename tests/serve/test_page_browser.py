@@ -146,7 +146,7 @@ def test_a_text_file_chosen_or_dropped_gets_the_servers_415_message(browser, loa
                           "PNG, JPEG, BMP, GIF, TIFF, WEBP, PPM")
         assert "error" in status.get_attribute("class")
         browser.execute_script(DROP_TEXT_FILE)
-        wait.until(lambda d: "dropped.txt" in status.text)
+        wait.until(lambda d: "dropped.txt was refused" in status.text)
         assert status.text == chosen.replace("notes.txt", "dropped.txt")
         icon = browser.execute_script("return document.querySelector('link[rel=icon]').href")
         assert icon == f"{url}/static/favicon.svg"
