@@ -45,8 +45,8 @@ def shielded() -> Iterator[None]:
 def worker_options(num_workers: int) -> dict[str, Any]:
     """DataLoader keyword arguments whose workers honour :func:`shielded`.
 
-    Empty (the DataLoader's defaults) without workers, or where the start method is not ``fork``
-    (Windows, macOS, or set so by the user): there workers react to signals as they always did.
+    Empty (the DataLoader's defaults) without workers, or where the start method is not ``fork`` (Windows,
+    macOS, Linux from Python 3.14 on, or set so by the user): there workers react to signals as they always did.
     """
     method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
     if num_workers == 0 or method != "fork":
