@@ -47,8 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = load_config(run_dir / "config.yaml", args.overrides)
     result = train(config, resume=args.resume)
     if result.rank == 0:
-        print(f"{'interrupted' if result.interrupted else 'finished'} at step {result.step}; "
-              f"best val mIoU {result.best_miou:.4f}; checkpoints in {result.run_dir}")
+        print(result.summary())
     # 128 + the signal number, as a shell reports a process stopped by it (and torchrun sees a failure
     # to restart from when --max-restarts allows).
     return 128 + signal.Signals[result.stop_signal].value if result.interrupted else 0

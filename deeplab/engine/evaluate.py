@@ -18,6 +18,7 @@ from ..inference import Predictor
 from ..metrics import confusion_matrix, segmentation_metrics
 from ..postprocess import CRFParams, refine_many
 from .data import build_dataset
+from .workers import worker_options
 
 
 def evaluate(
@@ -53,7 +54,8 @@ def evaluate_predictor(
     num_classes = predictor.num_classes
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
     if crf is None:
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                            **worker_options(num_workers))
         for images, masks in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
             pred = predictor.logits_for_batch(images).argmax(1).cpu()
             cm += confusion_matrix(pred, masks, num_classes, ignore_index)
@@ -95,7 +97,8 @@ def _crf_predictions(predictor: Predictor, dataset: SegmentationDataset, crf: CR
     masks: deque[torch.Tensor] = deque()
 
     def pairs():
-        loader = DataLoader(WithRawImages(dataset), batch_size=batch_size, num_workers=num_workers)
+        loader = DataLoader(WithRawImages(dataset), batch_size=batch_size, num_workers=num_workers,
+                            **worker_options(num_workers))
         for images, batch_masks, raw in loader:
             probs = predictor.logits_for_batch(images).softmax(dim=1).cpu()
             for index in range(len(raw)):
