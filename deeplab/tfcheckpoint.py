@@ -16,7 +16,7 @@ import os
 import re
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -362,9 +362,15 @@ def _check_entry(entry: TensorEntry, num_shards: int, index_path: Path) -> None:
         raise TFCheckpointError(f"{where} names data shard {entry.shard_id} of {num_shards}")
 
 
-def read_bundle(prefix: str | Path, *, verify: bool = True) -> dict[str, np.ndarray]:
-    """Every tensor of the checkpoint ``prefix`` (``PREFIX.index`` + data shards), checked against its CRC32C."""
+def read_bundle(prefix: str | Path, *, verify: bool = True,
+                include: Callable[[str], bool] | None = None) -> dict[str, np.ndarray]:
+    """The tensors of the checkpoint ``prefix`` (``PREFIX.index`` + data shards), checked against their CRC32C.
+
+    ``include``: read only the tensors whose name it accepts (default: all).
+    """
     num_shards, entries = read_entries(prefix)
+    if include is not None:
+        entries = {name: entry for name, entry in entries.items() if include(name)}
     index_path = Path(f"{prefix}.index")
     for entry in entries.values():
         _check_entry(entry, num_shards, index_path)
@@ -485,13 +491,15 @@ def _is_checkpoint_file(name: str) -> bool:
     return name == "checkpoint" or name.endswith(".index") or bool(_DATA_SUFFIX.search(name))
 
 
-def read_tf_checkpoint(source: str | Path, *, verify: bool = True) -> dict[str, np.ndarray]:
+def read_tf_checkpoint(source: str | Path, *, verify: bool = True,
+                       include: Callable[[str], bool] | None = None) -> dict[str, np.ndarray]:
     """Every tensor of a TensorFlow V2 checkpoint, by variable name, as numpy arrays.
 
     Args:
         source: a checkpoint prefix (``.../model.ckpt``, the ``.index`` beside it), a folder holding
             one checkpoint (or a ``checkpoint`` state file naming one), or a model-zoo ``.tar.gz``.
         verify: check every tensor's bytes against the CRC32C in the index.
+        include: read only the tensors whose name it accepts (e.g. leave out optimizer slots).
 
     Raises:
         TFCheckpointError: naming the file and what was expected, for anything missing or corrupt.
@@ -504,8 +512,8 @@ def read_tf_checkpoint(source: str | Path, *, verify: bool = True) -> dict[str, 
                 prefix = _from_folder(Path(folder))
             except TFCheckpointError as err:
                 raise TFCheckpointError(f"{path}: {str(err).replace(folder, 'the archive')}") from None
-            return read_bundle(prefix, verify=verify)
+            return read_bundle(prefix, verify=verify, include=include)
     if not path.exists() and not Path(f"{path}.index").exists():
         raise TFCheckpointError(f"no TF checkpoint at {path}: neither it nor {path}.index exists")
-    return read_bundle(resolve_prefix(path), verify=verify)
+    return read_bundle(resolve_prefix(path), verify=verify, include=include)
 
