@@ -237,6 +237,7 @@ def _model_source(p: argparse.ArgumentParser, *, pretrained: bool = False) -> No
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .data.cli_data import add_data_commands
+    from .import_tf import add_import_tf_command
 
     parser = argparse.ArgumentParser(prog="deeplab", description="DeepLab v1/v2/v3/v3+ semantic segmentation.")
     parser.add_argument("--version", action="version", version=f"deeplab {__version__}")
@@ -339,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=513, help="input side for --macs")
     p.set_defaults(func=cmd_models)
 
+    add_import_tf_command(commands)
     add_data_commands(commands)
     return parser
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import ConvBNReLU, conv3x3_bn_relu
+from .segmenter import upsample_to
 
 
 class ASPPv2(nn.ModuleList):
@@ -28,13 +29,14 @@ class ImagePooling(nn.Sequential):
     statistics, so that case normalises with the running statistics instead of crashing.
     """
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, *, align_corners: bool = False) -> None:
         super().__init__(
             nn.AdaptiveAvgPool2d(1),
             nn.Conv2d(in_channels, out_channels, 1, bias=False),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
+        self.align_corners = align_corners
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[-2:]
@@ -44,7 +46,7 @@ class ImagePooling(nn.Sequential):
             y = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
         else:
             y = bn(y)
-        return F.interpolate(relu(y), size=size, mode="bilinear", align_corners=False)
+        return upsample_to(relu(y), size, self.align_corners)
 
 
 class ASPP(nn.Module):
@@ -56,6 +58,7 @@ class ASPP(nn.Module):
         out_channels: width of every branch and of the projection (256 in the papers).
         separable: use atrous separable convs (v3+ with Xception).
         dropout: after the projection (0.1 in the TF reference, 0.5 in torchvision).
+        align_corners: the image-pooling branch's resize (True: the TF reference's).
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class ASPP(nn.Module):
         separable: bool = False,
         image_pooling: bool = True,
         dropout: float = 0.1,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
         branches: list[nn.Module] = [ConvBNReLU(in_channels, out_channels, 1)]
@@ -74,7 +78,7 @@ class ASPP(nn.Module):
             conv3x3_bn_relu(in_channels, out_channels, dilation=rate, separable=separable) for rate in atrous_rates
         ]
         if image_pooling:
-            branches.append(ImagePooling(in_channels, out_channels))
+            branches.append(ImagePooling(in_channels, out_channels, align_corners=align_corners))
         self.convs = nn.ModuleList(branches)
         # Indices 0-3 mirror torchvision's ASPP.project so its weights load unchanged.
         self.project = nn.Sequential(

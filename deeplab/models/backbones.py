@@ -12,6 +12,7 @@ multi-scale features (``"image"``, ``"pool1"`` ... ``"pool4"``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 from torchvision.ops import Conv2dNormActivation
+
+from .layers import Conv2dSame
 
 
 @dataclass(frozen=True)
@@ -158,22 +161,33 @@ class VGG16Backbone(nn.Module):
         return outputs
 
 
+def _conv_norm_relu6(inp: int, oup: int, kernel: int, stride: int = 1, *, dilation: int = 1, groups: int = 1,
+                     bn_eps: float, tf_padding: bool) -> Conv2dNormActivation:
+    """torchvision's conv-BN-ReLU6 block; with ``tf_padding`` a strided conv pads as TF's 'SAME' does
+    (it differs from PyTorch's symmetric padding only there, on even sizes)."""
+    block = Conv2dNormActivation(inp, oup, kernel, stride, dilation=dilation, groups=groups,
+                                 norm_layer=functools.partial(nn.BatchNorm2d, eps=bn_eps), activation_layer=nn.ReLU6)
+    if tf_padding and stride > 1:
+        block[0] = Conv2dSame(inp, oup, kernel, stride, dilation=dilation, groups=groups, bias=False)
+    return block
+
+
 class _InvertedResidual(nn.Module):
     """MobileNetV2 block laid out like torchvision's (same parameter names) but with dilation."""
 
-    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int, dilation: int) -> None:
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int, dilation: int, *,
+                 bn_eps: float = 1e-5, tf_padding: bool = False) -> None:
         super().__init__()
         hidden = inp * expand_ratio
         self.use_res_connect = stride == 1 and inp == oup
         layers: list[nn.Module] = []
         if expand_ratio != 1:
-            layers.append(Conv2dNormActivation(inp, hidden, 1, activation_layer=nn.ReLU6))
+            layers.append(_conv_norm_relu6(inp, hidden, 1, bn_eps=bn_eps, tf_padding=tf_padding))
         layers += [
-            Conv2dNormActivation(
-                hidden, hidden, 3, stride, dilation=dilation, groups=hidden, activation_layer=nn.ReLU6
-            ),
+            _conv_norm_relu6(hidden, hidden, 3, stride, dilation=dilation, groups=hidden, bn_eps=bn_eps,
+                             tf_padding=tf_padding),
             nn.Conv2d(hidden, oup, 1, bias=False),
-            nn.BatchNorm2d(oup),
+            nn.BatchNorm2d(oup, eps=bn_eps),
         ]
         self.conv = nn.Sequential(*layers)
 
@@ -184,7 +198,14 @@ class _InvertedResidual(nn.Module):
 
 class MobileNetV2Backbone(nn.Module):
     """MobileNetV2 (width 1.0) up to its 320-channel block; the final 1x1 1280 conv is dropped,
-    as in the TF DeepLab reference. ``low_level`` is block 3's output (24 channels, stride 4)."""
+    as in the TF DeepLab reference. ``low_level`` is block 3's output (24 channels, stride 4).
+
+    Args:
+        output_stride: 8, 16 or 32.
+        bn_eps: BatchNorm epsilon (torchvision's 1e-5; the TF reference's slim MobileNet uses 1e-3).
+        tf_padding: TF's 'SAME' padding for the strided convs (asymmetric on even sizes), as the
+            reference's weights expect.
+    """
 
     # (expand ratio t, channels c, repeats n, stride s) from the MobileNetV2 paper.
     _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
@@ -192,18 +213,19 @@ class MobileNetV2Backbone(nn.Module):
     _LOW_LEVEL_INDEX = 3
     OUTPUT_STRIDES = (8, 16, 32)
 
-    def __init__(self, *, output_stride: int = 16) -> None:
+    def __init__(self, *, output_stride: int = 16, bn_eps: float = 1e-5, tf_padding: bool = False) -> None:
         super().__init__()
         check_output_stride("MobileNetV2", output_stride, self.OUTPUT_STRIDES)
         planner = _StridePlanner(2, output_stride)
-        layers: list[nn.Module] = [Conv2dNormActivation(3, 32, 3, stride=2, activation_layer=nn.ReLU6)]
+        layers: list[nn.Module] = [_conv_norm_relu6(3, 32, 3, 2, bn_eps=bn_eps, tf_padding=tf_padding)]
         in_channels = 32
         for t, c, n, s in self._SETTINGS:
             stride, first_dilation, dilation = planner.step(s)
             for i in range(n):
                 first = i == 0
                 layers.append(_InvertedResidual(in_channels, c, stride if first else 1, t,
-                                                first_dilation if first else dilation))
+                                                first_dilation if first else dilation, bn_eps=bn_eps,
+                                                tf_padding=tf_padding))
                 in_channels = c
         self.features = nn.Sequential(*layers)
         self.feature_specs = {"low_level": FeatureSpec(24, 4), "out": FeatureSpec(320, output_stride)}
@@ -216,13 +238,15 @@ class MobileNetV2Backbone(nn.Module):
 class XceptionBackbone(nn.Module):
     """timm's modified aligned Xception (65 or 71), built at the requested output stride.
 
-    ``low_level`` is the 256-channel entry-flow feature at stride 4 that the v3+ decoder uses.
+    ``low_level`` is the 256-channel entry-flow feature at stride 4 that the v3+ decoder uses: by
+    default timm's tap after the ReLU; ``low_level_preact=True`` takes it before that ReLU, as the TF
+    reference's decoder does (its end point is the separable conv's BatchNorm output).
     """
 
     OUTPUT_STRIDES = (8, 16, 32)
 
     def __init__(self, depth: int = 65, *, output_stride: int = 16, pretrained: bool = False,
-                 weights_file: str | None = None) -> None:
+                 weights_file: str | None = None, low_level_preact: bool = False) -> None:
         super().__init__()
         import timm  # imported here: only the Xception models need it
 
@@ -239,10 +263,25 @@ class XceptionBackbone(nn.Module):
             "low_level": FeatureSpec(channels[self._low_level_index], 4),
             "out": FeatureSpec(channels[-1], output_stride),
         }
+        self._preact = low_level_preact
+        self._kept: Tensor | None = None
+        if low_level_preact:
+            # timm taps the output of the ReLU before the strided separable conv; keep that ReLU's input instead
+            # (a bound method, so a deep copy of the model hooks its own copy).
+            stack_name, relu_name = info.module_name()[self._low_level_index].rsplit(".", 1)
+            relu = self.body.get_submodule(stack_name.replace(".", "_", 1)).get_submodule(relu_name)
+            relu.inplace = False
+            relu.register_forward_pre_hook(self._keep_input)
+
+    def _keep_input(self, _module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        self._kept = args[0]
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         features = self.body(x)
-        return {"low_level": features[self._low_level_index], "out": features[-1]}
+        low_level = features[self._low_level_index]
+        if self._preact:
+            low_level, self._kept = self._kept, None
+        return {"low_level": low_level, "out": features[-1]}
 
 
 def feature_shapes(backbone: nn.Module, size: int = 65) -> dict[str, torch.Size]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .aspp import ASPP, ASPPv2
 from .layers import ConvBNReLU, conv3x3_bn_relu
+from .segmenter import upsample_to
 
 
 def fc_layers(in_channels: int, rate: int, hidden: int = 1024, dropout: float = 0.5) -> list[nn.Module]:
@@ -78,7 +78,7 @@ class MultiScaleFeatures(nn.Module):
         for name, branch in self.branches.items():
             y = branch(features[name])
             if y.shape[-2:] != size:  # strided conv and pooling round alike; this guards other layouts
-                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+                y = upsample_to(y, size)
             maps.append(y)
         return torch.cat(maps, dim=1)
 
@@ -132,9 +132,12 @@ class DeepLabV3Head(nn.Sequential):
         extra_conv: bool = False,
         image_pooling: bool = True,
         dropout: float = 0.1,
+        separable: bool = False,
+        align_corners: bool = False,
     ) -> None:
         layers: list[nn.Module] = [
-            ASPP(in_channels, atrous_rates, channels, image_pooling=image_pooling, dropout=dropout)
+            ASPP(in_channels, atrous_rates, channels, image_pooling=image_pooling, dropout=dropout,
+                 separable=separable, align_corners=align_corners)
         ]
         if extra_conv:
             layers.append(ConvBNReLU(channels, channels, 3))
@@ -163,9 +166,12 @@ class DeepLabV3PlusHead(nn.Module):
         low_level_projection: int = 48,
         separable: bool = False,
         dropout: float = 0.1,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
-        self.aspp = ASPP(in_channels, atrous_rates, channels, separable=separable, dropout=dropout)
+        self.aspp = ASPP(in_channels, atrous_rates, channels, separable=separable, dropout=dropout,
+                         align_corners=align_corners)
+        self.align_corners = align_corners
         self.low_level = ConvBNReLU(low_level_channels, low_level_projection, 1)
         self.fuse = nn.Sequential(
             conv3x3_bn_relu(channels + low_level_projection, channels, separable=separable),
@@ -176,7 +182,7 @@ class DeepLabV3PlusHead(nn.Module):
     def forward(self, features: dict[str, Tensor]) -> Tensor:
         low_level = self.low_level(features["low_level"])
         x = self.aspp(features["out"])
-        x = F.interpolate(x, size=low_level.shape[-2:], mode="bilinear", align_corners=False)
+        x = upsample_to(x, low_level.shape[-2:], self.align_corners)
         return self.classifier(self.fuse(torch.cat([x, low_level], dim=1)))
 
 

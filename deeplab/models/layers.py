@@ -2,7 +2,53 @@
 
 from __future__ import annotations
 
-from torch import nn
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def tf_same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TensorFlow's 'SAME' padding of one side: (before, after), the extra pixel after when the total is odd.
+
+    PyTorch pads both sides alike; TF pads asymmetrically when a strided layer meets an even size, so
+    the two disagree by one pixel of alignment there (the reference's MobileNet-v2 and ResNet stem pool).
+    """
+    effective = (kernel_size - 1) * dilation + 1
+    total = max((math.ceil(size / stride) - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+def pad_same(x: Tensor, kernel_size: int, stride: int, dilation: int = 1, value: float = 0.0) -> Tensor:
+    """Pads an N x C x H x W tensor as TF's 'SAME' would before a VALID conv or pool."""
+    top, bottom = tf_same_padding(x.shape[-2], kernel_size, stride, dilation)
+    left, right = tf_same_padding(x.shape[-1], kernel_size, stride, dilation)
+    if top == bottom == left == right == 0:
+        return x
+    return F.pad(x, (left, right, top, bottom), value=value)
+
+
+class Conv2dSame(nn.Conv2d):
+    """``nn.Conv2d`` with TF's 'SAME' padding computed from each input's size (same parameters and names).
+
+    Built like ``nn.Conv2d``; the ``padding`` argument is ignored.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["padding"] = 0
+        super().__init__(*args, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = pad_same(x, self.kernel_size[0], self.stride[0], self.dilation[0])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class MaxPool2dSame(nn.MaxPool2d):
+    """``nn.MaxPool2d`` with TF's 'SAME' padding (padded pixels never win)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = pad_same(x, self.kernel_size, self.stride, 1, value=float("-inf"))
+        return F.max_pool2d(x, self.kernel_size, self.stride)
 
 
 class ConvBNReLU(nn.Sequential):

@@ -6,9 +6,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def upsample_to(logits: Tensor, size: tuple[int, int] | list[int]) -> Tensor:
-    """Bilinear, ``align_corners=False``: the one resize rule used for every output."""
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+def upsample_to(logits: Tensor, size: tuple[int, int] | list[int], align_corners: bool = False) -> Tensor:
+    """Bilinear: the one resize rule used for every output and feature map.
+
+    ``align_corners=False`` by default (PyTorch's convention); ``True`` reproduces the TF reference's
+    ``tf.image.resize_bilinear(..., align_corners=True)`` for models that carry its weights.
+    """
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
 class Segmenter(nn.Module):
@@ -23,11 +27,12 @@ class Segmenter(nn.Module):
         aux_head: optional head on the ``aux`` feature.
         num_classes: number of output classes.
         output_stride: the backbone's output stride (recorded for users and checkpoints).
+        align_corners: the bilinear resize of the logits to the input's size (True: the TF reference's).
     """
 
     def __init__(
         self, backbone: nn.Module, head: nn.Module, aux_head: nn.Module | None = None, *,
-        num_classes: int, output_stride: int,
+        num_classes: int, output_stride: int, align_corners: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -35,6 +40,7 @@ class Segmenter(nn.Module):
         self.aux_head = aux_head
         self.num_classes = num_classes
         self.output_stride = output_stride
+        self.align_corners = align_corners
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != 3:
@@ -42,7 +48,7 @@ class Segmenter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        return upsample_to(self.head(self.backbone(x)), x.shape[-2:])
+        return upsample_to(self.head(self.backbone(x)), x.shape[-2:], self.align_corners)
 
     def forward_train(self, x: Tensor) -> dict[str, Tensor]:
         """Logits for the loss, all at the input's size: ``"out"`` (main) and ``"aux"`` with an aux head.
@@ -52,7 +58,8 @@ class Segmenter(nn.Module):
         """
         self._check_input(x)
         features = self.backbone(x)
-        outputs = {"out": upsample_to(self.head(features), x.shape[-2:])}
+        size = x.shape[-2:]
+        outputs = {"out": upsample_to(self.head(features), size, self.align_corners)}
         if self.aux_head is not None:
-            outputs["aux"] = upsample_to(self.aux_head(features["aux"]), x.shape[-2:])
+            outputs["aux"] = upsample_to(self.aux_head(features["aux"]), size, self.align_corners)
         return outputs

@@ -22,6 +22,7 @@ from ..constants import NORMALIZATIONS, check_normalization
 from .backbones import MobileNetV2Backbone, ResNetBackbone, VGG16Backbone, XceptionBackbone
 from .heads import AuxHead, DeepLabV2Head, DeepLabV3Head, DeepLabV3PlusHead, LargeFOVHead, LargeFOVMScHead
 from .msc import MSCSegmenter, check_scales
+from .resnet_beta import ResNetV1BetaBackbone
 from .segmenter import Segmenter
 from .spec import RATE_OPTIONS, ModelSpec, scaled_rates
 from .weights import WeightsLike, load_backbone_weights, load_weights, resolve_weights
@@ -332,14 +333,27 @@ def deeplabv3_resnet101(
 @_register("v3", "MobileNetV2", paper_macs={16: 2.75})
 def deeplabv3_mobilenetv2(
     *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] = (), dropout: float = 0.1,
+    align_corners: bool = False, tf_padding: bool = False, bn_eps: float = 1e-5,
     pretrained_backbone: bool | str = False,
 ) -> Segmenter:
     """DeepLab v3 on MobileNetV2 as in the TF reference: ASPP with only the 1x1 and image-pooling
-    branches (pass ``atrous_rates`` to add 3x3 atrous branches)."""
-    backbone = MobileNetV2Backbone(output_stride=output_stride)
-    _pretrain(backbone, "mobilenetv2", pretrained_backbone)
-    head = DeepLabV3Head(320, num_classes, tuple(atrous_rates), dropout=dropout)
-    return Segmenter(backbone, head, num_classes=num_classes, output_stride=output_stride)
+    branches (pass ``atrous_rates`` to add 3x3 atrous branches).
+
+    Args:
+        align_corners, tf_padding, bn_eps: the TF reference's numerics (``align_corners=True``,
+            ``tf_padding=True``, ``bn_eps=1e-3``), set by ``deeplab import-tf`` for the authors' weights;
+            the defaults are torchvision's MobileNetV2.
+    """
+    backbone = _mobilenetv2(output_stride, bn_eps, tf_padding, pretrained_backbone)
+    head = DeepLabV3Head(320, num_classes, tuple(atrous_rates), dropout=dropout, align_corners=align_corners)
+    return Segmenter(backbone, head, num_classes=num_classes, output_stride=output_stride,
+                     align_corners=align_corners)
+
+
+def _mobilenetv2(output_stride: int, bn_eps: float, tf_padding: bool, pretrained: bool | str) -> MobileNetV2Backbone:
+    backbone = MobileNetV2Backbone(output_stride=output_stride, bn_eps=bn_eps, tf_padding=tf_padding)
+    _pretrain(backbone, "mobilenetv2", pretrained)
+    return backbone
 
 
 # ---------------------------------------------------------------- v3+
@@ -347,13 +361,13 @@ def deeplabv3_mobilenetv2(
 
 def _deeplabv3plus(
     backbone: nn.Module, *, num_classes: int, output_stride: int, atrous_rates: Sequence[int],
-    separable: bool, dropout: float, aux_loss: bool = False,
+    separable: bool, dropout: float, aux_loss: bool = False, align_corners: bool = False,
 ) -> Segmenter:
     specs = backbone.feature_specs
     head = DeepLabV3PlusHead(specs["out"].channels, specs["low_level"].channels, num_classes, atrous_rates,
-                             separable=separable, dropout=dropout)
+                             separable=separable, dropout=dropout, align_corners=align_corners)
     return Segmenter(backbone, head, _aux(backbone, num_classes, aux_loss), num_classes=num_classes,
-                     output_stride=output_stride)
+                     output_stride=output_stride, align_corners=align_corners)
 
 
 @_register("v3+", "ResNet-50", paper_rates=(6, 12, 18))
@@ -385,11 +399,12 @@ def deeplabv3plus_resnet101(
                           separable=separable, dropout=dropout, aux_loss=aux_loss)
 
 
-def _xception(depth: int, output_stride: int, pretrained_backbone: bool | str) -> XceptionBackbone:
+def _xception(depth: int, output_stride: int, pretrained_backbone: bool | str,
+              low_level_preact: bool = False) -> XceptionBackbone:
     weights_file = pretrained_backbone if isinstance(pretrained_backbone, str) else None
     try:
         return XceptionBackbone(depth, output_stride=output_stride, pretrained=bool(pretrained_backbone),
-                                weights_file=weights_file)
+                                weights_file=weights_file, low_level_preact=low_level_preact)
     except (OSError, RuntimeError, ValueError) as err:
         if not pretrained_backbone:
             raise
@@ -404,32 +419,144 @@ def _xception(depth: int, output_stride: int, pretrained_backbone: bool | str) -
            paper_macs={16: 54.17, 8: 177.10})
 def deeplabv3plus_xception65(
     *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] | None = None,
-    separable: bool = True, dropout: float = 0.1, pretrained_backbone: bool | str = False,
+    separable: bool = True, dropout: float = 0.1, align_corners: bool = False, low_level_preact: bool = False,
+    pretrained_backbone: bool | str = False,
 ) -> Segmenter:
-    """DeepLab v3+ on timm's modified aligned Xception-65, separable ASPP and decoder."""
-    backbone = _xception(65, output_stride, pretrained_backbone)
+    """DeepLab v3+ on timm's modified aligned Xception-65, separable ASPP and decoder.
+
+    Args:
+        align_corners: bilinear resizes as the TF reference's (``True`` for the authors' weights).
+        low_level_preact: the decoder reads the stride-4 feature before its ReLU, as the TF reference does.
+    """
+    backbone = _xception(65, output_stride, pretrained_backbone, low_level_preact)
     return _deeplabv3plus(backbone, num_classes=num_classes, output_stride=output_stride, atrous_rates=atrous_rates,
-                          separable=separable, dropout=dropout)
+                          separable=separable, dropout=dropout, align_corners=align_corners)
 
 
 @_register("v3+", "Xception-71", normalization="inception", paper_rates=(6, 12, 18))
 def deeplabv3plus_xception71(
     *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] | None = None,
-    separable: bool = True, dropout: float = 0.1, pretrained_backbone: bool | str = False,
+    separable: bool = True, dropout: float = 0.1, align_corners: bool = False, low_level_preact: bool = False,
+    pretrained_backbone: bool | str = False,
 ) -> Segmenter:
-    """DeepLab v3+ on timm's modified aligned Xception-71, separable ASPP and decoder."""
-    backbone = _xception(71, output_stride, pretrained_backbone)
+    """DeepLab v3+ on timm's modified aligned Xception-71. See :func:`deeplabv3plus_xception65`."""
+    backbone = _xception(71, output_stride, pretrained_backbone, low_level_preact)
     return _deeplabv3plus(backbone, num_classes=num_classes, output_stride=output_stride, atrous_rates=atrous_rates,
-                          separable=separable, dropout=dropout)
+                          separable=separable, dropout=dropout, align_corners=align_corners)
 
 
 @_register("v3+", "MobileNetV2", paper_rates=(6, 12, 18))
 def deeplabv3plus_mobilenetv2(
     *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] | None = None,
-    separable: bool = False, dropout: float = 0.1, pretrained_backbone: bool | str = False,
+    separable: bool = False, dropout: float = 0.1, align_corners: bool = False, tf_padding: bool = False,
+    bn_eps: float = 1e-5, pretrained_backbone: bool | str = False,
 ) -> Segmenter:
-    """DeepLab v3+ on MobileNetV2: full ASPP (rates 6/12/18 at OS 16) and the decoder on block 3."""
-    backbone = MobileNetV2Backbone(output_stride=output_stride)
-    _pretrain(backbone, "mobilenetv2", pretrained_backbone)
+    """DeepLab v3+ on MobileNetV2: full ASPP (rates 6/12/18 at OS 16) and the decoder on block 3.
+
+    ``align_corners``, ``tf_padding``, ``bn_eps``: as in :func:`deeplabv3_mobilenetv2`.
+    """
+    backbone = _mobilenetv2(output_stride, bn_eps, tf_padding, pretrained_backbone)
     return _deeplabv3plus(backbone, num_classes=num_classes, output_stride=output_stride, atrous_rates=atrous_rates,
-                          separable=separable, dropout=dropout)
+                          separable=separable, dropout=dropout, align_corners=align_corners)
+
+
+@_register("v3+", "Xception-41", normalization="inception", paper_rates=(6, 12, 18))
+def deeplabv3plus_xception41(
+    *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] | None = None,
+    separable: bool = True, dropout: float = 0.1, align_corners: bool = False, low_level_preact: bool = False,
+    pretrained_backbone: bool | str = False,
+) -> Segmenter:
+    """DeepLab v3+ on timm's modified aligned Xception-41. See :func:`deeplabv3plus_xception65`."""
+    backbone = _xception(41, output_stride, pretrained_backbone, low_level_preact)
+    return _deeplabv3plus(backbone, num_classes=num_classes, output_stride=output_stride, atrous_rates=atrous_rates,
+                          separable=separable, dropout=dropout, align_corners=align_corners)
+
+
+# ---------------------------------------------------------------- the TF reference's ResNet-v1 "beta"
+# Defaults follow the reference (resnet_v1_beta.py, model.py and common.py's flags): separable ASPP and
+# decoder, multi-grid (1, 1, 1), TF resizes and padding, inputs scaled to -1..1 (its
+# ``_preprocess_zero_mean_unit_range`` for the beta variants).
+
+
+def _resnet_beta(depth: int, output_stride: int, multi_grid: Sequence[int], bn_eps: float, tf_padding: bool,
+                 pretrained_backbone: bool | str) -> ResNetV1BetaBackbone:
+    if pretrained_backbone:
+        raise ValueError(f"ResNet-v1-{depth}-beta has no torchvision ImageNet weights; load the TF reference's "
+                         f"checkpoint with `deeplab import-tf` or pass weights=")
+    return ResNetV1BetaBackbone(depth, output_stride=output_stride, multi_grid=multi_grid, bn_eps=bn_eps,
+                                tf_padding=tf_padding)
+
+
+def _beta_v3plus(depth: int, **kw: Any) -> Segmenter:
+    backbone = _resnet_beta(depth, kw.pop("output_stride"), kw.pop("multi_grid"), kw.pop("bn_eps"),
+                            kw.pop("tf_padding"), kw.pop("pretrained_backbone"))
+    return _deeplabv3plus(backbone, output_stride=backbone.feature_specs["out"].stride, **kw)
+
+
+def _beta_v3(depth: int, *, num_classes: int, output_stride: int, atrous_rates: Sequence[int],
+             multi_grid: Sequence[int], separable: bool, dropout: float, aux_loss: bool, align_corners: bool,
+             bn_eps: float, tf_padding: bool, pretrained_backbone: bool | str) -> Segmenter:
+    backbone = _resnet_beta(depth, output_stride, multi_grid, bn_eps, tf_padding, pretrained_backbone)
+    head = DeepLabV3Head(2048, num_classes, atrous_rates, dropout=dropout, separable=separable,
+                         align_corners=align_corners)
+    return Segmenter(backbone, head, _aux(backbone, num_classes, aux_loss), num_classes=num_classes,
+                     output_stride=output_stride, align_corners=align_corners)
+
+
+@_register("v3+", "ResNet-50-beta", normalization="inception", paper_rates=(6, 12, 18))
+def deeplabv3plus_resnet50_beta(
+    *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] | None = None,
+    multi_grid: Sequence[int] = (1, 1, 1), separable: bool = True, dropout: float = 0.1, aux_loss: bool = False,
+    align_corners: bool = True, bn_eps: float = 1e-5, tf_padding: bool = True, pretrained_backbone: bool | str = False,
+) -> Segmenter:
+    """DeepLab v3+ on the TF reference's ResNet-v1-50 "beta". See :func:`deeplabv3plus_resnet101_beta`."""
+    return _beta_v3plus(50, num_classes=num_classes, output_stride=output_stride, atrous_rates=atrous_rates,
+                        multi_grid=multi_grid, separable=separable, dropout=dropout, aux_loss=aux_loss,
+                        align_corners=align_corners, bn_eps=bn_eps, tf_padding=tf_padding,
+                        pretrained_backbone=pretrained_backbone)
+
+
+@_register("v3+", "ResNet-101-beta", normalization="inception", paper_rates=(6, 12, 18))
+def deeplabv3plus_resnet101_beta(
+    *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] | None = None,
+    multi_grid: Sequence[int] = (1, 1, 1), separable: bool = True, dropout: float = 0.1, aux_loss: bool = False,
+    align_corners: bool = True, bn_eps: float = 1e-5, tf_padding: bool = True, pretrained_backbone: bool | str = False,
+) -> Segmenter:
+    """DeepLab v3+ on the TF reference's ResNet-v1-101 "beta" (3-conv stem, strides in each block's last unit).
+
+    Args:
+        multi_grid: block 4's unit rates (the reference's default (1, 1, 1); the v3 paper's is (1, 2, 4)).
+        separable: atrous separable convs in ASPP and decoder (the reference's default).
+        align_corners, bn_eps, tf_padding: the reference's numerics.
+        Others as in :func:`deeplabv3plus_resnet101`.
+    """
+    return _beta_v3plus(101, num_classes=num_classes, output_stride=output_stride, atrous_rates=atrous_rates,
+                        multi_grid=multi_grid, separable=separable, dropout=dropout, aux_loss=aux_loss,
+                        align_corners=align_corners, bn_eps=bn_eps, tf_padding=tf_padding,
+                        pretrained_backbone=pretrained_backbone)
+
+
+@_register("v3", "ResNet-50-beta", normalization="inception", paper_rates=(6, 12, 18))
+def deeplabv3_resnet50_beta(
+    *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] | None = None,
+    multi_grid: Sequence[int] = (1, 1, 1), separable: bool = True, dropout: float = 0.1, aux_loss: bool = False,
+    align_corners: bool = True, bn_eps: float = 1e-5, tf_padding: bool = True, pretrained_backbone: bool | str = False,
+) -> Segmenter:
+    """DeepLab v3 on the TF reference's ResNet-v1-50 "beta". See :func:`deeplabv3plus_resnet101_beta`."""
+    return _beta_v3(50, num_classes=num_classes, output_stride=output_stride, atrous_rates=atrous_rates,
+                    multi_grid=multi_grid, separable=separable, dropout=dropout, aux_loss=aux_loss,
+                    align_corners=align_corners, bn_eps=bn_eps, tf_padding=tf_padding,
+                    pretrained_backbone=pretrained_backbone)
+
+
+@_register("v3", "ResNet-101-beta", normalization="inception", paper_rates=(6, 12, 18))
+def deeplabv3_resnet101_beta(
+    *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] | None = None,
+    multi_grid: Sequence[int] = (1, 1, 1), separable: bool = True, dropout: float = 0.1, aux_loss: bool = False,
+    align_corners: bool = True, bn_eps: float = 1e-5, tf_padding: bool = True, pretrained_backbone: bool | str = False,
+) -> Segmenter:
+    """DeepLab v3 on the TF reference's ResNet-v1-101 "beta". See :func:`deeplabv3plus_resnet101_beta`."""
+    return _beta_v3(101, num_classes=num_classes, output_stride=output_stride, atrous_rates=atrous_rates,
+                    multi_grid=multi_grid, separable=separable, dropout=dropout, aux_loss=aux_loss,
+                    align_corners=align_corners, bn_eps=bn_eps, tf_padding=tf_padding,
+                    pretrained_backbone=pretrained_backbone)

@@ -13,7 +13,9 @@ def test_registry_lists_every_published_variant():
         "deeplabv1_vgg16", "deeplabv2_vgg16", "deeplabv2_resnet101",
         "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenetv2",
         "deeplabv3plus_resnet50", "deeplabv3plus_resnet101", "deeplabv3plus_xception65",
-        "deeplabv3plus_xception71", "deeplabv3plus_mobilenetv2",
+        "deeplabv3plus_xception71", "deeplabv3plus_mobilenetv2", "deeplabv3plus_xception41",
+        "deeplabv3_resnet50_beta", "deeplabv3_resnet101_beta", "deeplabv3plus_resnet50_beta",
+        "deeplabv3plus_resnet101_beta",
     ])
     assert {model_entry(n).version for n in ALL} == {"v1", "v2", "v3", "v3+"}
 
