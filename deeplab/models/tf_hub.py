@@ -96,12 +96,7 @@ def load_tf_backbone(model: nn.Module, backbone: TFBackbone) -> None:
     from .tf_import import backbone_state_from_tf
 
     try:
-        state = backbone_state_from_tf(variables, model)
+        state = backbone_state_from_tf(variables, model)  # keys as model.backbone names them
     except ValueError as err:
         raise ValueError(f"{backbone.cache_path()}: {err}") from err
-    own = model.state_dict()
-    unknown = sorted(set(state) - set(own))
-    if unknown:
-        raise ValueError(f"{backbone.name}: the converted backbone weights name keys the model lacks, e.g. "
-                         f"{unknown[:3]}")
-    model.load_state_dict({**own, **state}, strict=True)
+    model.backbone.load_state_dict(state, strict=True)

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from urllib.error import URLError
 
+import numpy as np
 import pytest
 import torch
 
@@ -188,3 +189,67 @@ def test_eval_pretrained_with_the_zoo_protocol_config(hub, offline, tmp_path, mo
     with torch.no_grad():
         expected = single.model(padded)[..., :image.shape[-2], :image.shape[-1]]
     torch.testing.assert_close(single.logits_for_batch(image[None]), expected)
+
+
+def _plant_tarball(name: str, folder: str, checkpoint: str, seed: int = 0) -> torch.nn.Module:
+    """The zoo's tarball for ``name`` in its real layout, written without TensorFlow from a small random model of
+    the same architecture (plus the training state a zoo checkpoint carries), in torch.hub's cache."""
+    from deeplab.models import build_from_spec
+    from deeplab.models.tf_import import tf_spec, tf_variables
+    from tests.tfbundle import write_zoo_tarball
+
+    torch.manual_seed(seed)
+    weights = published_weights(name)
+    model = with_random_statistics(build_from_spec(tf_spec(weights.model, num_classes=len(weights.classes),
+                                                           atrous_rates=())), seed).eval()
+    variables = tf_variables(model)
+    variables.update({"global_step": np.array(30000, dtype=np.int64),
+                      **{f"{k}/Momentum": np.zeros_like(v) for k, v in list(variables.items())[:5]}})
+    weights.cache_path().parent.mkdir(parents=True, exist_ok=True)
+    write_zoo_tarball(weights.cache_path(), folder, checkpoint, variables)
+    return model
+
+
+def test_predict_pretrained_from_a_zoo_tarball_in_the_hub_cache(hub, offline, tmp_path):
+    from PIL import Image
+
+    name = "deeplabv3_mobilenetv2.tf_voc_trainaug"
+    model = _plant_tarball(name, "deeplabv3_mnv2_pascal_train_aug", "model.ckpt-30000")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(photo)
+    assert main(["predict", "--pretrained", name, str(photo), "--out", str(tmp_path / "out")]) == 0
+    mask = np.asarray(Image.open(tmp_path / "out" / "photo.png"))
+    image = torch.from_numpy(np.array(Image.open(photo))).permute(2, 0, 1)
+    reference = Predictor(model, num_classes=21, fast=False)
+    assert (mask == reference.predict(image).numpy()).mean() >= 0.999
+    # A random MobileNet's masks are nearly flat, so the scores are compared too.
+    expected, logits = reference.predict_logits(image), Predictor.from_published(name).predict_logits(image)
+    assert (logits - expected).abs().max() / expected.abs().max() < 1e-4
+    assert Image.open(tmp_path / "out" / "photo.png").getpalette()[:6] == [0, 0, 0, 128, 0, 0]
+    # Imported once: the conversion is cached beside the tarball and used without it.
+    cached = converted_path(published_weights(name))
+    assert cached.is_file()
+    published_weights(name).cache_path().unlink()
+    again = create_model("deeplabv3_mobilenetv2", weights=name).eval()
+    assert again.spec == model.spec and again.spec.options["align_corners"] is True
+    x = torch.randn(1, 3, 65, 65)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x))
+
+
+def test_a_tarball_holding_another_model_is_refused(hub, offline):
+    name = "deeplabv3_mobilenetv2.tf_cityscapes_trainfine"  # 19 classes expected
+    from deeplab.models import build_from_spec
+    from deeplab.models.tf_import import tf_spec, tf_variables
+    from tests.tfbundle import write_zoo_tarball
+
+    model = build_from_spec(tf_spec("deeplabv3_mobilenetv2", num_classes=21, atrous_rates=()))
+    weights = published_weights(name)
+    weights.cache_path().parent.mkdir(parents=True)
+    write_zoo_tarball(weights.cache_path(), "deeplabv3_mnv2_cityscapes_train", "model.ckpt", tf_variables(model))
+    with pytest.raises(ValueError, match=r"deeplabv3_mnv2_cityscapes_train_2018_02_05.tar.gz holds a "
+                                         r"deeplabv3_mobilenetv2 with 21 classes; "
+                                         r"deeplabv3_mobilenetv2.tf_cityscapes_trainfine should be a "
+                                         r"deeplabv3_mobilenetv2 with 19 classes"):
+        create_model("deeplabv3_mobilenetv2", weights=name)
+    assert not converted_path(weights).exists()
