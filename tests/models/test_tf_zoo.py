@@ -253,3 +253,19 @@ def test_a_tarball_holding_another_model_is_refused(hub, offline):
                                          r"deeplabv3_mobilenetv2 with 19 classes"):
         create_model("deeplabv3_mobilenetv2", weights=name)
     assert not converted_path(weights).exists()
+
+
+def test_tf_imagenet_backbone_loads_into_the_backbone(hub, monkeypatch):
+    import deeplab.models.tf_hub as tf_hub
+    from deeplab.models.tf_import import tf_variables
+
+    torch.manual_seed(0)
+    source = with_random_statistics(create_model("deeplabv3plus_xception65", num_classes=3))
+    imagenet = {k: v for k, v in tf_variables(source).items() if k.startswith("xception_65/")}
+    imagenet["xception_65/logits/weights"] = np.zeros((1, 1, 2048, 1001), np.float32)  # ImageNet's classifier
+    asked = []
+    monkeypatch.setattr(tf_hub, "zoo_variables", lambda url, path, what: asked.append((url, path)) or imagenet)
+    model = create_model("deeplabv3plus_xception65", num_classes=3, pretrained_backbone="xception_65_imagenet")
+    assert asked == [(TF_BACKBONES["xception_65_imagenet"].url, TF_BACKBONES["xception_65_imagenet"].cache_path())]
+    for key, value in source.backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[key], value), key
