@@ -191,3 +191,22 @@ def test_import_tf_command_refuses_clearly(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "only the 'beta' ResNet-v1" in err and "Traceback" not in err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_tf_padded_model_exports_to_onnx_for_any_size(mobilenet_tf):
+    # TF's padding depends on each input's parity; the export must compute it, not bake the probe's.
+    pytest.importorskip("onnxruntime")
+    from deeplab.export import export_model
+    from deeplab.runtime import load_export
+
+    model, variables, folder = mobilenet_tf
+    checkpoint = folder / "export_source.pt"
+    prefix = write_bundle(folder / "exp" / "model.ckpt", variables)
+    assert main(["import-tf", str(prefix), "--out", str(checkpoint)]) == 0
+    export_model(checkpoint, folder / "tf.onnx")
+    runner, _ = load_export(folder / "tf.onnx")
+    for size in [(64, 96), (65, 65)]:
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            ours = model(x)
+        assert (runner(x) - ours).abs().max() <= 1e-4 * ours.abs().max()
