@@ -10,6 +10,10 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Config
 
 PRECISION_CHOICES = ("fp32", "bf16", "fp16")  # eager precisions; an export keeps its own
 
@@ -54,27 +58,40 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a checkpoint or an export on its dataset's val split: mIoU table, optional JSON."""
-    from .config import apply_overrides, from_dict, parse_override
+    """Evaluate a checkpoint, an export or published weights on a dataset's val split: mIoU table, optional JSON."""
+    from .config import apply_overrides, from_dict, load_config, parse_override
     from .engine.checkpoint import read_checkpoint
-    from .engine.evaluate import crf_params, evaluate_file
-    from .imageio import atomic_write
-    from .metrics import format_metrics_table, metrics_to_json
+    from .engine.evaluate import evaluate_file, evaluate_published
 
+    if args.pretrained:  # published weights carry no config: --config (e.g. a TF zoo protocol) says what to run
+        config = load_config(args.config, args.overrides)
+        metrics, classes = evaluate_published(args.pretrained, config, precision=args.precision,
+                                              device=_device(config.train.device))
+        return _report_eval(args, config, metrics, classes)
     path = args.model or args.checkpoint
     explicit_os = any(parse_override(o)[0] == "model.output_stride" for o in args.overrides)
     if _is_export(path):
         from .runtime import read_export
 
-        config = apply_overrides(from_dict(read_export(path).config), args.overrides)
+        base = load_config(args.config) if args.config else from_dict(read_export(path).config)
+        config = apply_overrides(base, args.overrides)
         output_stride = config.model.output_stride if explicit_os else None  # an export keeps its own stride
     else:
-        config = apply_overrides(read_checkpoint(path).config, args.overrides)
+        base = load_config(args.config) if args.config else read_checkpoint(path).config
+        config = apply_overrides(base, args.overrides)
         if explicit_os:
             config.eval.output_stride = config.model.output_stride  # an explicit model OS wins
         output_stride = config.eval.output_stride or config.model.output_stride
     metrics, classes = evaluate_file(path, config, output_stride=output_stride, precision=args.precision,
                                      device=_device(config.train.device, path))
+    return _report_eval(args, config, metrics, classes)
+
+
+def _report_eval(args: argparse.Namespace, config: Config, metrics: dict, classes: list[str]) -> int:
+    from .engine.evaluate import crf_params
+    from .imageio import atomic_write
+    from .metrics import format_metrics_table, metrics_to_json
+
     print(format_metrics_table(metrics, classes))
     if config.eval.crf:
         print(f"with the DenseCRF: {crf_params(config.eval).describe()}")
@@ -110,12 +127,8 @@ def _predictor(args: argparse.Namespace):
     options = {"scales": args.scales, "flip": args.flip, "window": args.window, "precision": args.precision,
                "crf": parse_crf_params(args.crf_params, args.crf)}
     if args.pretrained:
-        from .models import create_model, published_weights
-
-        published = published_weights(args.pretrained)
-        model = create_model(published.model, weights=published.name, output_stride=args.output_stride)
-        return Predictor(model, num_classes=len(published.classes), classes=list(published.classes),
-                         palette=published.palette, device=_device(args.device), **options)
+        return Predictor.from_published(args.pretrained, output_stride=args.output_stride,
+                                        device=_device(args.device), **options)
     path = args.model or args.checkpoint
     return Predictor.from_file(path, output_stride=args.output_stride, device=_device(args.device, path), **options)
 
@@ -228,7 +241,8 @@ def _model_source(p: argparse.ArgumentParser, *, pretrained: bool = False) -> No
     source.add_argument("--model", type=Path, help="an export from deeplab export (.onnx, TorchScript) or a checkpoint")
     if pretrained:
         source.add_argument("--pretrained", metavar="NAME",
-                            help="published weights by name, e.g. deeplabv3_resnet101.coco_voc (see deeplab models)")
+                            help="published weights by name, e.g. deeplabv3plus_xception65.tf_voc_trainaug "
+                                 "(see deeplab models)")
     p.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
                    help="eager arithmetic: bf16 on GPUs and CPUs with AVX512-BF16/AMX, fp16 on GPUs "
                         "(an export runs at the precision it was exported at)")
@@ -251,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p, "train")
 
     p = _command(commands, "eval", cmd_eval)
-    _model_source(p)
+    _model_source(p, pretrained=True)
+    p.add_argument("--config", type=Path, help="YAML config for the data and eval sections (e.g. "
+                                               "configs/eval/tf_zoo_*.yaml; default: the checkpoint's own config)")
     p.add_argument("--json", type=Path, help="also write the metrics as JSON here")
     _config_args(p, "eval")
 
