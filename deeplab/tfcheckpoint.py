@@ -12,7 +12,6 @@ varint fields), so neither TensorFlow nor protobuf is needed.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import tarfile
@@ -21,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 
 TABLE_MAGIC = 0xDB4775248B80FB57  # LevelDB's table magic, the last 8 bytes of every .index file
@@ -153,82 +153,9 @@ def _parse_header(buf: bytes) -> tuple[int, int, int]:
 # ---------------------------------------------------------------- CRC32C (Castagnoli)
 
 
-def _crc_table() -> np.ndarray:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-        table.append(crc)
-    return np.array(table, dtype=np.uint32)
-
-
-_CRC_TABLE = _crc_table()
-_CRC_LIST = [int(v) for v in _CRC_TABLE]
-
-
-@functools.lru_cache(maxsize=8)
-def _shift_tables(nbytes: int) -> tuple[tuple[int, ...], ...]:
-    """Byte lookup tables of the linear map "run the CRC register over ``nbytes`` zero bytes"."""
-    columns = [1 << bit for bit in range(32)]  # the identity, as the images of the 32 basis vectors
-    step = [_CRC_LIST[v & 0xFF] ^ (v >> 8) for v in columns]  # one zero byte
-
-    def compose(outer: list[int], inner: list[int]) -> list[int]:
-        return [_apply_columns(outer, v) for v in inner]
-
-    power = step
-    while nbytes:  # binary powering of the one-byte map
-        if nbytes & 1:
-            columns = compose(power, columns)
-        power = compose(power, power)
-        nbytes >>= 1
-    return tuple(tuple(_apply_columns(columns, byte << (8 * k)) for byte in range(256)) for k in range(4))
-
-
-def _apply_columns(columns: list[int], value: int) -> int:
-    out = 0
-    bit = 0
-    while value:
-        if value & 1:
-            out ^= columns[bit]
-        value >>= 1
-        bit += 1
-    return out
-
-
-def _crc_python(data: bytes | bytearray | memoryview, crc: int) -> int:
-    table = _CRC_LIST
-    for byte in bytes(data):
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc
-
-
-_LANE = 1024  # bytes per lane up to 16 MiB: one length, so its chaining tables are computed once
-_MAX_LANES = 1 << 14  # beyond, longer lanes: numpy arrays that stay in the CPU's cache
-
-
 def crc32c(data: bytes | bytearray | memoryview) -> int:
-    """The CRC32C (Castagnoli) checksum of ``data``, as TensorFlow and LevelDB compute it.
-
-    Large buffers run as many lanes (1 KiB, longer beyond 16 MiB) at once in numpy. The register update
-    is linear, so the lanes chain: the register after lanes A then B is shift(register after A, len(B))
-    ^ (B's register from 0), where shift runs the register over zero bytes (a 32 x 32 bit matrix, as tables).
-    """
-    n = len(data)
-    if n < 32 * _LANE:
-        return _crc_python(data, 0xFFFFFFFF) ^ 0xFFFFFFFF
-    lanes = min(n // _LANE, _MAX_LANES)
-    length = _LANE if lanes < _MAX_LANES else n // lanes
-    body = np.frombuffer(data, dtype=np.uint8, count=lanes * length).reshape(lanes, length).T.copy()
-    crc = np.zeros(lanes, dtype=np.uint32)
-    crc[0] = 0xFFFFFFFF  # the initial register, carried into the first lane only
-    for column in body:
-        crc = _CRC_TABLE[(crc ^ column) & 0xFF] ^ (crc >> 8)
-    t0, t1, t2, t3 = _shift_tables(length)
-    total = 0
-    for lane in crc.tolist():
-        total = (t0[total & 0xFF] ^ t1[(total >> 8) & 0xFF] ^ t2[(total >> 16) & 0xFF] ^ t3[total >> 24]) ^ lane
-    return _crc_python(memoryview(data)[lanes * length:], total) ^ 0xFFFFFFFF
+    """The CRC32C (Castagnoli) checksum of ``data``, as TensorFlow and LevelDB compute it."""
+    return google_crc32c.value(data if isinstance(data, bytes) else bytes(data))
 
 
 def mask_crc(crc: int) -> int:
