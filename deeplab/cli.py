@@ -10,13 +10,32 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Config
 
 PRECISION_CHOICES = ("fp32", "bf16", "fp16")  # eager precisions; an export keeps its own
 
 
-def _config_args(parser: argparse.ArgumentParser) -> None:
+SET_EXAMPLES = {  # each command's --set example names keys that command reads
+    "train": "train.iterations=2000 model.output_stride=8",
+    "eval": "eval.flip=true eval.scales=[0.75,1.0,1.25]",
+    "crf-tune": "data.root=data/voc eval.output_stride=16",
+}
+DEVICE_HELP = "auto (default: the GPU when there is one), cpu, cuda or cuda:N"
+
+
+def _config_args(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override config values, e.g. train.iterations=2000 model.output_stride=8")
+                        help=f"override config values, e.g. {SET_EXAMPLES[command]}")
+
+
+def _command(commands: argparse._SubParsersAction, name: str, func) -> argparse.ArgumentParser:
+    """A subcommand whose one-line help and ``--help`` description come from its handler's docstring."""
+    parser = commands.add_parser(name, help=func.__doc__, description=func.__doc__)
+    parser.set_defaults(func=func)
+    return parser
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -32,35 +51,47 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = load_config(run_dir / "config.yaml", args.overrides)
     result = train(config, resume=args.resume)
     if result.rank == 0:
-        print(f"{'interrupted' if result.interrupted else 'finished'} at step {result.step}; "
-              f"best val mIoU {result.best_miou:.4f}; checkpoints in {result.run_dir}")
+        print(result.summary())
     # 128 + the signal number, as a shell reports a process stopped by it (and torchrun sees a failure
     # to restart from when --max-restarts allows).
     return 128 + signal.Signals[result.stop_signal].value if result.interrupted else 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a checkpoint or an export on its dataset's val split: mIoU table, optional JSON."""
-    from .config import apply_overrides, from_dict, parse_override
+    """Evaluate a checkpoint, an export or published weights on a dataset's val split: mIoU table, optional JSON."""
+    from .config import apply_overrides, from_dict, load_config, parse_override
     from .engine.checkpoint import read_checkpoint
-    from .engine.evaluate import crf_params, evaluate_file
-    from .imageio import atomic_write
-    from .metrics import format_metrics_table, metrics_to_json
+    from .engine.evaluate import evaluate_file, evaluate_published
 
+    if args.pretrained:  # published weights carry no config: --config (e.g. a TF zoo protocol) says what to run
+        config = load_config(args.config, args.overrides)
+        metrics, classes = evaluate_published(args.pretrained, config, precision=args.precision,
+                                              device=_device(config.train.device))
+        return _report_eval(args, config, metrics, classes)
     path = args.model or args.checkpoint
     explicit_os = any(parse_override(o)[0] == "model.output_stride" for o in args.overrides)
     if _is_export(path):
         from .runtime import read_export
 
-        config = apply_overrides(from_dict(read_export(path).config), args.overrides)
+        base = load_config(args.config) if args.config else from_dict(read_export(path).config)
+        config = apply_overrides(base, args.overrides)
         output_stride = config.model.output_stride if explicit_os else None  # an export keeps its own stride
     else:
-        config = apply_overrides(read_checkpoint(path).config, args.overrides)
+        base = load_config(args.config) if args.config else read_checkpoint(path).config
+        config = apply_overrides(base, args.overrides)
         if explicit_os:
             config.eval.output_stride = config.model.output_stride  # an explicit model OS wins
         output_stride = config.eval.output_stride or config.model.output_stride
     metrics, classes = evaluate_file(path, config, output_stride=output_stride, precision=args.precision,
                                      device=_device(config.train.device, path))
+    return _report_eval(args, config, metrics, classes)
+
+
+def _report_eval(args: argparse.Namespace, config: Config, metrics: dict, classes: list[str]) -> int:
+    from .engine.evaluate import crf_params
+    from .imageio import atomic_write
+    from .metrics import format_metrics_table, metrics_to_json
+
     print(format_metrics_table(metrics, classes))
     if config.eval.crf:
         print(f"with the DenseCRF: {crf_params(config.eval).describe()}")
@@ -96,12 +127,8 @@ def _predictor(args: argparse.Namespace):
     options = {"scales": args.scales, "flip": args.flip, "window": args.window, "precision": args.precision,
                "crf": parse_crf_params(args.crf_params, args.crf)}
     if args.pretrained:
-        from .models import create_model, published_weights
-
-        published = published_weights(args.pretrained)
-        model = create_model(published.model, weights=published.name, output_stride=args.output_stride)
-        return Predictor(model, num_classes=len(published.classes), classes=list(published.classes),
-                         palette=published.palette, device=_device(args.device), **options)
+        return Predictor.from_published(args.pretrained, output_stride=args.output_stride,
+                                        device=_device(args.device), **options)
     path = args.model or args.checkpoint
     return Predictor.from_file(path, output_stride=args.output_stride, device=_device(args.device, path), **options)
 
@@ -214,7 +241,8 @@ def _model_source(p: argparse.ArgumentParser, *, pretrained: bool = False) -> No
     source.add_argument("--model", type=Path, help="an export from deeplab export (.onnx, TorchScript) or a checkpoint")
     if pretrained:
         source.add_argument("--pretrained", metavar="NAME",
-                            help="published weights by name, e.g. deeplabv3_resnet101.coco_voc (see deeplab models)")
+                            help="published weights by name, e.g. deeplabv3plus_xception65.tf_voc_trainaug "
+                                 "(see deeplab models)")
     p.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
                    help="eager arithmetic: bf16 on GPUs and CPUs with AVX512-BF16/AMX, fp16 on GPUs "
                         "(an export runs at the precision it was exported at)")
@@ -229,21 +257,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"deeplab {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = commands.add_parser("train", help=cmd_train.__doc__)
+    p = _command(commands, "train", cmd_train)
     p.add_argument("--config", type=Path, help="YAML config (see configs/); defaults apply where it is silent")
     p.add_argument("--resume", action="store_true", help="continue from run_dir/last.pt")
     p.epilog = ("several GPUs or nodes: torchrun --nproc-per-node N -m deeplab train --config FILE "
                 "(train.batch_size is the global batch; see docs/distributed.md)")
-    _config_args(p)
-    p.set_defaults(func=cmd_train)
+    _config_args(p, "train")
 
-    p = commands.add_parser("eval", help=cmd_eval.__doc__)
-    _model_source(p)
+    p = _command(commands, "eval", cmd_eval)
+    _model_source(p, pretrained=True)
+    p.add_argument("--config", type=Path, help="YAML config for the data and eval sections (e.g. "
+                                               "configs/eval/tf_zoo_*.yaml; default: the checkpoint's own config)")
     p.add_argument("--json", type=Path, help="also write the metrics as JSON here")
-    _config_args(p)
-    p.set_defaults(func=cmd_eval)
+    _config_args(p, "eval")
 
-    p = commands.add_parser("predict", help=cmd_predict.__doc__)
+    p = _command(commands, "predict", cmd_predict)
     _model_source(p, pretrained=True)
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -255,10 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", action="store_true", help="refine with the DenseCRF (pip install 'deeplab[crf]')")
     p.add_argument("--crf-params", metavar="KEY=VALUE,...",
                    help="CRF settings, implies --crf, e.g. w1=5,sigma_alpha=50,sigma_beta=3 (see deeplab crf-tune)")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=cmd_predict)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
-    p = commands.add_parser("export", help=cmd_export.__doc__)
+    p = _command(commands, "export", cmd_export)
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by deeplab train")
     p.add_argument("--out", type=Path, required=True, help="the file to write, e.g. model.onnx")
     p.add_argument("--format", choices=("onnx", "torchscript"), default=None,
@@ -275,23 +302,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: val images for the accuracy check (default all; 0 skips it)")
     p.add_argument("--tolerance", type=float, default=1e-3,
                    help="fp32: fail if the export's logits differ from the checkpoint's by more than this")
-    p.set_defaults(func=cmd_export)
 
-    p = commands.add_parser("benchmark", help=cmd_benchmark.__doc__)
+    p = _command(commands, "benchmark", cmd_benchmark)
     p.add_argument("--models", default=None, help="comma-separated model names (default: the README table's four)")
     p.add_argument("--size", type=int, default=513, help="input side")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
     p.add_argument("--runs", type=int, default=7, help="timed runs per path, interleaved across paths")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs per path before the timed ones (default 2)")
     p.add_argument("--no-memory", action="store_true", help="skip peak memory (measured in one process per path)")
     p.add_argument("--no-peers", action="store_true", help="skip torchvision and segmentation_models_pytorch")
-    p.set_defaults(func=cmd_benchmark)
 
-    p = commands.add_parser("serve", help=cmd_serve.__doc__)
+    p = _command(commands, "serve", cmd_serve)
     _model_source(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default 8000)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--output-stride", type=int, default=None, help="rebuild the model at this output stride")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale inference, e.g. 0.75 1 1.25")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
@@ -299,12 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MiB (else 413)")
     p.add_argument("--max-side", type=int, default=4096, help="longest image side in pixels (else 413)")
     p.add_argument("--max-batch", type=int, default=8, help="most waiting images of one size run as one batch")
-    p.set_defaults(func=cmd_serve)
 
     from .postprocess import CRF_SEARCH_GRID as GRID
 
-    p = commands.add_parser("crf-tune", help=cmd_crf_tune.__doc__)
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p = _command(commands, "crf-tune", cmd_crf_tune)
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="a checkpoint written by deeplab train; its val split holds the tuning images")
     p.add_argument("--images", type=int, default=100, help="held-out val images (the papers used 100)")
     p.add_argument("--w1", type=float, nargs="+", default=list(GRID["w1"]), help="appearance weights")
     p.add_argument("--sigma-alpha", type=float, nargs="+", default=list(GRID["sigma_alpha"]),
@@ -315,14 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="CRF processes (default: one per core)")
     p.add_argument("--top", type=int, default=15, help="rows to print, best first (0: all)")
     p.add_argument("--json", type=Path, help="also write every setting's mIoU as JSON here")
-    p.add_argument("--device", default="auto")
-    _config_args(p)
-    p.set_defaults(func=cmd_crf_tune)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    _config_args(p, "crf-tune")
 
-    p = commands.add_parser("models", help=cmd_models.__doc__)
+    p = _command(commands, "models", cmd_models)
     p.add_argument("--macs", action="store_true", help="count multiply-adds at OS 16 and OS 8 (a few seconds)")
     p.add_argument("--size", type=int, default=513, help="input side for --macs")
-    p.set_defaults(func=cmd_models)
 
     add_import_tf_command(commands)
     add_data_commands(commands)

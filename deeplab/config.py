@@ -90,6 +90,7 @@ class EvalConfig:
     scales: list[float] = field(default_factory=lambda: [1.0])
     flip: bool = False
     window: int | None = None  # sliding-window side in pixels for large images
+    pad_to: list[int] | None = None  # [h, w]: pad each image (bottom/right) with the mean pixel, crop the scores back
     batch_size: int = 1
     crf: bool = False  # DenseCRF post-processing (v1/v2); needs the extra: pip install 'deeplab[crf]'
     crf_iterations: int | None = None  # mean-field iterations; None: deeplab.postprocess.CRFParams' default (10)

@@ -12,11 +12,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .classes import ADE20K_CLASSES_WITH_OTHER, CITYSCAPES_CLASSES, VOC_CLASSES
 from .config import Config
 from .engine.checkpoint import save_checkpoint
 from .models import build_from_spec
 from .models.tf_import import import_tf_variables
-from .palettes import voc_palette
+from .palettes import CITYSCAPES_PALETTE, voc_palette
 from .tfcheckpoint import read_tf_checkpoint
 
 # Class names by dataset, for the zoo's three; a checkpoint's class count picks the default.
@@ -25,21 +26,17 @@ _DATASET_BY_CLASSES = {21: "voc", 19: "cityscapes", 151: "ade20k"}
 
 def dataset_classes(dataset: str | None, num_classes: int) -> tuple[list[str], list[tuple[int, int, int]]]:
     """(class names, palette) for ``dataset`` (default: guessed from the class count; generic names otherwise)."""
-    from .data.ade20k import ADE20K_CLASSES
-    from .data.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
-    from .data.voc import VOC_CLASSES
-
-    known = {"voc": (list(VOC_CLASSES), voc_palette(len(VOC_CLASSES))),
-             "cityscapes": (list(CITYSCAPES_CLASSES), list(CITYSCAPES_PALETTE)),
-             # the zoo's ADE20K models predict 151 classes: id 0 is "other" (unlabelled), then the 150
-             "ade20k": (["other", *ADE20K_CLASSES], voc_palette(len(ADE20K_CLASSES) + 1))}
+    known = {"voc": (VOC_CLASSES, voc_palette(len(VOC_CLASSES))),
+             "cityscapes": (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE),
+             # the zoo's ADE20K model predicts the 151 labels of the annotations: 0 is "other" (unlabelled)
+             "ade20k": (ADE20K_CLASSES_WITH_OTHER, voc_palette(len(ADE20K_CLASSES_WITH_OTHER)))}
     dataset = dataset or _DATASET_BY_CLASSES.get(num_classes)
     if dataset is None:
         return [f"class_{i}" for i in range(num_classes)], voc_palette(num_classes)
     classes, palette = known[dataset]
     if len(classes) != num_classes:
         raise ValueError(f"the checkpoint predicts {num_classes} classes; {dataset} has {len(classes)}")
-    return classes, palette
+    return list(classes), list(palette)
 
 
 def import_tf_checkpoint(source: str | Path, out: str | Path, *, dataset: str | None = None,

@@ -67,6 +67,12 @@ class Predictor:
         spec: the model's :class:`~deeplab.models.ModelSpec`; default ``model.spec`` where it has one.
         crf: DenseCRF settings: ``predict(image)`` then refines the softmax on the image
             (``deeplab.postprocess``, v1/v2's post-processing); ``None``: no CRF.
+        pad_to: pad each input at its bottom and right to at least ``(h, w)`` (an int for a square)
+            with the mean pixel (zero once normalised) before any scaling, and crop the scores back:
+            the TF reference's evaluation, which feeds VOC images padded to 513 x 513.
+
+    A model whose spec asks for TF numerics (``align_corners``) is also scaled the TF way for
+    multi-scale inference: side ``int((n - 1) * scale + 1)``, resizes with ``align_corners=True``.
     """
 
     def __init__(
@@ -87,10 +93,12 @@ class Predictor:
         fast: bool = True,
         spec: ModelSpec | None = None,
         crf: CRFParams | None = None,
+        pad_to: int | tuple[int, int] | None = None,
     ) -> None:
         self.classes = list(classes) if classes is not None else [f"class_{i}" for i in range(num_classes)]
         self.palette = list(palette) if palette is not None else default_palette(num_classes)
         _check_options(num_classes, self.classes, self.palette, scales, window, overlap)
+        self.pad_to = _check_pad_to(pad_to)
         self.device = torch.device(device)
         self.precision = precision
         self.spec = spec if spec is not None else getattr(model, "spec", None)
@@ -158,6 +166,22 @@ class Predictor:
         predictor.precision = info.precision
         return predictor
 
+    @classmethod
+    def from_published(
+        cls, name: str, *, output_stride: int | None = None, precision: str = "fp32",
+        device: str | torch.device = "cpu", **options: Any,
+    ) -> Predictor:
+        """A predictor for published weights by name (``deeplab models`` lists them), with their classes and palette.
+
+        The weights are fetched through torch.hub's cache (see ``deeplab.models.published``).
+        """
+        from .models import create_model, published_weights
+
+        published = published_weights(name)
+        model = create_model(published.model, weights=published.name, output_stride=output_stride)
+        return cls(model, num_classes=len(published.classes), classes=list(published.classes),
+                   palette=published.palette, device=device, precision=precision, **options)
+
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """Converts a uint8 ``3 x H x W`` RGB image to a normalised float ``1 x 3 x H x W`` batch."""
         if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
@@ -177,13 +201,16 @@ class Predictor:
         gives the prediction's class probabilities and ``argmax(dim=1)`` its class map.
         """
         x = x.to(self.device)
+        height, width = x.shape[-2:]
+        if self.pad_to is not None:  # zeros: the mean pixel, once normalised
+            x = F.pad(x, (0, max(0, self.pad_to[1] - width), 0, max(0, self.pad_to[0] - height)))
         flips = (False, True) if self.flip else (False,)
         passes = [(scale, flipped) for scale in self.scales for flipped in flips]
         if len(passes) == 1:
-            return self._pass(x, *passes[0])
+            return self._pass(x, *passes[0])[..., :height, :width]
         probs = sum(self._pass(x, scale, flipped).softmax(dim=1) for scale, flipped in passes)
         probs = probs / len(passes)
-        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()[..., :height, :width]
 
     def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
         """Scores (see ``logits_for_batch``) for a uint8 ``3 x H x W`` image, as ``C x H x W`` on CPU."""
@@ -199,17 +226,25 @@ class Predictor:
     def _pass(self, x: torch.Tensor, scale: float, flipped: bool) -> torch.Tensor:
         """Logits of one (scale, flip) pass, resized back to the input's size."""
         size = x.shape[-2:]
+        aligned = self._tf_numerics
         if scale != 1.0:
-            scaled = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
-            x = F.interpolate(x, size=scaled, mode="bilinear", align_corners=False)
+            if aligned:  # the TF reference's scale_dimension
+                scaled = (max(1, int((size[0] - 1) * scale + 1)), max(1, int((size[1] - 1) * scale + 1)))
+            else:
+                scaled = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+            x = F.interpolate(x, size=scaled, mode="bilinear", align_corners=aligned)
         if flipped:
             x = x.flip(-1)
         logits = self._windowed(x)
         if flipped:
             logits = logits.flip(-1)
         if logits.shape[-2:] != size:
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=aligned)
         return logits
+
+    @property
+    def _tf_numerics(self) -> bool:
+        return bool(self.spec is not None and self.spec.options.get("align_corners"))
 
     def _windowed(self, x: torch.Tensor) -> torch.Tensor:
         """Runs the model on overlapping tiles and averages the logits where tiles overlap."""
@@ -264,6 +299,15 @@ def _check_options(
         raise ValueError(f"window must be a positive int or (h, w), got {window}")
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+
+
+def _check_pad_to(pad_to: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if pad_to is None:
+        return None
+    sides = (pad_to, pad_to) if isinstance(pad_to, int) else tuple(pad_to)
+    if len(sides) != 2 or not all(isinstance(side, int) and side >= 1 for side in sides):
+        raise ValueError(f"pad_to must be a positive int or (h, w), got {pad_to}")
+    return sides[0], sides[1]
 
 
 def _tile_starts(size: int, tile: int, overlap: float) -> list[int]:

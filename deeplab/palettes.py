@@ -36,6 +36,14 @@ def voc_palette(n: int = 256) -> Palette:
     return palette
 
 
+CITYSCAPES_PALETTE: Palette = [
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0),
+    (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+]  # fmt: skip
+"""The official colour of each of the 19 evaluated Cityscapes classes, in train-id order."""
+
+
 def default_palette(num_classes: int) -> Palette:
     """A palette for ``num_classes`` classes: the first ``num_classes`` colours of the VOC map."""
     if num_classes > 256:

@@ -16,10 +16,11 @@ import os
 import re
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 
 TABLE_MAGIC = 0xDB4775248B80FB57  # LevelDB's table magic, the last 8 bytes of every .index file
@@ -152,86 +153,9 @@ def _parse_header(buf: bytes) -> tuple[int, int, int]:
 # ---------------------------------------------------------------- CRC32C (Castagnoli)
 
 
-def _crc_table() -> np.ndarray:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-        table.append(crc)
-    return np.array(table, dtype=np.uint32)
-
-
-_CRC_TABLE = _crc_table()
-_CRC_LIST = [int(v) for v in _CRC_TABLE]
-
-
-def _shift_tables(nbytes: int) -> list[list[int]]:
-    """Byte lookup tables of the linear map "run the CRC register over ``nbytes`` zero bytes"."""
-    columns = [1 << bit for bit in range(32)]  # the identity, as the images of the 32 basis vectors
-    step = [_CRC_LIST[v & 0xFF] ^ (v >> 8) for v in columns]  # one zero byte
-
-    def compose(outer: list[int], inner: list[int]) -> list[int]:
-        return [_apply_columns(outer, v) for v in inner]
-
-    power = step
-    while nbytes:  # binary powering of the one-byte map
-        if nbytes & 1:
-            columns = compose(power, columns)
-        power = compose(power, power)
-        nbytes >>= 1
-    return [[_apply_columns(columns, byte << (8 * k)) for byte in range(256)] for k in range(4)]
-
-
-def _apply_columns(columns: list[int], value: int) -> int:
-    out = 0
-    bit = 0
-    while value:
-        if value & 1:
-            out ^= columns[bit]
-        value >>= 1
-        bit += 1
-    return out
-
-
-def _apply_tables(tables: list[list[int]], value: int) -> int:
-    return (tables[0][value & 0xFF] ^ tables[1][(value >> 8) & 0xFF] ^ tables[2][(value >> 16) & 0xFF]
-            ^ tables[3][value >> 24])
-
-
-def _crc_raw_python(data: bytes | memoryview, crc: int = 0) -> int:
-    table = _CRC_LIST
-    for byte in bytes(data):
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc
-
-
-def _crc_raw(data: bytes | bytearray | memoryview) -> int:
-    """The CRC register after ``data`` from 0, without the final inversion (a linear function of ``data``).
-
-    Large buffers run as many equal lanes at once in numpy, then the lanes are chained with the
-    "shift over n zero bytes" map: raw(A + B) = shift(raw(A), len(B)) ^ raw(B).
-    """
-    n = len(data)
-    if n < 1 << 14:
-        return _crc_raw_python(data)
-    lanes = min(1 << 14, n >> 10)
-    length = n // lanes
-    body = np.frombuffer(data, dtype=np.uint8, count=lanes * length).reshape(lanes, length).T.copy()
-    crc = np.zeros(lanes, dtype=np.uint32)
-    for column in body:
-        crc = _CRC_TABLE[(crc ^ column) & 0xFF] ^ (crc >> 8)
-    shift = _shift_tables(length)
-    total = 0
-    for lane in crc.tolist():
-        total = _apply_tables(shift, total) ^ lane
-    return _crc_raw_python(memoryview(data)[lanes * length:], total)
-
-
 def crc32c(data: bytes | bytearray | memoryview) -> int:
     """The CRC32C (Castagnoli) checksum of ``data``, as TensorFlow and LevelDB compute it."""
-    start = _apply_tables(_shift_tables(len(data)), 0xFFFFFFFF)  # the effect of the initial 0xFFFFFFFF
-    return (_crc_raw(data) ^ start) ^ 0xFFFFFFFF
+    return google_crc32c.value(data if isinstance(data, bytes) else bytes(data))
 
 
 def mask_crc(crc: int) -> int:
@@ -362,9 +286,15 @@ def _check_entry(entry: TensorEntry, num_shards: int, index_path: Path) -> None:
         raise TFCheckpointError(f"{where} names data shard {entry.shard_id} of {num_shards}")
 
 
-def read_bundle(prefix: str | Path, *, verify: bool = True) -> dict[str, np.ndarray]:
-    """Every tensor of the checkpoint ``prefix`` (``PREFIX.index`` + data shards), checked against its CRC32C."""
+def read_bundle(prefix: str | Path, *, verify: bool = True,
+                include: Callable[[str], bool] | None = None) -> dict[str, np.ndarray]:
+    """The tensors of the checkpoint ``prefix`` (``PREFIX.index`` + data shards), checked against their CRC32C.
+
+    ``include``: read only the tensors whose name it accepts (default: all).
+    """
     num_shards, entries = read_entries(prefix)
+    if include is not None:
+        entries = {name: entry for name, entry in entries.items() if include(name)}
     index_path = Path(f"{prefix}.index")
     for entry in entries.values():
         _check_entry(entry, num_shards, index_path)
@@ -485,13 +415,15 @@ def _is_checkpoint_file(name: str) -> bool:
     return name == "checkpoint" or name.endswith(".index") or bool(_DATA_SUFFIX.search(name))
 
 
-def read_tf_checkpoint(source: str | Path, *, verify: bool = True) -> dict[str, np.ndarray]:
+def read_tf_checkpoint(source: str | Path, *, verify: bool = True,
+                       include: Callable[[str], bool] | None = None) -> dict[str, np.ndarray]:
     """Every tensor of a TensorFlow V2 checkpoint, by variable name, as numpy arrays.
 
     Args:
         source: a checkpoint prefix (``.../model.ckpt``, the ``.index`` beside it), a folder holding
             one checkpoint (or a ``checkpoint`` state file naming one), or a model-zoo ``.tar.gz``.
         verify: check every tensor's bytes against the CRC32C in the index.
+        include: read only the tensors whose name it accepts (e.g. leave out optimizer slots).
 
     Raises:
         TFCheckpointError: naming the file and what was expected, for anything missing or corrupt.
@@ -504,8 +436,8 @@ def read_tf_checkpoint(source: str | Path, *, verify: bool = True) -> dict[str, 
                 prefix = _from_folder(Path(folder))
             except TFCheckpointError as err:
                 raise TFCheckpointError(f"{path}: {str(err).replace(folder, 'the archive')}") from None
-            return read_bundle(prefix, verify=verify)
+            return read_bundle(prefix, verify=verify, include=include)
     if not path.exists() and not Path(f"{path}.index").exists():
         raise TFCheckpointError(f"no TF checkpoint at {path}: neither it nor {path}.index exists")
-    return read_bundle(resolve_prefix(path), verify=verify)
+    return read_bundle(resolve_prefix(path), verify=verify, include=include)
 

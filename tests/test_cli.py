@@ -1,12 +1,14 @@
 """The command line's own behaviour: plain messages, each said once."""
 
+import argparse
 import warnings
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from deeplab.cli import main
-from deeplab.config import Config
+from deeplab.cli import build_parser, main
+from deeplab.config import Config, apply_overrides
 from deeplab.engine.checkpoint import save_checkpoint
 from deeplab.models import create_model
 
@@ -45,3 +47,36 @@ def test_library_warnings_print_as_one_plain_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "warning: " in err and "lonely" in err and ".py:" not in err, err
     assert code == 0, err
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """(command path, parser) of every subcommand, nested ones (``data check``) included."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from _commands(sub, (*path, name))
+
+
+def test_every_command_has_a_description_and_every_option_a_help_text():
+    commands = dict(_commands(build_parser()))
+    assert {"train", "eval", "predict", "export", "benchmark", "serve", "crf-tune", "models", "data"} <= {
+        path[0] for path in commands}
+    assert ("data", "check") in commands and ("data", "prepare") in commands
+    for path, parser in commands.items():
+        assert parser.description and len(parser.description) > 20, f"deeplab {' '.join(path)} --help: no description"
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            name = "/".join(action.option_strings) or action.dest
+            assert action.help and action.help != argparse.SUPPRESS, f"deeplab {' '.join(path)} {name}: no help"
+
+
+@pytest.mark.parametrize(("command", "sections"), [("train", {"train", "model"}), ("eval", {"eval"}),
+                                                    ("crf-tune", {"data", "eval"})])
+def test_set_examples_name_keys_of_the_sections_the_command_reads(command, sections):
+    parser = dict(_commands(build_parser()))[(command,)]
+    (text,) = [action.help for action in parser._actions if action.dest == "overrides"]
+    example = text.split("e.g. ", 1)[1].split()
+    assert example and {item.split(".")[0] for item in example} <= sections, text
+    apply_overrides(Config(), example)  # each key exists and each value has its type

@@ -462,3 +462,65 @@ def test_onnx_without_the_deploy_extra_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ImportError, match=r"deeplab\[deploy\]"):
         Predictor.from_file(path)
+
+
+class ImagePooling(nn.Module):
+    """Logits = a 1x1 conv plus the input's spatial mean: padding the input changes every logit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv2d(3, 4, kernel_size=1)
+        self.calls: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(tuple(x.shape))
+        return self.conv(x) + x.mean(dim=(1, 2, 3), keepdim=True)
+
+
+def test_pad_to_runs_the_padded_input_and_crops_the_scores_back():
+    model = ImagePooling()
+    x = torch.randn(1, 3, 5, 7)
+    with torch.no_grad():
+        expected = model(F.pad(x, (0, 9 - 7, 0, 8 - 5)))[..., :5, :7]  # zeros = the mean pixel once normalised
+    padded = Predictor(model, num_classes=4, pad_to=(8, 9), fast=False).logits_for_batch(x)
+    torch.testing.assert_close(padded, expected)
+    plain = Predictor(model, num_classes=4, fast=False).logits_for_batch(x)
+    assert not torch.allclose(padded, plain)  # the padding really reaches the network
+    assert model.calls[-2:] == [(1, 3, 8, 9), (1, 3, 5, 7)]
+    # A side already beyond the target is left alone; an int pads to a square.
+    Predictor(model, num_classes=4, pad_to=6, fast=False).logits_for_batch(x)
+    assert model.calls[-1] == (1, 3, 6, 7)
+
+
+def test_pad_to_comes_before_the_scales_and_flips():
+    model = ImagePooling()
+    x = torch.randn(1, 3, 5, 7)
+    predictor = Predictor(model, num_classes=4, pad_to=(9, 9), scales=(0.5, 1.0), flip=True, fast=False)
+    out = predictor.logits_for_batch(x)
+    assert out.shape == (1, 4, 5, 7)
+    assert sorted(model.calls[-4:]) == [(1, 3, 4, 4), (1, 3, 4, 4), (1, 3, 9, 9), (1, 3, 9, 9)]
+
+
+@pytest.mark.parametrize("pad_to", [0, (4,), (3, -1), "513"])
+def test_bad_pad_to_is_refused(pad_to):
+    with pytest.raises(ValueError, match=r"pad_to must be a positive int or \(h, w\)"):
+        Predictor(_pixel_linear(), num_classes=4, pad_to=pad_to)
+
+
+def test_tf_numerics_scale_like_the_reference():
+    """A spec with align_corners scales as the TF reference: side int((n - 1) * s + 1), corners aligned."""
+    from deeplab.models.spec import ModelSpec
+
+    model = _pixel_linear(seed=2)
+    x = torch.randn(1, 3, 9, 12)
+    tf_spec = ModelSpec("tiny", 4, 16, {"align_corners": True})
+    predictor = Predictor(model, num_classes=4, scales=(0.5, 0.75), spec=tf_spec, fast=False)
+    probs = []
+    with torch.no_grad():
+        for size in [(5, 6), (7, 9)]:  # int(8 * 0.5 + 1), int(11 * 0.5 + 1); int(8 * 0.75 + 1), int(11 * 0.75 + 1)
+            scaled = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+            probs.append(F.interpolate(model(scaled), size=(9, 12), mode="bilinear", align_corners=True).softmax(1))
+    torch.testing.assert_close(predictor.logits_for_batch(x), (sum(probs) / 2).log())
+    native = Predictor(model, num_classes=4, scales=(0.5, 0.75), fast=False).logits_for_batch(x)
+    assert not torch.allclose(native, predictor.logits_for_batch(x))

@@ -95,7 +95,7 @@ def test_folder_errors(tmp_path):
     (tmp_path / "two" / "checkpoint").write_text('model_checkpoint_path: "gone.ckpt"\n')
     with pytest.raises(TFCheckpointError, match=r"names the checkpoint 'gone.ckpt', but .*gone.ckpt.index"):
         read_tf_checkpoint(tmp_path / "two")
-    with pytest.raises(TFCheckpointError, match=r"no TF checkpoint at .*nothing: neither it nor .*nothing.index exists"):
+    with pytest.raises(TFCheckpointError, match=r"at .*nothing: neither it nor .*nothing.index exists"):
         read_tf_checkpoint(tmp_path / "nothing")
 
 
@@ -193,3 +193,11 @@ def test_unsupported_entries(tmp_path, override, message):
     prefix = write_bundle(tmp_path / "model.ckpt", {"a": np.zeros(2, np.float32)}, overrides={"a": override})
     with pytest.raises(TFCheckpointError, match=rf"model.ckpt.index: {message}"):
         read_tf_checkpoint(prefix)
+
+
+def test_include_reads_only_the_tensors_it_accepts(tmp_path):
+    tensors = {"w": np.ones(2, np.float32), "w/Momentum": np.zeros(2, np.float32), "global_step": np.array(3)}
+    # An unreadable tensor that is left out does not stop the others.
+    prefix = write_bundle(tmp_path / "model.ckpt", tensors, overrides={"w/Momentum": {"sliced": True}})
+    read = read_tf_checkpoint(prefix, include=lambda name: not name.endswith("/Momentum"))
+    assert sorted(read) == ["global_step", "w"]

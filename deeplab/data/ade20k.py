@@ -13,31 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from deeplab.classes import ADE20K_CLASSES
 from deeplab.constants import IGNORE_INDEX
 from deeplab.data._standard import PathListDataset, check_split, file_stems, require
 from deeplab.data.base import PairTransform
 from deeplab.palettes import voc_palette
-
-ADE20K_CLASSES: tuple[str, ...] = (
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
-    "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair",
-    "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field",
-    "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion",
-    "base", "box", "column", "signboard", "chest of drawers", "counter", "sand", "sink", "skyscraper",
-    "fireplace", "refrigerator", "grandstand", "path", "stairs", "runway", "case", "pool table", "pillow",
-    "screen door", "stairway", "river", "bridge", "bookcase", "blind", "coffee table", "toilet", "flower",
-    "book", "hill", "bench", "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair",
-    "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower", "chandelier",
-    "awning", "streetlight", "booth", "television", "airplane", "dirt track", "apparel", "pole", "land",
-    "bannister", "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van", "ship", "fountain",
-    "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool", "barrel", "basket",
-    "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
-    "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket",
-    "sculpture", "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen",
-    "plate", "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag",
-)  # fmt: skip
-"""The 150 SceneParsing classes in label order: the first name of each row of the benchmark's
-``objectInfo150.txt`` (stored id ``k`` is class ``k - 1`` here)."""
 
 ADE20K_DIR = "ADEChallengeData2016"
 _SPLIT_DIRS = {"train": "training", "val": "validation"}

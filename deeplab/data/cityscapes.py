@@ -17,23 +17,19 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import Cityscapes
 
+from deeplab.classes import CITYSCAPES_CLASSES
 from deeplab.constants import IGNORE_INDEX
 from deeplab.data._standard import PathListDataset, check_split, require
 from deeplab.data.base import PairTransform
+from deeplab.palettes import CITYSCAPES_PALETTE
 
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 _LABEL_SUFFIX = "_gtFine_labelIds.png"
 
-# torchvision carries the official table (cityscapesScripts' labels.py): id, train_id, colour.
+# torchvision carries the official table (cityscapesScripts' labels.py): label id -> train id.
 _EVALUATED = sorted(
     (c for c in Cityscapes.classes if 0 <= c.train_id < IGNORE_INDEX), key=lambda c: c.train_id
 )
-
-CITYSCAPES_CLASSES: tuple[str, ...] = tuple(c.name for c in _EVALUATED)
-"""The 19 evaluated classes in train-id order: road, sidewalk, building, ..., motorcycle, bicycle."""
-
-CITYSCAPES_PALETTE: list[tuple[int, int, int]] = [tuple(c.color) for c in _EVALUATED]
-"""The official colour of each evaluated class, in train-id order."""
 
 
 def label_id_to_train_id() -> np.ndarray:

@@ -26,7 +26,17 @@ from ..constants import IGNORE_INDEX
 from ..imageio import read_image
 from ..palettes import default_palette
 from .base import PairTransform, SegmentationDataset
-from .verify import DatasetError, FileFacts, SampleRules, VerdictCache, inspect_files, label_problems, pair_problems
+from .verify import (
+    DatasetError,
+    FileFacts,
+    Problem,
+    SampleRules,
+    SkippedSampleWarning,
+    VerdictCache,
+    inspect_files,
+    label_problems,
+    pair_problems,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_MODES = ("L", "P", "1")
@@ -47,7 +57,10 @@ class _Pair:
     stem: str
     image: Path | None
     mask: Path | None
-    problems: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    def add(self, kind: str, detail: str) -> None:
+        self.problems.append(Problem(self.stem, kind, detail))
 
     @property
     def complete(self) -> bool:
@@ -160,9 +173,9 @@ class FolderDataset(SegmentationDataset):
     decodes completely (a truncated JPEG or PNG is caught here, not mid-training), sizes agree (after
     EXIF orientation), mask values are class ids or ``ignore_index``, and split files name existing
     stems. All problems are raised together in one ``DatasetError``, or, with ``skip_bad=True``, the
-    bad pairs are skipped with one warning each. The decoding is :mod:`deeplab.data.verify`'s:
-    parallel, with a progress bar, and cached per file (path + size + mtime), so constructing the
-    dataset again over unchanged files decodes nothing.
+    bad pairs are skipped with one warning each (their problems stay in ``skipped``). The decoding is
+    :mod:`deeplab.data.verify`'s: parallel, with a progress bar, and cached per file (path + size +
+    mtime), so constructing the dataset again over unchanged files decodes nothing.
 
     Classes come from ``root/classes.txt`` if present (its line count must then equal
     ``num_classes`` when that is given); else from ``num_classes``; else ``num_classes`` is inferred
@@ -257,14 +270,14 @@ class FolderDataset(SegmentationDataset):
         for pair in pairs:
             if pair.complete:
                 image, mask = self._named(pair.image, facts), self._named(pair.mask, facts)
-                pair.problems += [str(problem) for problem in pair_problems(pair.stem, image, mask, rules)]
+                pair.problems += pair_problems(pair.stem, image, mask, rules)
         if not self.classes:
             usable = (facts[pair.mask] for pair in complete)
             self._infer_classes([f for f in usable if f.error is None and f.mode in MASK_MODES])
         rules = SampleRules(num_classes=len(self.classes), ignore_index=self.ignore_index)
         for pair in pairs:
             if pair.complete:
-                pair.problems += [str(p) for p in label_problems(pair.stem, self._named(pair.mask, facts), rules)]
+                pair.problems += label_problems(pair.stem, self._named(pair.mask, facts), rules)
 
     def _named(self, path: Path, facts: dict[Path, FileFacts]) -> tuple[str, FileFacts]:
         return self._rel(path), facts[path]
@@ -340,21 +353,19 @@ class FolderDataset(SegmentationDataset):
     def _pair(self, stem: str, images: _Listing, masks: _Listing) -> _Pair:
         pair = _Pair(stem, images.files.get(stem), masks.files.get(stem))
         if pair.image is None and pair.mask is None:
-            pair.problems.append(f"splits/{self.split}.txt lists {stem!r}, which has no image and no mask")
+            pair.add("missing", f"splits/{self.split}.txt lists {stem!r}, which has no image and no mask")
             return pair
         for listing in (images, masks):
             if stem in listing.duplicates:
                 names = ", ".join(self._rel(p) for p in listing.duplicates[stem])
-                pair.problems.append(f"several files share the stem {stem!r}: {names}")
+                pair.add("duplicate stem", f"several files share the stem {stem!r}: {names}")
         if pair.image is None:
-            pair.problems.append(f"{self._rel(pair.mask)}: mask without image (no images/{stem}.<ext>)")
+            pair.add("missing", f"{self._rel(pair.mask)}: mask without image (no images/{stem}.<ext>)")
         if pair.mask is None:
             hint = "".join(
                 f"; found {self._rel(p)}, but masks must be PNG" for p in masks.others.get(stem, [])
             )
-            pair.problems.append(
-                f"{self._rel(pair.image)}: image without mask (expected masks/{stem}.png{hint})"
-            )
+            pair.add("missing", f"{self._rel(pair.image)}: image without mask (expected masks/{stem}.png{hint})")
         return pair
 
     def _other_pairs(self, images: _Listing, masks: _Listing, seen: set[str]) -> list[_Pair]:
@@ -366,18 +377,19 @@ class FolderDataset(SegmentationDataset):
         ]
 
     def _collect(self, fatal: list[str], pairs: list[_Pair], skip_bad: bool) -> list[_Pair]:
-        """Raise for fatal problems (or bad pairs without ``skip_bad``); else warn and drop bad pairs."""
-        bad = [problem for pair in pairs for problem in pair.problems]
+        """Raise for fatal problems (or bad pairs without ``skip_bad``); else warn, drop bad pairs and keep
+        their problems in ``self.skipped``."""
+        bad = [str(problem) for pair in pairs for problem in pair.problems]
         if fatal or (bad and not skip_bad):
             raise DatasetError(self._where, fatal + bad)
-        for pair in pairs:
-            if pair.problems:
-                warnings.warn(
-                    f"{self.root}: skipping {pair.stem!r}: {'; '.join(pair.problems)}", stacklevel=4
-                )
+        dropped = [pair for pair in pairs if pair.problems]
+        self.skipped: list[Problem] = [problem for pair in dropped for problem in pair.problems]
+        for pair in dropped:
+            details = "; ".join(str(problem) for problem in pair.problems)
+            warnings.warn(f"{self.root}: skipping {pair.stem!r}: {details}", SkippedSampleWarning, stacklevel=4)
         good = [pair for pair in pairs if not pair.problems]
         if not good:
-            raise DatasetError(self._where, ["no usable image/mask pairs in this split"])
+            raise DatasetError(self._where, ["no usable image/mask pairs in this split", *bad])
         return good
 
     def _rel(self, path: Path | None) -> str:

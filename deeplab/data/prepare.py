@@ -139,6 +139,7 @@ class CheckReport:
     class_pixels: list[int]
     ignored_pixels: int
     problems: list[Problem] = field(default_factory=list)
+    skipped: int = 0  # samples among ``num_images`` the loader had already left out (``skip_bad``)
 
 
 def check(dataset: SegmentationDataset, *, split: str | None = None, progress: bool = False) -> CheckReport:
@@ -147,12 +148,17 @@ def check(dataset: SegmentationDataset, *, split: str | None = None, progress: b
     A sample is bad if a file is missing or cannot be decoded completely, if its mask is not a
     single-channel index image, if image and mask sizes differ, or if the mask holds values that are
     neither a class id nor ``ignore_index``. The decoding is :func:`deeplab.data.verify.verify_dataset`:
-    parallel, and cached per file, so a second check of unchanged files decodes nothing.
+    parallel, and cached per file, so a second check of unchanged files decodes nothing. Samples a
+    loader left out when it was built (``FolderDataset(skip_bad=True)`` keeps them in ``skipped``) are
+    reported and counted with the rest: skipping a sample does not make it good.
     """
     split = split if split is not None else str(getattr(dataset, "split", ""))
     verified = verify_dataset(dataset, progress=progress, desc=f"check {split}")
-    return CheckReport(split, len(dataset), tuple(dataset.classes), verified.pixels[: dataset.num_classes].tolist(),
-                       int(verified.pixels[dataset.ignore_index]), verified.problems)
+    skipped = list(getattr(dataset, "skipped", ()))
+    count = len({problem.sample for problem in skipped})
+    return CheckReport(split, len(dataset) + count, tuple(dataset.classes),
+                       verified.pixels[: dataset.num_classes].tolist(), int(verified.pixels[dataset.ignore_index]),
+                       skipped + verified.problems, skipped=count)
 
 
 def format_check_report(reports: CheckReport | Sequence[CheckReport]) -> str:

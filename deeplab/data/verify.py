@@ -44,6 +44,10 @@ _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
+class SkippedSampleWarning(UserWarning):
+    """A bad sample left out because ``skip_bad`` was set (``deeplab data check`` lists them in its table instead)."""
+
+
 class DatasetError(ValueError):
     """A dataset with problems; ``problems`` lists every one, the message shows them all."""
 
@@ -431,7 +435,8 @@ def ensure_valid(
         data = datasets[split]
         for index in report.bad:
             details = "; ".join(p.detail for p in report.problems if p.sample == data.name(index))
-            warnings.warn(f"{where}: skipping {split} sample {data.name(index)!r}: {details}", stacklevel=2)
+            warnings.warn(f"{where}: skipping {split} sample {data.name(index)!r}: {details}",
+                          SkippedSampleWarning, stacklevel=2)
         if report.bad:
             data.drop(report.bad)
         if report.num_samples and not len(data):

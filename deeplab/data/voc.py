@@ -22,17 +22,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from deeplab.classes import VOC_CLASSES
 from deeplab.data._standard import PathListDataset, check_split, file_stems, require
 from deeplab.data.base import PairTransform
 from deeplab.imageio import save_index_png
 from deeplab.palettes import voc_palette
-
-VOC_CLASSES: tuple[str, ...] = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-    "tvmonitor",
-)  # fmt: skip
-"""The 21 VOC 2012 classes in label order (0 = background), as spelled by the VOC devkit."""
 
 VOC_SUBDIR = Path("VOCdevkit", "VOC2012")
 SBD_SUBDIR = Path("benchmark_RELEASE", "dataset")

@@ -18,6 +18,7 @@ from ..config import Config, ModelConfig, from_dict
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..imageio import atomic_write
 from ..models import ModelSpec, Segmenter, build_from_spec, create_model, load_weights, resolve_spec
+from ..models.weights import torch_file_problem
 
 FORMAT = "deeplab-checkpoint-2"
 LEGACY_FORMAT = "deeplab-checkpoint-1"
@@ -116,6 +117,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    problem = torch_file_problem(path)
+    if problem is not None:
+        raise ValueError(f"{path} is not a checkpoint: {problem} (expected a .pt file written by deeplab train)")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

@@ -12,6 +12,7 @@ from ..data import DemoDataset, FolderDataset, SegmentationDataset, eval_transfo
 from ..data.base import PairTransform
 from ..data.registry_standard import DATASETS as STANDARD_DATASETS
 from ..data.verify import ensure_valid
+from .workers import worker_options
 
 DATASET_NAMES = ("demo", "folder", *STANDARD_DATASETS)
 
@@ -130,9 +131,11 @@ def train_loader(dataset: Dataset, *, batch_size: int, seed: int, start_step: in
     """Endless loader of this process's share of the global batch for each step from ``start_step`` on.
 
     ``batch_size`` is the global batch (see :class:`StepBatchSampler`). The sampler never ends, so the
-    ``num_workers`` worker processes are started once and live as long as the loader.
+    ``num_workers`` worker processes are started once and live as long as the loader; they leave SIGINT and
+    SIGTERM to the trainer while it is :func:`~deeplab.engine.workers.shielded`.
     """
     sampler = StepBatchSampler(len(dataset), batch_size, seed=seed, start_step=start_step, rank=rank,
                                world_size=world_size)
     return DataLoader(SeededSamples(dataset), batch_sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=num_workers > 0)
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                      **worker_options(num_workers))

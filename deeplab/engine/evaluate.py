@@ -18,6 +18,7 @@ from ..inference import Predictor
 from ..metrics import confusion_matrix, segmentation_metrics
 from ..postprocess import CRFParams, refine_many
 from .data import build_dataset
+from .workers import worker_options
 
 
 def evaluate(
@@ -25,6 +26,7 @@ def evaluate(
     device: str | torch.device = "cpu", scales: Sequence[float] = (1.0,), flip: bool = False,
     window: int | None = None, batch_size: int = 1, num_workers: int = 0, progress: bool = True,
     precision: str = "fp32", fast: bool = True, crf: CRFParams | None = None, crf_workers: int | None = None,
+    pad_to: int | Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Accumulates one confusion matrix over ``dataset`` and returns :func:`segmentation_metrics` of it.
 
@@ -32,12 +34,12 @@ def evaluate(
     images of one size. The model runs through :class:`Predictor`'s fast path (a folded copy) unless
     ``fast=False``; either way every module's train/eval mode is as it was afterwards. With ``crf``,
     the softmax of every prediction is refined by the DenseCRF (``deeplab.postprocess``) on the raw
-    image, in ``crf_workers`` processes (default: one per core).
+    image, in ``crf_workers`` processes (default: one per core). ``pad_to``: see :class:`Predictor`.
     """
     modes = [module.training for module in model.modules()]
     try:
         predictor = Predictor(model, num_classes=num_classes, device=device, scales=scales, flip=flip,
-                              window=window, precision=precision, fast=fast)
+                              window=window, precision=precision, fast=fast, pad_to=pad_to)
         return evaluate_predictor(predictor, dataset, ignore_index=ignore_index, batch_size=batch_size,
                                   num_workers=num_workers, progress=progress, crf=crf, crf_workers=crf_workers)
     finally:
@@ -53,7 +55,8 @@ def evaluate_predictor(
     num_classes = predictor.num_classes
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
     if crf is None:
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                            **worker_options(num_workers))
         for images, masks in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
             pred = predictor.logits_for_batch(images).argmax(1).cpu()
             cm += confusion_matrix(pred, masks, num_classes, ignore_index)
@@ -95,7 +98,8 @@ def _crf_predictions(predictor: Predictor, dataset: SegmentationDataset, crf: CR
     masks: deque[torch.Tensor] = deque()
 
     def pairs():
-        loader = DataLoader(WithRawImages(dataset), batch_size=batch_size, num_workers=num_workers)
+        loader = DataLoader(WithRawImages(dataset), batch_size=batch_size, num_workers=num_workers,
+                            **worker_options(num_workers))
         for images, batch_masks, raw in loader:
             probs = predictor.logits_for_batch(images).softmax(dim=1).cpu()
             for index in range(len(raw)):
@@ -131,11 +135,30 @@ def evaluate_file(path: str | Path, config: Config, *, output_stride: int | None
     rebuilds a checkpoint's model (an export must have been exported at it).
     """
     predictor = Predictor.from_file(path, output_stride=output_stride, precision=precision, device=device,
-                                    scales=config.eval.scales, flip=config.eval.flip, window=config.eval.window)
+                                    **predictor_options(config.eval))
+    return evaluate_on_config(predictor, config, str(path), progress=progress)
+
+
+def predictor_options(config: EvalConfig) -> dict[str, Any]:
+    """The :class:`Predictor` options the ``eval`` section sets."""
+    return {"scales": config.scales, "flip": config.flip, "window": config.window, "pad_to": config.pad_to}
+
+
+def evaluate_published(name: str, config: Config, *, device: str | torch.device = "cpu", progress: bool = True,
+                       precision: str = "fp32") -> tuple[dict[str, Any], list[str]]:
+    """Evaluates published weights by name (e.g. a TF model-zoo model) at ``config.eval``'s settings."""
+    predictor = Predictor.from_published(name, output_stride=config.eval.output_stride, precision=precision,
+                                         device=device, **predictor_options(config.eval))
+    return evaluate_on_config(predictor, config, name, progress=progress)
+
+
+def evaluate_on_config(predictor: Predictor, config: Config, source: str, *,
+                       progress: bool = True) -> tuple[dict[str, Any], list[str]]:
+    """``predictor`` on ``config.data``'s validation split, normalised as its spec says; ``source`` names it."""
     spec = predictor.spec
     dataset = build_dataset(config.data, config.data.val_split, eval_transforms(mean=spec.mean, std=spec.std))
     if dataset.num_classes != predictor.num_classes:
-        raise ValueError(f"dataset {config.data.name!r} has {dataset.num_classes} classes but {path} "
+        raise ValueError(f"dataset {config.data.name!r} has {dataset.num_classes} classes but {source} "
                          f"predicts {predictor.num_classes}")
     metrics = evaluate_predictor(predictor, dataset, ignore_index=dataset.ignore_index,
                                  batch_size=config.eval.batch_size, num_workers=config.data.num_workers,

@@ -38,6 +38,7 @@ from .evaluate import evaluate
 from .report import plot_training_curve, save_previews
 from .runlog import RunLog, Throughput
 from .schedule import poly_lr
+from .workers import STOP_SIGNALS, shielded
 
 EVAL_PROTOCOLS = ("fast", "eval")
 resolve_device = dist.resolve_device  # the CLI resolves devices through this module
@@ -58,6 +59,12 @@ class TrainResult:
     interrupted: bool = False
     stop_signal: str | None = None  # "SIGINT" or "SIGTERM" when interrupted
     rank: int = 0
+
+    def summary(self) -> str:
+        """One line for the user: how the run ended, its best val mIoU (when it had an evaluation), where it is."""
+        how = "interrupted" if self.interrupted else "finished"
+        best = f"best val mIoU {self.best_miou:.4f}" if self.best_miou >= 0 else "no evaluation yet"
+        return f"{how} at step {self.step}; {best}; checkpoints in {self.run_dir}"
 
 
 @dataclass
@@ -152,15 +159,20 @@ def reseed(seed: int, step: int, rank: int) -> None:
 
 @contextmanager
 def stop_on_signals():
-    """Turns Ctrl-C and SIGTERM into a flag the loop checks after each step, so it can save first."""
+    """Turns Ctrl-C and SIGTERM into a flag the loop checks after each step, so it can save first.
+
+    Loader workers, which often get the same signal (torchrun forwards it to the process group, SLURM and
+    systemd signal every process of the job), ignore it meanwhile: killed, they would take the step down.
+    """
     requested = {"signal": None}
 
     def handler(signum, frame):
         requested["signal"] = signal.Signals(signum).name
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
-        yield requested
+        with shielded():
+            yield requested
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import math
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def tf_same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+def tf_same_padding(size: int | Tensor, kernel_size: int, stride: int, dilation: int = 1) -> tuple[int, int]:
     """TensorFlow's 'SAME' padding of one side: (before, after), the extra pixel after when the total is odd.
 
     PyTorch pads both sides alike; TF pads asymmetrically when a strided layer meets an even size, so
     the two disagree by one pixel of alignment there (the reference's MobileNet-v2 and ResNet stem pool).
+    Integer arithmetic only, so that under ONNX tracing (where ``size`` is a traced tensor) the padding
+    stays a function of the input's size instead of the example's.
     """
     effective = (kernel_size - 1) * dilation + 1
-    total = max((math.ceil(size / stride) - 1) * stride + effective - size, 0)
+    total = ((size + stride - 1) // stride - 1) * stride + effective - size
+    total = total.clamp(min=0) if isinstance(total, Tensor) else max(total, 0)
     return total // 2, total - total // 2
 
 
@@ -23,9 +24,7 @@ def pad_same(x: Tensor, kernel_size: int, stride: int, dilation: int = 1, value:
     """Pads an N x C x H x W tensor as TF's 'SAME' would before a VALID conv or pool."""
     top, bottom = tf_same_padding(x.shape[-2], kernel_size, stride, dilation)
     left, right = tf_same_padding(x.shape[-1], kernel_size, stride, dilation)
-    if top == bottom == left == right == 0:
-        return x
-    return F.pad(x, (left, right, top, bottom), value=value)
+    return F.pad(x, [left, right, top, bottom], value=value)
 
 
 class Conv2dSame(nn.Conv2d):

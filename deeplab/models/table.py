@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .complexity import count_macs, count_parameters
-from .published import PUBLISHED_WEIGHTS
+from .published import PUBLISHED_WEIGHTS, TF_BACKBONES
 from .zoo import create_model, list_models, model_entry
 
 OUTPUT_STRIDES = (16, 8)
@@ -63,8 +63,16 @@ def format_model_table(rows: list[ModelRow], *, size: int = 513) -> str:
 
 
 def format_published_table() -> str:
-    """The published weights that load by name (``create_model(..., weights=NAME)``, ``--pretrained NAME``)."""
-    lines = ["| published weights | model | classes | what they are |", "|---|---|---|---|"]
+    """The published weights that load by name (``create_model(..., weights=NAME)``, ``--pretrained NAME``), with
+    the published mIoU and its protocol, and the TF zoo's ImageNet checkpoints (``pretrained_backbone=NAME``)."""
+    lines = ["| published weights | model | classes | published mIoU (protocol) | what they are |",
+             "|---|---|---|---|---|"]
     for weights in sorted(PUBLISHED_WEIGHTS.values(), key=lambda w: w.name):
-        lines.append(f"| {weights.name} | {weights.model} | {len(weights.classes)} | {weights.description} |")
+        lines.append(f"| {weights.name} | {weights.model} | {len(weights.classes)} | {weights.results_text()} "
+                     f"| {weights.description} |")
+    lines += ["", "| pretrained_backbone | for models | what it is |", "|---|---|---|"]
+    for backbone in sorted(TF_BACKBONES.values(), key=lambda b: b.name):
+        lines.append(f"| {backbone.name} | {', '.join(backbone.models)} | {backbone.description} |")
+    lines.append("\nThe TF model zoo's figures are the authors' (g3doc/model_zoo.md); see docs/tf_models.md for the "
+                 "commands that evaluate them.")
     return "\n".join(lines)

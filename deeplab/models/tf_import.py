@@ -359,6 +359,12 @@ def model_state_from_tf(variables: Mapping[str, np.ndarray], model: Segmenter, *
     return state
 
 
+def backbone_state_from_tf(variables: Mapping[str, np.ndarray], model: Segmenter) -> dict[str, Tensor]:
+    """The backbone's state dict (keys as ``model.backbone`` names them) from an ImageNet TF checkpoint."""
+    state = model_state_from_tf(variables, model, backbone_only=True)
+    return {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+
+
 def tf_variables(model: Segmenter) -> dict[str, np.ndarray]:
     """The inverse of the import: ``model``'s weights under the TF reference's names and layouts."""
     rules = _rules(model)

@@ -29,6 +29,28 @@ _TORCHVISION_RENAMES = (
 )
 
 
+def torch_file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot have been written by ``torch.save``, judged from its first bytes; None if it may have.
+
+    ``torch.save`` writes a zip archive (``PK``), or a pickle (first byte 0x80) in its legacy format;
+    anything else would only reach the unpickler's opaque errors (a text file gives ``KeyError: 101``).
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if not head:
+        return "it is empty"
+    if head.startswith(b"PK") or head.startswith(b"\x80"):
+        return None
+    try:
+        head.decode("utf-8")
+        text = b"\x00" not in head
+    except UnicodeDecodeError as err:
+        text = err.start >= len(head) - 3 and b"\x00" not in head  # a character cut by the 512-byte read
+    if text:
+        return "it is a text file, not a file written by torch.save"
+    return "it is neither a zip archive nor a pickle, the two formats torch.save writes"
+
+
 def _read_file(weights: WeightsLike) -> dict[str, Any]:
     if isinstance(weights, Mapping):
         return dict(weights)
@@ -39,6 +61,10 @@ def _read_file(weights: WeightsLike) -> dict[str, Any]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
+    problem = torch_file_problem(path)
+    if problem is not None:
+        raise ValueError(f"{path} is not a weights file: {problem} (expected a .pt/.pth state dict or checkpoint, "
+                         "or a .safetensors file)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files

@@ -113,7 +113,8 @@ def create_model(name: str, *, weights: WeightsLike | None = None, pretrained_ba
             state dict, or a published weights name (see ``deeplab.models.published``). Weights that
             imply an architecture (torchvision's head layout at output stride 8, a checkpoint's spec)
             set the defaults; explicit ``options`` still win.
-        pretrained_backbone: True for the backbone's ImageNet weights, or a local path / URL.
+        pretrained_backbone: True for the backbone's ImageNet weights, a local path / URL, or the name of
+            a TF model-zoo ImageNet checkpoint (``deeplab.models.published.TF_BACKBONES``).
         **options: the model's architecture arguments (``num_classes``, ``output_stride``,
             ``atrous_rates``, ...; see each builder), plus ``mean``/``std`` for the input normalisation.
             A key the model does not take is an error that lists the ones it does.
@@ -185,12 +186,20 @@ def _checked_spec(name: str, values: dict[str, Any]) -> ModelSpec:
 
 def build_from_spec(spec: ModelSpec, *, pretrained_backbone: bool | str = False) -> Segmenter:
     """Builds exactly the network a spec describes (random or ImageNet-initialised weights)."""
+    from .published import TF_BACKBONES
+
     arguments = spec.builder_arguments()
     generic = {key: arguments.pop(key, default) for key, default in GENERIC_OPTIONS.items()}
-    model = model_entry(spec.name).construct(**arguments, pretrained_backbone=pretrained_backbone)
+    tf_backbone = TF_BACKBONES.get(pretrained_backbone) if isinstance(pretrained_backbone, str) else None
+    model = model_entry(spec.name).construct(**arguments,
+                                             pretrained_backbone=False if tf_backbone else pretrained_backbone)
     if generic["msc_scales"]:
         model = MSCSegmenter.from_segmenter(model, generic["msc_scales"])
     model.spec = spec
+    if tf_backbone is not None:  # a TF model-zoo ImageNet checkpoint, by name
+        from .tf_hub import load_tf_backbone
+
+        load_tf_backbone(model, tf_backbone)
     return model
 
 

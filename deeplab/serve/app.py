@@ -62,6 +62,7 @@ def create_app(predictor: Any, info: ModelInfo | None = None, settings: ServeSet
     queue = PredictionQueue(predictor, max_batch=settings.max_batch, max_queue=settings.max_queue)
     store = ResultStore(settings.max_results, settings.max_result_bytes)
     page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+    icon = (STATIC_DIR / "favicon.svg").read_bytes()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -78,6 +79,10 @@ def create_app(predictor: Any, info: ModelInfo | None = None, settings: ServeSet
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:  # browsers and bookmarks ask for it whatever the page links
+        return Response(icon, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/health", summary="Liveness (answers while a prediction runs), queue length, images and batches run")
     async def health() -> dict[str, Any]:

@@ -228,3 +228,19 @@ def test_data_check_shares_the_start_up_verdicts(tmp_path):
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     (problem,) = prep.check(VOCSegmentation(tmp_path, "val")).problems
     assert problem.sample == "2007_000033" and problem.kind == "unreadable"
+
+
+def test_a_check_counts_and_lists_the_samples_skip_bad_left_out(tmp_path):
+    make_folder(tmp_path)
+    truncate(tmp_path / "images" / "s0.jpg")
+    (tmp_path / "masks" / "s3.png").unlink()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = FolderDataset(tmp_path, val_ratio=0.0, num_classes=3, skip_bad=True)
+    assert ["skipping 's0'" in str(w.message) for w in caught] == [True, False]
+    assert [(p.sample, p.kind) for p in data.skipped] == [("s0", "unreadable"), ("s3", "missing")]
+    report = prep.check(data)
+    assert (report.num_images, report.skipped) == (6, 2)
+    assert [(p.sample, p.kind) for p in report.problems] == [("s0", "unreadable"), ("s3", "missing")]
+    text = prep.format_check_report(report)
+    assert "no problems found" not in text and "images/s0.jpg: unreadable image" in text

@@ -129,3 +129,21 @@ def test_normalisation_comes_from_the_spec_in_training_evaluation_and_prediction
     metrics, _ = evaluate_checkpoint(path, config, progress=False)
     dataset = DemoDataset(split="val", image_size=65, num_images=4, transforms=eval_transforms(mean=mean, std=std))
     assert metrics["confusion_matrix"] == evaluate(model, dataset, num_classes=7, progress=False)["confusion_matrix"]
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"hello, these are my notes\n", "it is a text file, not a file written by torch.save"),
+    (b"", "it is empty"),
+    (bytes(range(200, 256)) * 4, "it is neither a zip archive nor a pickle, the two formats torch.save writes"),
+])
+def test_a_file_that_is_no_checkpoint_says_so_plainly(tmp_path, capsys, content, reason):
+    path = tmp_path / "notes.pt"
+    path.write_bytes(content)
+    expected = f"{path} is not a checkpoint: {reason} (expected a .pt file written by deeplab train)"
+    with pytest.raises(ValueError) as info:
+        read_checkpoint(path)
+    assert str(info.value) == expected
+    assert main(["eval", "--checkpoint", str(path)]) == 2
+    assert capsys.readouterr().err == f"error: {expected}\n"
+    with pytest.raises(ValueError, match="notes.pt is not a weights file: " + reason):
+        create_model("deeplabv3_mobilenetv2", num_classes=3, weights=path)

@@ -1,5 +1,7 @@
 """Resume is exact wherever the run is stopped; signals, NaN losses and failing evaluations lose no training."""
 
+import multiprocessing
+import os
 import signal
 
 import pytest
@@ -16,11 +18,14 @@ from deeplab.engine.train import train
 EXACT = ("train.iterations=7", "train.eval_every=2", "data.num_images=6")
 
 
-def _stop_at(step: int, signum: int = signal.SIGTERM):
-    """A hook that sends a real signal to this process after ``step`` (the run stops after the next one)."""
+def _stop_at(step: int, signum: int = signal.SIGTERM, *, workers_too: bool = False):
+    """A hook that sends a real signal to this process after ``step`` (the run stops after the next one), and
+    to its loader workers too if asked, as SLURM and systemd signal every process of a job."""
 
     def hook(info):
         if info.step == step:
+            for worker in multiprocessing.active_children() if workers_too else []:
+                os.kill(worker.pid, signum)
             signal.raise_signal(signum)
 
     return hook
@@ -42,16 +47,19 @@ def straight(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize(("hook_step", "stopped_at", "workers", "signum"), [
-    (1, 2, 0, signal.SIGTERM),  # mid-epoch, and the step's evaluation ran before the stop
-    (2, 3, 0, signal.SIGINT),  # at an epoch's end, right after an evaluation (step 2)
-    (4, 5, 0, signal.SIGTERM),  # mid-epoch, one step after an evaluation
-    (4, 5, 2, signal.SIGTERM),  # the same with loader worker processes
-], ids=["mid-epoch-at-eval", "epoch-end-after-eval", "mid-epoch", "mid-epoch-workers"])
+@pytest.mark.parametrize(("hook_step", "stopped_at", "workers", "signum", "workers_too"), [
+    (1, 2, 0, signal.SIGTERM, False),  # mid-epoch, and the step's evaluation ran before the stop
+    (2, 3, 0, signal.SIGINT, False),  # at an epoch's end, right after an evaluation (step 2)
+    (4, 5, 0, signal.SIGTERM, False),  # mid-epoch, one step after an evaluation
+    (4, 5, 2, signal.SIGTERM, False),  # the same with loader worker processes
+    (4, 5, 2, signal.SIGTERM, True),  # the signal reaches the loader workers too: they must not die of it
+    (4, 5, 2, signal.SIGINT, True),  # Ctrl-C in a terminal reaches every process of the job
+], ids=["mid-epoch-at-eval", "epoch-end-after-eval", "mid-epoch", "mid-epoch-workers", "workers-signalled-too",
+        "workers-ctrl-c-too"])
 def test_stopped_by_a_signal_and_resumed_equals_uninterrupted(straight, tiny, tmp_path, hook_step, stopped_at,
-                                                             workers, signum):
+                                                             workers, signum, workers_too):
     config = load_config(None, tiny(*EXACT, f"data.num_workers={workers}"))
-    first = train(config, on_step_end=_stop_at(hook_step, signum))
+    first = train(config, on_step_end=_stop_at(hook_step, signum, workers_too=workers_too))
     assert first.interrupted and first.stop_signal == signal.Signals(signum).name and first.step == stopped_at
     assert read_checkpoint(tmp_path / "run" / "last.pt").step == stopped_at
     assert main(["train", "--resume", "--set", *tiny(*EXACT, f"data.num_workers={workers}")]) == 0
@@ -70,7 +78,8 @@ def test_the_cli_exit_code_names_the_signal(tiny, tmp_path, monkeypatch, capsys)
     assert main(["train", "--set", *tiny("train.eval_every=100")]) == 128 + signal.SIGTERM
     out = capsys.readouterr().out
     assert "SIGTERM received by 1 of 1 process(es): saved" in out and "at step 2; continue with --resume" in out
-    assert "interrupted at step 2" in out and calls == [False]
+    assert "interrupted at step 2; no evaluation yet; checkpoints in" in out and calls == [False]
+    assert "mIoU -1" not in out  # no evaluation ran: no best mIoU to report
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tiny, tmp_path, capsys):

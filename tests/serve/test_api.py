@@ -251,3 +251,13 @@ def test_the_app_does_not_depend_on_how_the_predictor_is_built():
             "print(sorted(m for m in sys.modules if m.startswith(('deeplab.engine', 'deeplab.data'))))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_favicon_is_served_and_linked_from_the_page(client):
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert icon.content.startswith(b"<svg") and icon.content.rstrip().endswith(b"</svg>")
+    assert '<link rel="icon" href="static/favicon.svg"' in client.get("/").text
+    linked = client.get("/static/favicon.svg")
+    assert linked.status_code == 200 and linked.content == icon.content
+    assert "/favicon.ico" not in client.get("/openapi.json").json()["paths"]

@@ -117,3 +117,36 @@ def test_page_uploads_an_image_and_shows_the_overlay_and_legend(browser, loaded,
         browser.find_element(By.ID, "file").send_keys(str(text_file))
         wait.until(lambda d: "refused (415)" in d.find_element(By.ID, "status").text)
         assert "is not an image" in browser.find_element(By.ID, "status").text
+
+
+DROP_TEXT_FILE = """
+const file = new File(["just some notes"], "dropped.txt", {type: "text/plain"});
+const data = new DataTransfer();
+data.items.add(file);
+const drop = new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true});
+document.getElementById('drop').dispatchEvent(drop);
+"""
+
+
+def test_a_text_file_chosen_or_dropped_gets_the_servers_415_message(browser, loaded, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("just some notes")
+    with running_server(create_app(*loaded)) as url:
+        browser.get(f"{url}/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda d: "deeplabv3plus_mobilenetv2" in d.find_element(By.ID, "model-info").text)
+        status = browser.find_element(By.ID, "status")
+        browser.find_element(By.ID, "file").send_keys(str(notes))
+        wait.until(lambda d: "refused" in status.text)
+        chosen = status.text
+        assert chosen == ("notes.txt was refused (415): the upload (15 bytes) is not an image: expected one of "
+                          "PNG, JPEG, BMP, GIF, TIFF, WEBP, PPM")
+        assert "error" in status.get_attribute("class")
+        browser.execute_script(DROP_TEXT_FILE)
+        wait.until(lambda d: "dropped.txt was refused" in status.text)
+        assert status.text == chosen.replace("notes.txt", "dropped.txt")
+        icon = browser.execute_script("return document.querySelector('link[rel=icon]').href")
+        assert icon == f"{url}/static/favicon.svg"

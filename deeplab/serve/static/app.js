@@ -80,14 +80,17 @@ function updateOverlay() {
   if (current) byId("overlay").src = `${current.links.overlay}?alpha=${alpha}`;
 }
 
-function firstImage(files) {
-  return Array.from(files || []).find((file) => file.type.startsWith("image/") || !file.type) || null;
+// The first file, whatever its name or type: the server judges what it holds, so a file that is not an
+// image gets the same 415 message however it arrived (chosen, dropped or pasted).
+function firstFile(files) {
+  return (files && files.length) ? files[0] : null;
 }
 
 function setUp() {
   const drop = byId("drop");
   byId("file").addEventListener("change", (event) => {
-    const file = firstImage(event.target.files);
+    const file = firstFile(event.target.files);
+    event.target.value = ""; // choosing the same file again must send it again
     if (file) predict(file);
   });
   for (const name of ["dragenter", "dragover"]) {
@@ -98,11 +101,11 @@ function setUp() {
   }
   drop.addEventListener("drop", (event) => {
     event.preventDefault();
-    const file = firstImage(event.dataTransfer.files);
-    if (file) predict(file); else setStatus("That was not an image file.", true);
+    const file = firstFile(event.dataTransfer.files);
+    if (file) predict(file); else setStatus("That was not a file: drop an image file.", true);
   });
   document.addEventListener("paste", (event) => {
-    const file = firstImage(event.clipboardData && event.clipboardData.files);
+    const file = firstFile(event.clipboardData && event.clipboardData.files);
     if (file) predict(file);
   });
   byId("overlay").addEventListener("error", () => {
