@@ -430,7 +430,7 @@ def test_from_file_with_a_training_checkpoint_matches_the_checkpoints_model(tiny
 
 
 @pytest.mark.parametrize("name, content, message", [
-    ("notes.txt", b"hello", "not a readable checkpoint"),
+    ("notes.txt", b"hello", "notes.txt is not a checkpoint: it is a text file"),
     ("model.onnx", b"\x08\x07 certainly not protobuf \xff\xff", "not an ONNX model"),
     ("weights.pt", None, "not a deeplab training checkpoint"),
 ])
