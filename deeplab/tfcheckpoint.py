@@ -415,6 +415,16 @@ def _is_checkpoint_file(name: str) -> bool:
     return name == "checkpoint" or name.endswith(".index") or bool(_DATA_SUFFIX.search(name))
 
 
+# Training state a checkpoint may carry beside the network: optimizer slots, moving averages, step counters.
+_TRAINING_SUFFIXES = ("/Momentum", "/Adam", "/Adam_1", "/RMSProp", "/RMSProp_1", "/ExponentialMovingAverage")
+_TRAINING_NAMES = frozenset({"global_step", "beta1_power", "beta2_power"})
+
+
+def is_training_state(name: str) -> bool:
+    """True for a variable that is training state rather than part of the network (``global_step``, slots)."""
+    return name in _TRAINING_NAMES or name.endswith(_TRAINING_SUFFIXES)
+
+
 def read_tf_checkpoint(source: str | Path, *, verify: bool = True,
                        include: Callable[[str], bool] | None = None) -> dict[str, np.ndarray]:
     """Every tensor of a TensorFlow V2 checkpoint, by variable name, as numpy arrays.

@@ -15,18 +15,12 @@ import torch
 from torch import nn
 
 from ..imageio import atomic_write
-from ..tfcheckpoint import read_tf_checkpoint
+from ..tfcheckpoint import is_training_state, read_tf_checkpoint
 
 if TYPE_CHECKING:
     from .published import PublishedWeights, TFBackbone
 
 CACHE_FORMAT = "deeplab-tf-zoo-1"  # bump when the import's output changes, so old conversions are redone
-_SLOT_SUFFIXES = ("/Momentum", "/ExponentialMovingAverage")  # optimizer state, never part of the network
-
-
-def is_model_variable(name: str) -> bool:
-    """False for optimizer slots (``*/Momentum``), moving averages and ``global_step``."""
-    return name != "global_step" and not name.endswith(_SLOT_SUFFIXES)
 
 
 def download_tarball(url: str, path: Path, what: str) -> Path:
@@ -44,7 +38,7 @@ def download_tarball(url: str, path: Path, what: str) -> Path:
 
 def zoo_variables(url: str, path: Path, what: str) -> dict[str, np.ndarray]:
     """The network's variables of a zoo tarball (optimizer slots left out), downloading it if needed."""
-    return read_tf_checkpoint(download_tarball(url, path, what), include=is_model_variable)
+    return read_tf_checkpoint(download_tarball(url, path, what), include=lambda name: not is_training_state(name))
 
 
 def converted_path(weights: PublishedWeights) -> Path:

@@ -29,24 +29,18 @@ import torch
 from torch import Tensor, nn
 
 from ..constants import INCEPTION_MEAN, INCEPTION_STD
+from ..tfcheckpoint import is_training_state
 from .segmenter import Segmenter
 from .spec import ModelSpec
 from .zoo import create_model, resolve_spec
 
 _BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 _XCEPTION_BLOCKS = {41: (3, 8), 65: (3, 16), 71: (5, 16)}  # entry-flow blocks, middle-flow units; exit: 2
-_IGNORED_SUFFIXES = ("/Momentum", "/Adam", "/Adam_1", "/RMSProp", "/RMSProp_1", "/ExponentialMovingAverage")
-_IGNORED = frozenset({"global_step", "beta1_power", "beta2_power"})
 _TF_OPTIONS: dict[str, dict[str, Any]] = {
     "xception": {"align_corners": True, "low_level_preact": True},
     "mobilenetv2": {"align_corners": True, "tf_padding": True, "bn_eps": 1e-3},
     "beta": {"align_corners": True, "tf_padding": True, "bn_eps": 1e-5},
 }
-
-
-def is_ignored(name: str) -> bool:
-    """Training state that a checkpoint may carry beside the network (optimizer slots, step counters)."""
-    return name in _IGNORED or name.endswith(_IGNORED_SUFFIXES)
 
 
 # ----------------------------------------------------------------------------- architecture from variables
@@ -73,7 +67,7 @@ def infer_architecture(shapes: Mapping[str, Sequence[int]], *, output_stride: in
         atrous_rates: ASPP rates at ``output_stride``; default the reference's 6/12/18 at OS 16, scaled.
         multi_grid: ResNet-beta's block-4 unit rates (default the reference's (1, 1, 1)).
     """
-    names = [n for n in shapes if not is_ignored(n)]
+    names = [n for n in shapes if not is_training_state(n)]
     scope = _backbone_scope(names)
     if "logits/semantic/weights" not in shapes:
         raise ValueError("the checkpoint has no 'logits/semantic/weights': a backbone-only (ImageNet) checkpoint "
@@ -342,7 +336,7 @@ def model_state_from_tf(variables: Mapping[str, np.ndarray], model: Segmenter, *
             continue
         state[key] = value
         used.add(tf_name)
-    extra = sorted(n for n in variables if n not in used and not is_ignored(n)
+    extra = sorted(n for n in variables if n not in used and not is_training_state(n)
                    and not (backbone_only and (n.split("/", 1)[0] not in scope or "/logits/" in n)))
     problems = []
     if missing:
