@@ -15,6 +15,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 test: install
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 demo: install

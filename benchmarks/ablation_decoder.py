@@ -28,12 +28,13 @@ from torch.utils.data import DataLoader
 
 from deeplab.config import Config, load_config
 from deeplab.data import eval_transforms
-from deeplab.engine.checkpoint import load_checkpoint, read_checkpoint
+from deeplab.devices import resolve_device
 from deeplab.engine.data import build_dataset
-from deeplab.engine.train import resolve_device, train
+from deeplab.engine.train import train
 from deeplab.imageio import atomic_write
 from deeplab.inference import Predictor
 from deeplab.metrics import boundary_band, confusion_matrix, segmentation_metrics
+from deeplab.modelfile import load_checkpoint, read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 # encoder -> (v3 model, v3+ model, options that make the v3 encoder the v3+ one). The v3 MobileNetV2 of

@@ -17,7 +17,7 @@ import argparse
 
 import torch
 
-from deeplab.benchmark import DEFAULT_MODELS, format_report, run_benchmark
+from deeplab.deploy.benchmark import DEFAULT_MODELS, format_report, run_benchmark
 
 
 def main() -> None:

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from deeplab import create_model
 from deeplab.config import Config
 from deeplab.engine.dist import DistEnv
 from deeplab.engine.runlog import peak_memory_mb
 from deeplab.engine.train import build_optimizer, grad_scaler, prepare_model, reseed, train_step, wrap_for_training
-from deeplab.models import create_model
 from deeplab.models.weights import TORCHVISION_LAYOUT
 
 NUM_CLASSES = 21

@@ -8,26 +8,30 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .models import Segmenter, create_model, list_models
+from .models import Segmenter, list_models
 
 __version__ = "0.1.0"
-__all__ = ["CRFParams", "Predictor", "Segmenter", "__version__", "create_model", "dense_crf", "evaluate",
-           "export_model", "list_models", "load_checkpoint", "train"]
+__all__ = ["CRFParams", "InferenceOptions", "Predictor", "Segmenter", "__version__", "create_model", "dense_crf",
+           "evaluate", "export_model", "list_models", "load_checkpoint", "open_model", "train"]
 
 if TYPE_CHECKING:
-    from .engine.checkpoint import load_checkpoint
+    from .deploy.export import export_model
     from .engine.evaluate import evaluate
     from .engine.train import train
-    from .export import export_model
     from .inference import Predictor
+    from .modelfile import create_model, load_checkpoint, open_model
+    from .options import InferenceOptions
     from .postprocess import CRFParams, dense_crf
 
 _LAZY = {
     "Predictor": "deeplab.inference",
-    "load_checkpoint": "deeplab.engine.checkpoint",
+    "InferenceOptions": "deeplab.options",
+    "create_model": "deeplab.modelfile",
+    "load_checkpoint": "deeplab.modelfile",
+    "open_model": "deeplab.modelfile",
     "train": "deeplab.engine.train",
     "evaluate": "deeplab.engine.evaluate",
-    "export_model": "deeplab.export",
+    "export_model": "deeplab.deploy.export",
     "dense_crf": "deeplab.postprocess",
     "CRFParams": "deeplab.postprocess",
 }

@@ -1,4 +1,4 @@
-"""Class names of the standard datasets, in label order; a bottom-layer module (imports nothing of ours).
+"""Class names of the standard datasets, in label order; a bottom-layer module (beside the palettes).
 
 The datasets (``deeplab.data``) and the published weights (``deeplab.models.published``) both name
 their classes from here.
@@ -42,3 +42,29 @@ ADE20K_CLASSES: tuple[str, ...] = (
 
 ADE20K_CLASSES_WITH_OTHER: tuple[str, ...] = ("other", *ADE20K_CLASSES)
 """The 151 labels as stored in the annotation PNGs (0 = "other"), the classes of the TF model zoo's ADE20K model."""
+
+
+# Class names by dataset, for the zoo's three; a checkpoint's class count picks the default.
+_DATASET_BY_CLASSES = {21: "voc", 19: "cityscapes", 151: "ade20k"}
+
+
+def dataset_classes(dataset: str | None, num_classes: int) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """(class names, palette) for ``dataset`` (default: guessed from the class count; generic names otherwise)."""
+    from .palettes import CITYSCAPES_PALETTE, voc_palette
+
+    known = {"voc": (VOC_CLASSES, voc_palette(len(VOC_CLASSES))),
+             "cityscapes": (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE),
+             # the zoo's ADE20K model predicts the 151 labels of the annotations: 0 is "other" (unlabelled)
+             "ade20k": (ADE20K_CLASSES_WITH_OTHER, voc_palette(len(ADE20K_CLASSES_WITH_OTHER)))}
+    dataset = dataset or _DATASET_BY_CLASSES.get(num_classes)
+    if dataset is None:
+        return [f"class_{i}" for i in range(num_classes)], voc_palette(num_classes)
+    classes, palette = known[dataset]
+    if len(classes) != num_classes:
+        raise ValueError(f"the checkpoint predicts {num_classes} classes; {dataset} has {len(classes)}")
+    return list(classes), list(palette)
+
+
+def dataset_for_classes(num_classes: int) -> str | None:
+    """The standard dataset a class count names (21 voc, 19 cityscapes, 151 ade20k), if any."""
+    return _DATASET_BY_CLASSES.get(num_classes)

@@ -15,9 +15,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .config import Config
 
-PRECISION_CHOICES = ("fp32", "bf16", "fp16")  # eager precisions; an export keeps its own
-
-
 SET_EXAMPLES = {  # each command's --set example names keys that command reads
     "train": "train.iterations=2000 model.output_stride=8",
     "eval": "eval.flip=true eval.scales=[0.75,1.0,1.25]",
@@ -60,41 +57,43 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint, an export or published weights on a dataset's val split: mIoU table, optional JSON."""
     from .config import apply_overrides, from_dict, load_config, parse_override
-    from .engine.checkpoint import read_checkpoint
-    from .engine.evaluate import evaluate_file, evaluate_published
+    from .engine.evaluate import evaluate_on_config
+    from .inference import Predictor
+    from .modelfile import read_model
+    from .options import InferenceOptions
 
+    source = args.pretrained or args.model or args.checkpoint
+    model_file = read_model(source)  # read and identified once
+    card = model_file.card
     if args.pretrained:  # published weights carry no config: --config (e.g. a TF zoo protocol) says what to run
         config = load_config(args.config, args.overrides)
-        metrics, classes = evaluate_published(args.pretrained, config, precision=args.precision,
-                                              device=_device(config.train.device))
-        return _report_eval(args, config, metrics, classes)
-    path = args.model or args.checkpoint
-    explicit_os = any(parse_override(o)[0] == "model.output_stride" for o in args.overrides)
-    if _is_export(path):
-        from .runtime import read_export
-
-        base = load_config(args.config) if args.config else from_dict(read_export(path).config)
-        config = apply_overrides(base, args.overrides)
-        output_stride = config.model.output_stride if explicit_os else None  # an export keeps its own stride
+        output_stride = config.eval.output_stride
     else:
-        base = load_config(args.config) if args.config else read_checkpoint(path).config
+        base = load_config(args.config) if args.config else from_dict(card.config or {})
         config = apply_overrides(base, args.overrides)
-        if explicit_os:
-            config.eval.output_stride = config.model.output_stride  # an explicit model OS wins
-        output_stride = config.eval.output_stride or config.model.output_stride
-    metrics, classes = evaluate_file(path, config, output_stride=output_stride, precision=args.precision,
-                                     device=_device(config.train.device, path))
+        explicit_os = any(parse_override(o)[0] == "model.output_stride" for o in args.overrides)
+        if card.is_export:  # an export keeps its own stride unless one is asked for explicitly
+            output_stride = config.model.output_stride if explicit_os else None
+        else:
+            if explicit_os:
+                config.eval.output_stride = config.model.output_stride  # an explicit model OS wins
+            output_stride = config.eval.output_stride or config.model.output_stride
+    device = _device(config.train.device, card)
+    runner = model_file.open(output_stride=output_stride, device=device)
+    options = InferenceOptions.from_eval_config(config.eval, precision=args.precision)
+    predictor = Predictor.from_runner(runner, card, device=device, options=options)
+    metrics, classes = evaluate_on_config(predictor, config, str(source))
     return _report_eval(args, config, metrics, classes)
 
 
 def _report_eval(args: argparse.Namespace, config: Config, metrics: dict, classes: list[str]) -> int:
-    from .engine.evaluate import crf_params
     from .imageio import atomic_write
     from .metrics import format_metrics_table, metrics_to_json
+    from .options import crf_from_eval_config
 
     print(format_metrics_table(metrics, classes))
     if config.eval.crf:
-        print(f"with the DenseCRF: {crf_params(config.eval).describe()}")
+        print(f"with the DenseCRF: {crf_from_eval_config(config.eval).describe()}")
     if args.json:
         with atomic_write(args.json, "w") as handle:
             json.dump(metrics_to_json(metrics, classes), handle, indent=2)
@@ -102,35 +101,32 @@ def _report_eval(args: argparse.Namespace, config: Config, metrics: dict, classe
     return 0
 
 
-def _is_export(path: Path) -> bool:
-    from .runtime import detect_format
-
-    return detect_format(path) != "checkpoint"
-
-
-def _device(name: str, model_path: Path | None = None):
-    """``auto`` picks the GPU when there is one, except for ONNX files (the usual onnxruntime runs on the CPU)."""
+def _device(name: str, card=None):
+    """``auto`` picks the GPU when there is one, except for ONNX models (the usual onnxruntime runs on the CPU)."""
     import torch
 
-    from .engine.train import resolve_device
-    from .runtime import detect_format
+    from .devices import resolve_device
 
-    if name == "auto" and model_path is not None and detect_format(model_path) == "onnx":
+    if name == "auto" and card is not None and card.format == "onnx":
         return torch.device("cpu")
     return resolve_device(name)
 
 
-def _predictor(args: argparse.Namespace):
-    """The Predictor for ``--model``/``--checkpoint`` (any model file) or ``--pretrained`` (published weights)."""
+def _open_predictor(source: str | Path, device_name: str, output_stride: int | None, options):
+    """The Predictor for any model source (read once), on the device ``device_name`` resolves to."""
     from .inference import Predictor
+    from .modelfile import read_model
 
-    options = {"scales": args.scales, "flip": args.flip, "window": args.window, "precision": args.precision,
-               "crf": parse_crf_params(args.crf_params, args.crf)}
-    if args.pretrained:
-        return Predictor.from_published(args.pretrained, output_stride=args.output_stride,
-                                        device=_device(args.device), **options)
-    path = args.model or args.checkpoint
-    return Predictor.from_file(path, output_stride=args.output_stride, device=_device(args.device, path), **options)
+    model_file = read_model(source)
+    device = _device(device_name, model_file.card)
+    runner = model_file.open(output_stride=output_stride, device=device)
+    return Predictor.from_runner(runner, model_file.card, device=device, options=options)
+
+
+def _inference_options(args: argparse.Namespace, crf=None):
+    from .options import InferenceOptions
+
+    return InferenceOptions(scales=args.scales, flip=args.flip, window=args.window, precision=args.precision, crf=crf)
 
 
 def parse_crf_params(text: str | None, enabled: bool):
@@ -151,9 +147,11 @@ def parse_crf_params(text: str | None, enabled: bool):
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict masks for image files, folders or globs: index, colour and overlay PNGs."""
-    from .inference import predict_paths
+    from .predict_files import predict_paths
 
-    report = predict_paths(_predictor(args), args.inputs, args.out, area_table=args.areas)
+    predictor = _open_predictor(args.pretrained or args.model or args.checkpoint, args.device, args.output_stride,
+                                _inference_options(args, parse_crf_params(args.crf_params, args.crf)))
+    report = predict_paths(predictor, args.inputs, args.out, area_table=args.areas)
     for path, reason in report.failed:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     print(f"wrote {len(report.written)} prediction(s) to {args.out}")
@@ -162,7 +160,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint to ONNX or TorchScript (fp32, bf16, int8); the file is verified before it is written."""
-    from .export import export_model
+    from .deploy.export import export_model
 
     fmt = args.format or ("torchscript" if args.out.suffix.lower() in (".pt", ".ts", ".torchscript") else "onnx")
     report = export_model(args.checkpoint, args.out, format=fmt, precision=args.precision,
@@ -174,12 +172,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    """Latency and peak memory of each deploy path (eager, fast, TorchScript, ONNX Runtime, bf16, int8) and peers."""
-    from .benchmark import DEFAULT_MODELS, format_report, run_benchmark
+    """Latency and peak memory of each deploy path (eager, fast, TorchScript, ONNX Runtime, bf16, int8)."""
+    from .deploy.benchmark import DEFAULT_MODELS, format_report, run_benchmark
 
     models = [name.strip() for name in args.models.split(",")] if args.models else list(DEFAULT_MODELS)
     result = run_benchmark(models, size=args.size, batch=args.batch, runs=args.runs, warmup=args.warmup,
-                           memory=not args.no_memory, peers=not args.no_peers)
+                           memory=not args.no_memory)
     print(format_report(result))
     return 0
 
@@ -187,14 +185,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a model over HTTP: a web page to try it and a JSON/PNG API (needs the serve extra)."""
     try:
-        from .serve import ServeSettings, load_predictor, run_server
+        from .serve import ServeSettings, model_info, run_server
     except ImportError as err:
         raise RuntimeError(str(err)) from err
 
-    device = _device(args.device, args.model or args.checkpoint)
-    predictor, info = load_predictor(args.checkpoint, model=args.model, precision=args.precision, device=device,
-                                     output_stride=args.output_stride, scales=args.scales, flip=args.flip,
-                                     window=args.window)
+    source = args.model or args.checkpoint
+    predictor = _open_predictor(source, args.device, args.output_stride, _inference_options(args))
+    info = model_info(predictor, source)
     settings = ServeSettings(max_upload_bytes=round(args.max_upload_mb * 2**20), max_side=args.max_side,
                              max_batch=args.max_batch)
     run_server(predictor, info, host=args.host, port=args.port, settings=settings)
@@ -204,10 +201,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_crf_tune(args: argparse.Namespace) -> int:
     """Cross-validate the DenseCRF's w1, sigma_alpha, sigma_beta on held-out val images (the papers' search)."""
     from .config import apply_overrides
-    from .engine.checkpoint import read_checkpoint
+    from .devices import resolve_device
     from .engine.crf_tune import crf_grid, format_crf_table, tune_crf
-    from .engine.train import resolve_device
     from .imageio import atomic_write
+    from .modelfile import read_checkpoint
     from .postprocess import CRFParams
 
     config = apply_overrides(read_checkpoint(args.checkpoint).config, args.overrides)
@@ -236,6 +233,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _model_source(p: argparse.ArgumentParser, *, pretrained: bool = False) -> None:
+    from .deploy.precision import EAGER_PRECISIONS
+
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a checkpoint written by deeplab train")
     source.add_argument("--model", type=Path, help="an export from deeplab export (.onnx, TorchScript) or a checkpoint")
@@ -243,7 +242,7 @@ def _model_source(p: argparse.ArgumentParser, *, pretrained: bool = False) -> No
         source.add_argument("--pretrained", metavar="NAME",
                             help="published weights by name, e.g. deeplabv3plus_xception65.tf_voc_trainaug "
                                  "(see deeplab models)")
-    p.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
+    p.add_argument("--precision", default="fp32", choices=EAGER_PRECISIONS,
                    help="eager arithmetic: bf16 on GPUs and CPUs with AVX512-BF16/AMX, fp16 on GPUs "
                         "(an export runs at the precision it was exported at)")
 
@@ -251,6 +250,7 @@ def _model_source(p: argparse.ArgumentParser, *, pretrained: bool = False) -> No
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .data.cli_data import add_data_commands
+    from .deploy.precision import EXPORT_PRECISIONS
     from .import_tf import add_import_tf_command
 
     parser = argparse.ArgumentParser(prog="deeplab", description="DeepLab v1/v2/v3/v3+ semantic segmentation.")
@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="the file to write, e.g. model.onnx")
     p.add_argument("--format", choices=("onnx", "torchscript"), default=None,
                    help="default: torchscript for an --out ending in .pt/.ts/.torchscript, else onnx")
-    p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+    p.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32",
                    help="int8: ONNX Runtime static quantization; bf16: TorchScript")
     p.add_argument("--output-stride", type=int, default=None, help="export the model rebuilt at this stride")
     p.add_argument("--calibration-images", type=int, default=64, help="int8: images that calibrate activations")
@@ -310,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=7, help="timed runs per path, interleaved across paths")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs per path before the timed ones (default 2)")
     p.add_argument("--no-memory", action="store_true", help="skip peak memory (measured in one process per path)")
-    p.add_argument("--no-peers", action="store_true", help="skip torchvision and segmentation_models_pytorch")
+    p.add_argument("--no-peers", action="store_true",
+                   help="accepted for old scripts; the peers (torchvision, smp) are in benchmarks/peers.py")
 
     p = _command(commands, "serve", cmd_serve)
     _model_source(p)

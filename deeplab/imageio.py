@@ -10,7 +10,7 @@ import contextlib
 import io
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .constants import Palette
+from .constants import IMAGENET_MEAN, IMAGENET_STD, Palette
 from .palettes import palette_to_flat
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -163,3 +163,18 @@ def overlay(image: torch.Tensor, mask: torch.Tensor, palette: Palette, alpha: fl
     blended = (1.0 - alpha) * rgb + alpha * colour
     blended = torch.where((mask < len(palette)).unsqueeze(-1), blended, rgb)
     return blended.round().clamp(0, 255).to(torch.uint8)
+
+
+def normalize_image(
+    image_uint8: torch.Tensor,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """Map a uint8 image (``... x 3 x H x W``, values 0..255) to float32 ``(x / 255 - mean) / std``.
+
+    Returns a plain ``torch.Tensor`` (no ``tv_tensors`` subclass), so batches collate to plain tensors.
+    """
+    image = image_uint8.as_subclass(torch.Tensor).to(torch.float32) / 255.0
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=image.device).view(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=image.device).view(-1, 1, 1)
+    return (image - mean_t) / std_t

@@ -12,31 +12,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .classes import ADE20K_CLASSES_WITH_OTHER, CITYSCAPES_CLASSES, VOC_CLASSES
+from .classes import dataset_classes, dataset_for_classes
 from .config import Config
 from .engine.checkpoint import save_checkpoint
+from .modelfile import read_checkpoint
 from .models import build_from_spec
 from .models.tf_import import import_tf_variables
-from .palettes import CITYSCAPES_PALETTE, voc_palette
 from .tfcheckpoint import read_tf_checkpoint
-
-# Class names by dataset, for the zoo's three; a checkpoint's class count picks the default.
-_DATASET_BY_CLASSES = {21: "voc", 19: "cityscapes", 151: "ade20k"}
-
-
-def dataset_classes(dataset: str | None, num_classes: int) -> tuple[list[str], list[tuple[int, int, int]]]:
-    """(class names, palette) for ``dataset`` (default: guessed from the class count; generic names otherwise)."""
-    known = {"voc": (VOC_CLASSES, voc_palette(len(VOC_CLASSES))),
-             "cityscapes": (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE),
-             # the zoo's ADE20K model predicts the 151 labels of the annotations: 0 is "other" (unlabelled)
-             "ade20k": (ADE20K_CLASSES_WITH_OTHER, voc_palette(len(ADE20K_CLASSES_WITH_OTHER)))}
-    dataset = dataset or _DATASET_BY_CLASSES.get(num_classes)
-    if dataset is None:
-        return [f"class_{i}" for i in range(num_classes)], voc_palette(num_classes)
-    classes, palette = known[dataset]
-    if len(classes) != num_classes:
-        raise ValueError(f"the checkpoint predicts {num_classes} classes; {dataset} has {len(classes)}")
-    return list(classes), list(palette)
 
 
 def import_tf_checkpoint(source: str | Path, out: str | Path, *, dataset: str | None = None,
@@ -52,7 +34,7 @@ def import_tf_checkpoint(source: str | Path, out: str | Path, *, dataset: str | 
     config = Config()
     config.model.name = spec.name
     config.model.output_stride = spec.output_stride
-    config.data.name = dataset or _DATASET_BY_CLASSES.get(spec.num_classes, "folder")
+    config.data.name = dataset or dataset_for_classes(spec.num_classes) or "folder"
     config.data.num_classes = spec.num_classes
     save_checkpoint(out, model=model, optimizer=None, step=0, best_miou=-1.0, config=config, classes=classes,
                     palette=palette, extra={"imported_from": str(source)})
@@ -86,8 +68,6 @@ def _run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from .engine.checkpoint import read_checkpoint
-
     spec = read_checkpoint(out).spec
     print(f"wrote {out}: {spec.name}, {spec.num_classes} classes, output stride {spec.output_stride}, "
           f"TF numerics (align_corners, TF padding, inputs scaled to -1..1)")

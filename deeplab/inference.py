@@ -1,39 +1,28 @@
-"""Prediction with a trained or exported model: fast eager path, ONNX Runtime, TorchScript; multi-scale and flip
-averaging, sliding windows, files to masks."""
+"""The Predictor: images to class maps with any runner (the fast eager path, ONNX Runtime, TorchScript), with
+multi-scale and flip averaging, sliding windows, padding and the DenseCRF (:class:`~deeplab.options.InferenceOptions`).
+Files to masks is :mod:`deeplab.predict_files`."""
 
 from __future__ import annotations
 
-import csv
-import glob
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from deeplab.constants import IMAGENET_MEAN, IMAGENET_STD, Palette
-from deeplab.imageio import (
-    ImageReadError,
-    atomic_write,
-    colorize,
-    overlay,
-    read_image,
-    save_index_png,
-    save_rgb_png,
-)
-from deeplab.models.spec import ModelSpec
-from deeplab.palettes import default_palette
-from deeplab.postprocess import CRFParams, dense_crf
-from deeplab.runtime import AUTOCAST_DTYPES, check_precision, fast_copy
-
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
-)
+from .constants import IMAGENET_MEAN, IMAGENET_STD, Palette
+from .deploy.fastpath import fast_copy
+from .deploy.precision import autocast_dtype, check_precision
+from .imageio import normalize_image
+from .modelfile import ModelCard, Runner, read_model
+from .models.segmenter import upsample_to
+from .models.spec import ModelSpec
+from .options import InferenceOptions
+from .palettes import default_palette
+from .postprocess import dense_crf
 
 
 class Predictor:
@@ -54,22 +43,14 @@ class Predictor:
             (what its weights expect), else ImageNet's.
         std: per-channel standard deviation used to normalise; default as for ``mean``.
         device: where the model runs.
-        scales: input scales; the softmax probabilities of every scale are averaged.
-        flip: also run the horizontally flipped input of every scale and average it in.
-        window: sliding-window tile size ``(h, w)`` (an int for a square). An input larger than the
-            window in some dimension is tiled; tiles are never padded, so an input that fits in one
-            window gets exactly the plain forward pass.
-        overlap: fraction of the window shared by neighbouring tiles, in ``[0, 1)``.
-        precision: ``fp32``; ``bf16`` (autocast) on a GPU or a CPU with AVX512-BF16/AMX; ``fp16`` on a GPU.
+        options: scales, flip, sliding window, precision, DenseCRF, padding
+            (:class:`~deeplab.options.InferenceOptions`; default: one plain pass in fp32).
+        **option_values: the same options by name (``scales=(0.75, 1, 1.25), flip=True``), applied on top of
+            ``options``.
         fast: run an ``nn.Module`` through the fast path (:func:`deeplab.runtime.fast_copy`), which
             leaves ``model`` itself untouched. ``False`` runs ``model`` as given, after putting it in
             eval mode on ``device`` (plain eager).
         spec: the model's :class:`~deeplab.models.ModelSpec`; default ``model.spec`` where it has one.
-        crf: DenseCRF settings: ``predict(image)`` then refines the softmax on the image
-            (``deeplab.postprocess``, v1/v2's post-processing); ``None``: no CRF.
-        pad_to: pad each input at its bottom and right to at least ``(h, w)`` (an int for a square)
-            with the mean pixel (zero once normalised) before any scaling, and crop the scores back:
-            the TF reference's evaluation, which feeds VOC images padded to 513 x 513.
 
     A model whose spec asks for TF numerics (``align_corners``) is also scaled the TF way for
     multi-scale inference: side ``int((n - 1) * scale + 1)``, resizes with ``align_corners=True``.
@@ -85,42 +66,43 @@ class Predictor:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         device: str | torch.device = "cpu",
-        scales: Sequence[float] = (1.0,),
-        flip: bool = False,
-        window: int | tuple[int, int] | None = None,
-        overlap: float = 1 / 3,
-        precision: str = "fp32",
         fast: bool = True,
         spec: ModelSpec | None = None,
-        crf: CRFParams | None = None,
-        pad_to: int | tuple[int, int] | None = None,
+        options: InferenceOptions | None = None,
+        **option_values: Any,
     ) -> None:
+        self.options = (options or InferenceOptions()).replace(**option_values)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.classes = list(classes) if classes is not None else [f"class_{i}" for i in range(num_classes)]
         self.palette = list(palette) if palette is not None else default_palette(num_classes)
-        _check_options(num_classes, self.classes, self.palette, scales, window, overlap)
-        self.pad_to = _check_pad_to(pad_to)
+        if len(self.classes) != num_classes:
+            raise ValueError(f"{len(self.classes)} class names for num_classes={num_classes}")
+        if len(self.palette) < num_classes:
+            raise ValueError(f"palette has {len(self.palette)} colours for num_classes={num_classes}")
         self.device = torch.device(device)
-        self.precision = precision
         self.spec = spec if spec is not None else getattr(model, "spec", None)
         self._autocast = None
         self._channels_last = False
         if isinstance(model, nn.Module) and not isinstance(model, torch.jit.ScriptModule):
-            check_precision(precision, self.device)
-            self._autocast = AUTOCAST_DTYPES.get(precision)
+            check_precision(self.options.precision, self.device)
+            self._autocast = autocast_dtype(self.options.precision)
             self._channels_last = fast and self.device.type in ("cpu", "cuda")
             self.model = fast_copy(model, self.device) if fast else model.to(self.device).eval()
         else:
             self.model = model
         self.num_classes = num_classes
-        mean = mean if mean is not None else getattr(self.spec, "mean", IMAGENET_MEAN)
-        std = std if std is not None else getattr(self.spec, "std", IMAGENET_STD)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self.scales = tuple(float(scale) for scale in scales)
-        self.flip = flip
-        self.window = (window, window) if isinstance(window, int) else window
-        self.overlap = overlap
-        self.crf = crf
+        self.mean = tuple(mean if mean is not None else getattr(self.spec, "mean", IMAGENET_MEAN))
+        self.std = tuple(std if std is not None else getattr(self.spec, "std", IMAGENET_STD))
+
+    # The options, read-only by name (``predictor.scales`` ...), as before they were gathered in one type.
+    scales = property(lambda self: self.options.scales)
+    flip = property(lambda self: self.options.flip)
+    window = property(lambda self: self.options.window)
+    overlap = property(lambda self: self.options.overlap)
+    precision = property(lambda self: self.options.precision)
+    crf = property(lambda self: self.options.crf)
+    pad_to = property(lambda self: self.options.pad_to)
 
     @property
     def output_stride(self) -> int | None:
@@ -129,58 +111,41 @@ class Predictor:
 
     @classmethod
     def from_file(
-        cls, path: str | Path, *, output_stride: int | None = None, precision: str = "fp32",
-        device: str | torch.device = "cpu", **options: Any,
+        cls, source: str | Path, *, output_stride: int | None = None, device: str | torch.device = "cpu",
+        options: InferenceOptions | None = None, **option_values: Any,
     ) -> Predictor:
-        """A predictor for a training checkpoint (``.pt`` from ``deeplab train``) or an export (ONNX, TorchScript).
+        """A predictor for any model source :func:`deeplab.modelfile.read_model` reads: a training checkpoint, an
+        export (ONNX, TorchScript), a TF checkpoint, or a published weights name.
 
-        The file alone says what the model is, its classes, palette and normalisation.
+        The source alone says what the model is, its classes, palette and normalisation.
 
         Args:
-            path: the model file; its kind is recognised from its contents.
-            output_stride: rebuild a checkpoint's model at this output stride. An export is fixed at the
-                stride it was exported at (``deeplab export --output-stride``); asking for another is an error.
-            precision: for a checkpoint, see the class docstring. An export runs at the precision it was
-                exported at; ``fp32`` (the default) or that precision is accepted, anything else is an error.
+            source: the model file or name; its kind is recognised from its contents.
+            output_stride: rebuild the model at this output stride. An export is fixed at the stride it was
+                exported at (``deeplab export --output-stride``); asking for another is an error.
             device: where the model runs (ONNX Runtime: ``cpu``, or ``cuda`` with onnxruntime-gpu).
-            **options: the other keyword arguments of :class:`Predictor` (``scales``, ``flip``, ``window``...).
+            options, **option_values: see the class. An export runs at the precision it was exported at;
+                ``fp32`` (the default) or that precision is accepted, anything else is an error.
         """
-        from .runtime import detect_format, load_export
+        model_file = read_model(source)
+        runner = model_file.open(output_stride=output_stride, device=device)
+        return cls.from_runner(runner, model_file.card, device=device, options=options, **option_values)
 
-        path = Path(path)
-        if detect_format(path) == "checkpoint":
-            from .engine.checkpoint import load_checkpoint  # engine only for training checkpoints
-
-            model, checkpoint = load_checkpoint(path, output_stride=output_stride, device=device)
-            return cls(model, num_classes=len(checkpoint.classes), classes=checkpoint.classes,
-                       palette=checkpoint.palette, device=device, precision=precision, **options)
-        runner, info = load_export(path, device)
-        if output_stride is not None and output_stride != info.spec.output_stride:
-            raise ValueError(f"{path} was exported at output stride {info.spec.output_stride}; for "
-                             f"{output_stride}, export again with --output-stride {output_stride}")
-        if precision not in ("fp32", info.precision):
-            raise ValueError(f"{path} is a {info.precision} export; its precision is fixed at export time "
-                             f"(export again with --precision {precision})")
-        predictor = cls(runner, num_classes=info.spec.num_classes, classes=info.classes, palette=info.palette,
-                        device=device, spec=info.spec, **options)
-        predictor.precision = info.precision
-        return predictor
+    from_published = from_file  # a published weights name is one of the sources from_file reads
 
     @classmethod
-    def from_published(
-        cls, name: str, *, output_stride: int | None = None, precision: str = "fp32",
-        device: str | torch.device = "cpu", **options: Any,
-    ) -> Predictor:
-        """A predictor for published weights by name (``deeplab models`` lists them), with their classes and palette.
-
-        The weights are fetched through torch.hub's cache (see ``deeplab.models.published``).
-        """
-        from .models import create_model, published_weights
-
-        published = published_weights(name)
-        model = create_model(published.model, weights=published.name, output_stride=output_stride)
-        return cls(model, num_classes=len(published.classes), classes=list(published.classes),
-                   palette=published.palette, device=device, precision=precision, **options)
+    def from_runner(cls, runner: Runner, card: ModelCard, *, device: str | torch.device = "cpu",
+                    options: InferenceOptions | None = None, **option_values: Any) -> Predictor:
+        """A predictor for a runner :meth:`deeplab.modelfile.ModelFile.open` gave, with its card."""
+        options = (options or InferenceOptions()).replace(**option_values)
+        if card.is_export:
+            if options.precision not in ("fp32", card.precision):
+                raise ValueError(f"{card.source} is a {card.precision} export; its precision is fixed at export "
+                                 f"time (export again with --precision {options.precision})")
+            options = options.replace(precision=card.precision)
+        spec = getattr(runner, "spec", None) or card.spec  # a rebuilt model's spec has its output stride
+        return cls(runner, num_classes=spec.num_classes, classes=card.classes, palette=card.palette, device=device,
+                   spec=spec, options=options)
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """Converts a uint8 ``3 x H x W`` RGB image to a normalised float ``1 x 3 x H x W`` batch."""
@@ -189,8 +154,7 @@ class Predictor:
                 f"expected a uint8 3 x H x W image, got {image.dtype} {tuple(image.shape)}; "
                 "pass normalised float batches to logits_for_batch instead"
             )
-        x = image.to(self.device).unsqueeze(0).float() / 255.0
-        return (x - self.mean) / self.std
+        return normalize_image(image.to(self.device).unsqueeze(0), self.mean, self.std)
 
     @torch.inference_mode()
     def logits_for_batch(self, x: torch.Tensor) -> torch.Tensor:
@@ -223,6 +187,17 @@ class Predictor:
             return dense_crf(image, logits.softmax(dim=0).cpu(), self.crf).argmax(dim=0)
         return logits.argmax(dim=0).cpu()
 
+    def predict_batch(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Class maps of several uint8 ``3 x H x W`` images of one size, the network run once on the batch; each
+        refined by the DenseCRF when the options ask for it (as :meth:`predict`)."""
+        if len(images) == 1:
+            return [self.predict(images[0])]
+        logits = self.logits_for_batch(torch.cat([self.preprocess(image) for image in images]))
+        if self.crf is None:
+            return list(logits.argmax(dim=1).cpu())
+        probs = logits.softmax(dim=1).cpu()
+        return [dense_crf(image, prob, self.crf).argmax(dim=0) for image, prob in zip(images, probs, strict=True)]
+
     def _pass(self, x: torch.Tensor, scale: float, flipped: bool) -> torch.Tensor:
         """Logits of one (scale, flip) pass, resized back to the input's size."""
         size = x.shape[-2:]
@@ -232,14 +207,14 @@ class Predictor:
                 scaled = (max(1, int((size[0] - 1) * scale + 1)), max(1, int((size[1] - 1) * scale + 1)))
             else:
                 scaled = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
-            x = F.interpolate(x, size=scaled, mode="bilinear", align_corners=aligned)
+            x = upsample_to(x, scaled, aligned)
         if flipped:
             x = x.flip(-1)
         logits = self._windowed(x)
         if flipped:
             logits = logits.flip(-1)
         if logits.shape[-2:] != size:
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=aligned)
+            logits = upsample_to(logits, size, aligned)
         return logits
 
     @property
@@ -278,38 +253,6 @@ class Predictor:
         return logits.float()
 
 
-def _check_options(
-    num_classes: int,
-    classes: Sequence[str],
-    palette: Palette,
-    scales: Sequence[float],
-    window: int | tuple[int, int] | None,
-    overlap: float,
-) -> None:
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be positive, got {num_classes}")
-    if len(classes) != num_classes:
-        raise ValueError(f"{len(classes)} class names for num_classes={num_classes}")
-    if len(palette) < num_classes:
-        raise ValueError(f"palette has {len(palette)} colours for num_classes={num_classes}")
-    if not scales or any(scale <= 0 for scale in scales):
-        raise ValueError(f"scales must be a non-empty list of positive numbers, got {list(scales)}")
-    sides = (window, window) if isinstance(window, int) else window
-    if sides is not None and (len(sides) != 2 or min(sides) < 1):
-        raise ValueError(f"window must be a positive int or (h, w), got {window}")
-    if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-
-
-def _check_pad_to(pad_to: int | Sequence[int] | None) -> tuple[int, int] | None:
-    if pad_to is None:
-        return None
-    sides = (pad_to, pad_to) if isinstance(pad_to, int) else tuple(pad_to)
-    if len(sides) != 2 or not all(isinstance(side, int) and side >= 1 for side in sides):
-        raise ValueError(f"pad_to must be a positive int or (h, w), got {pad_to}")
-    return sides[0], sides[1]
-
-
 def _tile_starts(size: int, tile: int, overlap: float) -> list[int]:
     """Tile offsets covering ``size``: evenly strided, the last one flush with the end."""
     if size <= tile:
@@ -319,117 +262,3 @@ def _tile_starts(size: int, tile: int, overlap: float) -> list[int]:
     return [min(i * stride, size - tile) for i in range(count)]
 
 
-@dataclass
-class PredictionReport:
-    """What ``predict_paths`` did: the index masks written and the inputs skipped, with the reason."""
-
-    written: list[Path] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-    areas_csv: Path | None = None
-
-
-def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Expands files, directories (their images, not recursive) and glob patterns into image paths.
-
-    A file named explicitly is kept whatever its extension; directories and patterns contribute the
-    files with a known image extension. Duplicates are dropped, order is kept.
-
-    Returns:
-        The paths, and ``(input, reason)`` for each input that yielded nothing.
-    """
-    found: list[Path] = []
-    missing: list[tuple[Path, str]] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_file():
-            matches = [path]
-        elif path.is_dir():
-            matches = sorted(child for child in path.iterdir() if _is_image_file(child))
-        elif any(char in str(item) for char in "*?["):
-            matches = sorted(Path(match) for match in glob.glob(str(item), recursive=True))
-            matches = [match for match in matches if _is_image_file(match)]
-        else:
-            missing.append((path, "no such file or directory"))
-            continue
-        if not matches:
-            missing.append((path, "no image files found"))
-        found += matches
-    unique: dict[Path, Path] = {}
-    for path in found:
-        unique.setdefault(path.resolve(), path)
-    return list(unique.values()), missing
-
-
-def _is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def _output_names(stem: str) -> tuple[str, str, str]:
-    return f"{stem}.png", f"{stem}_color.png", f"{stem}_overlay.png"
-
-
-def _claim_stem(stem: str, taken: set[str]) -> str:
-    """First of ``stem``, ``stem_1``, ... whose output names are still free (case-insensitively)."""
-    candidate, counter = stem, 0
-    while any(name.lower() in taken for name in _output_names(candidate)):
-        counter += 1
-        candidate = f"{stem}_{counter}"
-    taken.update(name.lower() for name in _output_names(candidate))
-    return candidate
-
-
-def predict_paths(
-    predictor: Predictor,
-    inputs: Sequence[str | Path],
-    out_dir: str | Path,
-    *,
-    area_table: bool = False,
-    progress: bool = True,
-) -> PredictionReport:
-    """Predicts every image named by ``inputs`` (files, directories, glob patterns) into ``out_dir``.
-
-    For each image it writes ``<stem>.png`` (palette PNG, pixel = class id), ``<stem>_color.png`` and
-    ``<stem>_overlay.png``; inputs sharing a stem get ``<stem>_1`` and so on. Inputs that cannot be
-    read are skipped and listed, with the reason, in the report's ``failed``. With ``area_table``, ``areas.csv``
-    gets one row per image with the fraction of its pixels predicted as each class.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths, failed = expand_inputs(inputs)
-    report = PredictionReport()
-    for path, reason in failed:
-        _skip(report, path, reason)
-    taken: set[str] = set()
-    rows: list[list[str]] = []
-    for path in tqdm(paths, desc="predict", unit="image", disable=not progress):
-        try:
-            image = read_image(path)
-        except ImageReadError as err:
-            _skip(report, path, str(err.__cause__ or err))
-            continue
-        mask = predictor.predict(image)
-        stem = _claim_stem(path.stem, taken)
-        _write_outputs(predictor.palette, image, mask, out_dir, stem)
-        report.written.append(out_dir / f"{stem}.png")
-        fractions = torch.bincount(mask.flatten(), minlength=predictor.num_classes) / mask.numel()
-        rows.append([str(path), f"{stem}.png", *(f"{value:.6f}" for value in fractions.tolist())])
-    if area_table:
-        report.areas_csv = out_dir / "areas.csv"
-        with atomic_write(report.areas_csv, "w") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["image", "mask", *predictor.classes])
-            writer.writerows(rows)
-    return report
-
-
-def _skip(report: PredictionReport, path: Path, reason: str) -> None:
-    report.failed.append((path, reason))
-
-
-def _write_outputs(
-    palette: Palette, image: torch.Tensor, mask: torch.Tensor, out_dir: Path, stem: str
-) -> None:
-    index_name, color_name, overlay_name = _output_names(stem)
-    save_index_png(mask, out_dir / index_name, palette)
-    save_rgb_png(colorize(mask, palette), out_dir / color_name)
-    save_rgb_png(overlay(image, mask, palette), out_dir / overlay_name)

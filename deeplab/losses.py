@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from deeplab.constants import IGNORE_INDEX
+from deeplab.models.segmenter import upsample_to
 
 
 def labelled_pixels(target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
@@ -56,7 +57,7 @@ def segmentation_loss(
             raise ValueError(f"expected logits N x C x H x W and target N x H x W of the same N (and H, W for "
                              f"'out'); got {name!r} {tuple(logits.shape)} and target {tuple(target.shape)}")
         if logits.shape[-2:] != target.shape[-2:]:
-            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+            logits = upsample_to(logits, target.shape[-2:])
         term = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum") / normalizer
         term = aux_weight * term if name == "aux" else term
         total = term if total is None else total + term

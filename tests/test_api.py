@@ -9,11 +9,11 @@ import deeplab
 
 
 def test_public_names_resolve_to_the_library_objects():
-    from deeplab.engine.checkpoint import load_checkpoint
+    from deeplab.deploy.export import export_model
     from deeplab.engine.evaluate import evaluate
     from deeplab.engine.train import train
-    from deeplab.export import export_model
     from deeplab.inference import Predictor
+    from deeplab.modelfile import load_checkpoint
 
     assert (deeplab.train, deeplab.evaluate, deeplab.Predictor, deeplab.load_checkpoint, deeplab.export_model) == (
         train, evaluate, Predictor, load_checkpoint, export_model)

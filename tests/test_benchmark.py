@@ -2,8 +2,8 @@
 
 import pytest
 
-from deeplab.benchmark import BenchmarkResult, Timing, format_report
 from deeplab.cli import main
+from deeplab.deploy.benchmark import BenchmarkResult, Timing, format_report
 
 
 def _result() -> BenchmarkResult:

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deeplab import create_model
 from deeplab.cli import build_parser, main
 from deeplab.config import Config, apply_overrides
 from deeplab.engine.checkpoint import save_checkpoint
-from deeplab.models import create_model
 
 
 def test_predict_reports_each_skipped_input_once_without_python_locations(tmp_path, capsys):

@@ -3,7 +3,7 @@
 import pytest
 
 from deeplab.config import Config, ConfigError, apply_overrides, from_dict, load_config, save_config
-from deeplab.engine.checkpoint import build_model, model_options
+from deeplab.engine.checkpoint import model_from_config, model_options
 
 
 def test_yaml_file_and_overrides_round_trip(tmp_path):
@@ -40,7 +40,7 @@ def test_bad_files_are_clear_errors(tmp_path):
 def test_only_set_model_keys_reach_the_builder():
     config = load_config(None, ["model.name=deeplabv3_resnet50", "model.multi_grid=[1, 1, 1]", "model.head_conv=true"])
     assert model_options(config.model) == {"multi_grid": (1, 1, 1), "head_conv": True}
-    model = build_model(config, num_classes=4)
+    model = model_from_config(config, num_classes=4)
     assert model.spec.options["multi_grid"] == (1, 1, 1) and model.spec.options["head_conv"] is True
     assert model.spec.output_stride == 16  # unset: the model's default
 
@@ -48,4 +48,4 @@ def test_only_set_model_keys_reach_the_builder():
 def test_a_model_key_the_model_does_not_take_is_a_clear_error():
     config = load_config(None, ["model.name=deeplabv1_vgg16", "model.atrous_rates=[6, 12]"])
     with pytest.raises(ValueError, match="deeplabv1_vgg16 does not take 'atrous_rates'; it accepts: .*atrous_rate"):
-        build_model(config, num_classes=4)
+        model_from_config(config, num_classes=4)

@@ -8,13 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
+from deeplab import create_model
 from deeplab.cli import main
 from deeplab.config import Config
-from deeplab.engine.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from deeplab.export import ExportError, export_model
+from deeplab.deploy.export import ExportError, export_model
+from deeplab.engine.checkpoint import save_checkpoint
 from deeplab.inference import Predictor
-from deeplab.models import create_model, list_models
-from deeplab.runtime import read_export
+from deeplab.modelfile import load_checkpoint, read_checkpoint, read_export
+from deeplab.models import list_models
 from tests.fixtures import with_random_statistics
 
 pytest.importorskip("onnxruntime", reason="the deploy extra (onnx, onnxruntime) is not installed")

@@ -10,11 +10,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from deeplab import create_model
 from deeplab.config import Config
-from deeplab.engine.checkpoint import load_checkpoint, save_checkpoint
-from deeplab.inference import Predictor, _tile_starts, expand_inputs, predict_paths
-from deeplab.models import create_model, list_models
-from deeplab.runtime import cpu_has_bf16
+from deeplab.deploy.precision import cpu_has_bf16
+from deeplab.engine.checkpoint import save_checkpoint
+from deeplab.inference import Predictor, _tile_starts
+from deeplab.modelfile import load_checkpoint
+from deeplab.models import list_models
+from deeplab.predict_files import expand_inputs, predict_paths
 from tests.fixtures import with_random_statistics
 
 

@@ -7,9 +7,9 @@ import pytest
 
 from deeplab.config import load_config
 from deeplab.data.voc import prepare_voc_aug
-from deeplab.engine.checkpoint import read_checkpoint
-from deeplab.engine.evaluate import crf_params
 from deeplab.engine.train import train
+from deeplab.modelfile import read_checkpoint
+from deeplab.options import crf_from_eval_config
 from tests.data.layouts import make_ade20k, make_cityscapes, make_voc_aug_sources
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -59,7 +59,7 @@ def test_recipe_matches_its_name_and_states_its_target(recipe):
         assert config.model.msc_scales == ([1.0, 0.75, 0.5] if variant else None)
     if variant:
         assert config.eval.crf is True and "row" in recipe.read_text()
-        assert crf_params(config.eval).iterations == 10  # the CRF keys make valid settings
+        assert crf_from_eval_config(config.eval).iterations == 10  # the CRF keys make valid settings
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)

@@ -16,6 +16,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from ..constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from ..imageio import normalize_image
 from .base import PairTransform
 
 __all__ = [
@@ -28,21 +29,6 @@ __all__ = [
     "scale_choices",
     "train_transforms",
 ]
-
-
-def normalize_image(
-    image_uint8: torch.Tensor,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> torch.Tensor:
-    """Map a uint8 image (``... x 3 x H x W``, values 0..255) to float32 ``(x / 255 - mean) / std``.
-
-    Returns a plain ``torch.Tensor`` (no ``tv_tensors`` subclass), so batches collate to plain tensors.
-    """
-    image = image_uint8.as_subclass(torch.Tensor).to(torch.float32) / 255.0
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=image.device).view(-1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=image.device).view(-1, 1, 1)
-    return (image - mean_t) / std_t
 
 
 def _mask_to_long(mask: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..devices import resolve_device
+
 T = TypeVar("T")
 
 
@@ -56,22 +58,6 @@ def restart_count() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``train.device`` as a device: ``auto`` is CUDA when available; several processes on one node
-    each take the GPU of their ``LOCAL_RANK`` when ``name`` names no index."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but CUDA is not available on this machine")
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPU(s); "
-                               "start at most one process per GPU (torchrun --nproc-per-node)")
-        device = torch.device("cuda", local_rank)
-    return device
-
-
 def setup(device_name: str) -> tuple[DistEnv, torch.device, bool]:
     """Joins the process group torchrun describes (if any) and picks this process's device.
 
@@ -80,7 +66,7 @@ def setup(device_name: str) -> tuple[DistEnv, torch.device, bool]:
         should destroy it, see :func:`teardown`).
     """
     env = env_from_torchrun()
-    device = resolve_device(device_name, env.local_rank)
+    device = resolve_device(device_name, env.local_rank, option="train.device")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     created = False

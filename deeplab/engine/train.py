@@ -27,12 +27,14 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from ..config import Config, save_config
+from ..deploy.precision import AMP_CHOICES, autocast_dtype
 from ..inference import Predictor
 from ..losses import labelled_pixels, segmentation_loss
 from ..metrics import segmentation_metrics
+from ..modelfile import read_checkpoint
 from ..models import Segmenter, build_from_spec
 from . import dist
-from .checkpoint import build_model, read_checkpoint, save_checkpoint
+from .checkpoint import model_from_config, save_checkpoint
 from .data import attach_transforms, build_train_val, check_global_batch, train_loader
 from .evaluate import evaluate
 from .report import plot_training_curve, save_previews
@@ -41,7 +43,6 @@ from .schedule import poly_lr
 from .workers import STOP_SIGNALS, shielded
 
 EVAL_PROTOCOLS = ("fast", "eval")
-resolve_device = dist.resolve_device  # the CLI resolves devices through this module
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -110,10 +111,9 @@ def autocast_for(amp: str, device: torch.device):
     """
     if amp == "off":
         return nullcontext()
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if amp not in dtypes:
-        raise ValueError(f"train.amp={amp!r}; valid choices: off, bf16, fp16")
-    return torch.autocast(device.type, dtype=dtypes[amp])
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"train.amp={amp!r}; valid choices: {', '.join(AMP_CHOICES)}")
+    return torch.autocast(device.type, dtype=autocast_dtype(amp))
 
 
 def grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler:
@@ -208,7 +208,7 @@ def _train(cfg: Config, env: dist.DistEnv, device: torch.device, resume: bool,
     torch.manual_seed(t.seed)  # the same initial weights in every process
     train_set, val_set = dist.first_on_each_node(
         env, lambda: build_train_val(cfg.data, progress=t.progress and env.local_rank == 0))
-    model = prepare_model(build_model(cfg, train_set.num_classes), cfg, env, device)
+    model = prepare_model(model_from_config(cfg, train_set.num_classes), cfg, env, device)
     attach_transforms(train_set, val_set, cfg.data, mean=model.spec.mean, std=model.spec.std)
     state = TrainState(model, build_optimizer(model, cfg), grad_scaler(t.amp, device))
     if resume or (dist.restart_count() > 0 and (run_dir / "last.pt").is_file()):

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .segmenter import Segmenter, upsample_to
@@ -66,7 +65,7 @@ class MSCSegmenter(Segmenter):
         if scale == 1.0:
             return x
         size = (max(1, round(x.shape[-2] * scale)), max(1, round(x.shape[-1] * scale)))
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return upsample_to(x, size)
 
     def _scores(self, x: Tensor, *, with_aux: bool) -> tuple[dict[float, Tensor], Tensor | None]:
         """Each scale's score map at its own resolution, and the largest scale's aux logits."""

@@ -26,6 +26,7 @@ from torchvision.models import segmentation as tv_segmentation
 from ..classes import ADE20K_CLASSES_WITH_OTHER, CITYSCAPES_CLASSES, VOC_CLASSES
 from ..constants import Colour
 from ..palettes import CITYSCAPES_PALETTE, voc_palette
+from ..torchfile import fetch_torch_file
 
 TF_ZOO_URL = "http://download.tensorflow.org/models/"
 
@@ -202,11 +203,6 @@ def fetch_published(weights: PublishedWeights) -> dict[str, Any]:
         from .tf_hub import converted_zoo_weights
 
         return converted_zoo_weights(weights)
-    try:
-        return torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=True, check_hash=True,
-                                                  weights_only=True)
-    except Exception as err:  # network and hash errors come in many types; all mean the same to the user
-        raise RuntimeError(
-            f"could not fetch the published weights {weights.name!r} from {weights.url} ({type(err).__name__}: "
-            f"{err}). Without internet, download that file elsewhere and place it at {weights.cache_path()}."
-        ) from err
+    return fetch_torch_file(weights.url, what=f"published weights {weights.name!r}", check_hash=True,
+                            hint=f"Without internet, download that file elsewhere and place it at "
+                                 f"{weights.cache_path()}.")

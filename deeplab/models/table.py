@@ -8,7 +8,7 @@ import torch
 
 from .complexity import count_macs, count_parameters
 from .published import PUBLISHED_WEIGHTS, TF_BACKBONES
-from .zoo import create_model, list_models, model_entry
+from .zoo import build_model, list_models, model_entry
 
 OUTPUT_STRIDES = (16, 8)
 
@@ -30,10 +30,10 @@ def model_rows(*, macs: bool = False, size: int = 513, num_classes: int = 21) ->
         entry = model_entry(name)
         counts = {}
         with torch.device("meta"):
-            model = create_model(name, num_classes=num_classes)
+            model = build_model(name, num_classes=num_classes)
             if macs:
                 for stride in OUTPUT_STRIDES:
-                    counts[stride] = count_macs(create_model(name, num_classes=num_classes, output_stride=stride),
+                    counts[stride] = count_macs(build_model(name, num_classes=num_classes, output_stride=stride),
                                                 size)
         rows.append(ModelRow(name, entry.version, entry.backbone, count_parameters(model), counts,
                              dict(entry.paper_macs)))

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..imageio import atomic_write
 from ..tfcheckpoint import is_training_state, read_tf_checkpoint
+from ..torchfile import read_torch_file
 
 if TYPE_CHECKING:
     from .published import PublishedWeights, TFBackbone
@@ -49,8 +50,8 @@ def converted_path(weights: PublishedWeights) -> Path:
 
 def _load_converted(path: Path) -> dict[str, Any] | None:
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a damaged cache file is simply converted again
+        raw = read_torch_file(path, what="converted zoo model")
+    except (OSError, ValueError):  # a damaged cache file is simply converted again
         return None
     return raw if isinstance(raw, dict) and raw.get("format") == CACHE_FORMAT else None
 

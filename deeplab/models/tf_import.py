@@ -32,7 +32,7 @@ from ..constants import INCEPTION_MEAN, INCEPTION_STD
 from ..tfcheckpoint import is_training_state
 from .segmenter import Segmenter
 from .spec import ModelSpec
-from .zoo import create_model, resolve_spec
+from .zoo import build_model, resolve_spec
 
 _BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 _XCEPTION_BLOCKS = {41: (3, 8), 65: (3, 16), 71: (5, 16)}  # entry-flow blocks, middle-flow units; exit: 2
@@ -308,7 +308,7 @@ def import_tf_variables(variables: Mapping[str, np.ndarray],
     Raises ``ValueError`` naming the variables it could not place or that are missing or misshapen.
     """
     name, options = infer_architecture({k: np.shape(v) for k, v in variables.items()}, **architecture)
-    model = create_model(name, **options)
+    model = build_model(name, **options)
     state = model_state_from_tf(variables, model)
     return model.spec, state
 

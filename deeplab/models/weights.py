@@ -1,18 +1,17 @@
-"""Loading weights safely: our checkpoints, torchvision's DeepLabV3 state dicts, ImageNet backbones.
+"""Weights in memory into models: whole-model state dicts (ours, torchvision's DeepLabV3), ImageNet backbones.
 
-Every file is read with ``torch.load(..., weights_only=True)`` or safetensors: nothing is unpickled.
+Files are read by :mod:`deeplab.torchfile` (never unpickled); which file becomes which model is
+:mod:`deeplab.modelfile`'s job. Here: what a state dict implies about the architecture, and loading it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-WeightsLike = str | Path | Mapping[str, Tensor]
+from ..torchfile import fetch_torch_file
 
 # torchvision's DeepLabV3 models: no multi-grid, one extra 3x3 conv after ASPP, dropout 0.5, and their
 # published weights were trained at output stride 8 (rates 12/24/36).
@@ -29,79 +28,15 @@ _TORCHVISION_RENAMES = (
 )
 
 
-def torch_file_problem(path: str | Path) -> str | None:
-    """Why ``path`` cannot have been written by ``torch.save``, judged from its first bytes; None if it may have.
+def weights_and_implied(raw: Mapping[str, Any], model_name: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(state dict, architecture arguments it implies for ``model_name``) of weights held in memory.
 
-    ``torch.save`` writes a zip archive (``PK``), or a pickle (first byte 0x80) in its legacy format;
-    anything else would only reach the unpickler's opaque errors (a text file gives ``KeyError: 101``).
+    ``raw`` is a state dict or a checkpoint's dict (its ``model`` entry is the state dict). One of our
+    checkpoints with a model spec for the same model implies that spec's arguments; torchvision's
+    DeepLabV3 layout implies :data:`TORCHVISION_LAYOUT`.
     """
-    with open(path, "rb") as handle:
-        head = handle.read(512)
-    if not head:
-        return "it is empty"
-    if head.startswith(b"PK") or head.startswith(b"\x80"):
-        return None
-    try:
-        head.decode("utf-8")
-        text = b"\x00" not in head
-    except UnicodeDecodeError as err:
-        text = err.start >= len(head) - 3 and b"\x00" not in head  # a character cut by the 512-byte read
-    if text:
-        return "it is a text file, not a file written by torch.save"
-    return "it is neither a zip archive nor a pickle, the two formats torch.save writes"
-
-
-def _read_file(weights: WeightsLike) -> dict[str, Any]:
-    if isinstance(weights, Mapping):
-        return dict(weights)
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    problem = torch_file_problem(path)
-    if problem is not None:
-        raise ValueError(f"{path} is not a weights file: {problem} (expected a .pt/.pth state dict or checkpoint, "
-                         "or a .safetensors file)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path} is not a readable weights file ({type(err).__name__}: {err})") from err
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path} does not hold a state dict (found {type(state).__name__})")
-    return dict(state)
-
-
-def read_state_dict(weights: WeightsLike) -> dict[str, Tensor]:
-    """A state dict from a mapping, a ``.pt``/``.pth`` file (plain or our checkpoint), or ``.safetensors``."""
-    state = _read_file(weights)
-    if isinstance(state.get("model"), Mapping):  # a training checkpoint
-        state = dict(state["model"])
-    return state
-
-
-def resolve_weights(weights: WeightsLike | None, model_name: str) -> tuple[dict[str, Tensor] | None, dict[str, Any]]:
-    """The state dict to load and the architecture arguments the weights imply for ``model_name``.
-
-    A published weights name (``"deeplabv3_resnet101.coco_voc"``) is fetched through torch.hub's cache;
-    torchvision's DeepLabV3 layout implies :data:`TORCHVISION_LAYOUT`; one of our checkpoints with a
-    model spec for the same model implies that spec's arguments.
-    """
-    if weights is None:
-        return None, {}
-    if isinstance(weights, str) and not Path(weights).exists():
-        from .published import PUBLISHED_WEIGHTS, fetch_published
-
-        if weights in PUBLISHED_WEIGHTS:
-            published = PUBLISHED_WEIGHTS[weights]
-            if published.model != model_name:
-                raise ValueError(f"published weights {weights!r} are for {published.model}, not {model_name}")
-            return resolve_weights(fetch_published(published), model_name)
-    raw = _read_file(weights)
+    state = dict(raw["model"]) if isinstance(raw.get("model"), Mapping) else dict(raw)
     spec = raw.get("model_spec")
-    state = dict(raw["model"]) if isinstance(raw.get("model"), Mapping) else raw
     if isinstance(spec, Mapping) and spec.get("name") == model_name:
         from .spec import ModelSpec
 
@@ -131,9 +66,9 @@ def from_torchvision(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return renamed
 
 
-def load_weights(model: nn.Module, weights: WeightsLike) -> None:
-    """Loads a whole-model state dict strictly, with an error that says what does not fit."""
-    state = read_state_dict(weights)
+def load_weights(model: nn.Module, weights: Mapping[str, Tensor]) -> None:
+    """Loads a whole-model state dict (or a checkpoint's dict) strictly, with an error that says what does not fit."""
+    state = dict(weights["model"]) if isinstance(weights.get("model"), Mapping) else dict(weights)
     if is_torchvision_deeplab(state):
         state = from_torchvision(state)
     if getattr(model, "aux_head", None) is None:
@@ -159,23 +94,10 @@ def _listing(title: str, items: list[str], most: int = 5) -> str:
     return f"\n  {title}: {', '.join(items[:most])}{more}"
 
 
-def fetch_state_dict(source: str, *, what: str) -> dict[str, Tensor]:
-    """Reads a local file, or downloads a URL through torch.hub's cache (``file://`` works too)."""
-    if Path(source).is_file():
-        return torch.load(source, map_location="cpu", weights_only=True)
-    try:
-        return torch.hub.load_state_dict_from_url(source, map_location="cpu", progress=True, weights_only=True)
-    except Exception as err:  # network errors come in many types; all mean the same to the user
-        raise RuntimeError(
-            f"could not fetch the {what} weights from {source} ({type(err).__name__}: {err}). "
-            f"Without internet, download that file elsewhere and pass its local path as "
-            f"pretrained_backbone='/path/to/file.pth'."
-        ) from err
-
-
 def load_backbone_weights(backbone: nn.Module, source: str, *, what: str) -> None:
     """Loads ImageNet weights into a backbone, ignoring the classifier layers it does not have."""
-    state = fetch_state_dict(source, what=what)
+    state = fetch_torch_file(source, what=f"{what} weights", hint="Without internet, download that file elsewhere "
+                             "and pass its local path as pretrained_backbone='/path/to/file.pth'.")
     own = backbone.state_dict()
     missing = sorted(set(own) - set(state))
     if missing:

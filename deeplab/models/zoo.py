@@ -1,10 +1,10 @@
-"""One keyword-only constructor per published DeepLab variant, a name registry, and ``create_model``.
+"""One keyword-only constructor per published DeepLab variant, a name registry, and ``build_model``.
 
-Every way of making a model goes through :func:`create_model`: it resolves a :class:`ModelSpec` (the
-constructor's defaults, the paper's atrous rates for the output stride, what the given weights
-imply, the caller's arguments, in rising order of precedence), builds the network from the spec
-alone, attaches it as ``model.spec`` and loads the weights. The public builders
-(``deeplabv3plus_resnet101(...)`` and the rest) are thin aliases of ``create_model(name, ...)``.
+Every way of making a model goes through :func:`build_model` (``deeplab.create_model`` reads weight files,
+then calls it): it resolves a :class:`ModelSpec` (the constructor's defaults, the paper's atrous rates for
+the output stride, what the given weights imply, the caller's arguments, in rising order of precedence),
+builds the network from the spec alone, attaches it as ``model.spec`` and loads the weights. The public
+builders (``deeplabv3plus_resnet101(...)`` and the rest) are thin aliases of ``build_model(name, ...)``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 from torchvision import models as tvm
 
 from ..constants import NORMALIZATIONS, check_normalization
@@ -25,7 +25,7 @@ from .msc import MSCSegmenter, check_scales
 from .resnet_beta import ResNetV1BetaBackbone
 from .segmenter import Segmenter
 from .spec import RATE_OPTIONS, ModelSpec, scaled_rates
-from .weights import WeightsLike, load_backbone_weights, load_weights, resolve_weights
+from .weights import load_backbone_weights, load_weights, weights_and_implied
 
 # ImageNet weights published by torchvision, fetched through torch.hub's download path and cache.
 IMAGENET_URLS = {
@@ -85,7 +85,7 @@ def _register(version: str, backbone: str, *, normalization: str = "imagenet", p
 
         @functools.wraps(construct)
         def builder(**kwargs: Any) -> Segmenter:
-            return create_model(name, **kwargs)
+            return build_model(name, **kwargs)
 
         return builder
 
@@ -93,7 +93,7 @@ def _register(version: str, backbone: str, *, normalization: str = "imagenet", p
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`."""
+    """Names accepted by :func:`build_model` and ``deeplab.create_model``."""
     return sorted(_MODELS)
 
 
@@ -103,15 +103,14 @@ def model_entry(name: str) -> ModelEntry:
     return _MODELS[name]
 
 
-def create_model(name: str, *, weights: WeightsLike | None = None, pretrained_backbone: bool | str = False,
-                 **options: Any) -> Segmenter:
-    """Builds a registered model by name.
+def build_model(name: str, *, weights: Mapping[str, Tensor] | None = None, pretrained_backbone: bool | str = False,
+                **options: Any) -> Segmenter:
+    """Builds a registered model by name; ``deeplab.create_model`` is the same with weight files and names.
 
     Args:
         name: one of :func:`list_models`.
-        weights: a state dict, a checkpoint / ``.pt`` / ``.safetensors`` path, torchvision's DeepLabV3
-            state dict, or a published weights name (see ``deeplab.models.published``). Weights that
-            imply an architecture (torchvision's head layout at output stride 8, a checkpoint's spec)
+        weights: a state dict or a checkpoint's dict in memory (ours, or torchvision's DeepLabV3). Weights
+            that imply an architecture (torchvision's head layout at output stride 8, a checkpoint's spec)
             set the defaults; explicit ``options`` still win.
         pretrained_backbone: True for the backbone's ImageNet weights, a local path / URL, or the name of
             a TF model-zoo ImageNet checkpoint (``deeplab.models.published.TF_BACKBONES``).
@@ -122,7 +121,10 @@ def create_model(name: str, *, weights: WeightsLike | None = None, pretrained_ba
     Returns:
         The model in training mode, with its resolved :class:`ModelSpec` as ``model.spec``.
     """
-    state, implied = resolve_weights(weights, name)
+    if weights is not None and not isinstance(weights, Mapping):
+        raise TypeError(f"build_model takes weights as a state dict in memory, not {type(weights).__name__}; "
+                        "for a file or a published name use deeplab.create_model(name, weights=...)")
+    state, implied = weights_and_implied(weights, name) if weights is not None else (None, {})
     spec = resolve_spec(name, options, implied)
     model = build_from_spec(spec, pretrained_backbone=pretrained_backbone)
     if state is not None:
@@ -320,7 +322,7 @@ def deeplabv3_resnet101(
         aux_loss: add the auxiliary FCN head on stage 3 (its logits in ``forward_train``).
         pretrained_backbone: True for torchvision's ImageNet weights, or a local path / URL.
 
-    ``weights`` (see :func:`create_model`) may be torchvision's ``deeplabv3_resnet*`` state dict, which
+    ``weights`` (see ``deeplab.create_model``) may be torchvision's ``deeplabv3_resnet*`` state dict, which
     implies ``head_conv=True``, ``multi_grid=None``, ``dropout=0.5`` and output stride 8.
     """
     return _deeplabv3_resnet(

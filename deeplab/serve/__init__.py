@@ -16,8 +16,8 @@ except ImportError as err:
 
 from .app import ServeSettings, create_app
 from .batching import PredictionQueue, QueueFull
-from .loading import ModelInfo, load_predictor
+from .loading import ModelInfo, load_predictor, model_info
 from .server import run_server
 
-__all__ = ["ModelInfo", "PredictionQueue", "QueueFull", "ServeSettings", "create_app", "load_predictor",
+__all__ = ["ModelInfo", "PredictionQueue", "QueueFull", "ServeSettings", "create_app", "load_predictor", "model_info",
            "run_server"]

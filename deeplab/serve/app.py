@@ -1,7 +1,7 @@
 """The FastAPI app: ``GET /`` (the page), ``POST /predict``, ``GET /results/...``, ``GET /info``, ``GET /health``.
 
 ``create_app`` takes any object with the ``deeplab.Predictor`` interface (``predict``, ``classes``,
-``palette``, ``num_classes``; ``preprocess`` + ``logits_for_batch`` for batching) and never builds one:
+``palette``, ``num_classes``; ``predict_batch`` for batching) and never builds one:
 ``deeplab.serve.load_predictor`` does that.
 """
 

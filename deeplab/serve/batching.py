@@ -24,8 +24,8 @@ class PredictionQueue:
     image fails only its own request.
 
     Args:
-        predictor: anything with ``predict(uint8 3 x H x W) -> H x W``; batching also uses its
-            ``preprocess`` and ``logits_for_batch`` when it has them (``deeplab.Predictor`` does).
+        predictor: anything with ``predict(uint8 3 x H x W) -> H x W``; batching uses its
+            ``predict_batch(list of images) -> list of class maps`` when it has one (``deeplab.Predictor`` does).
         max_batch: the most images run together (1 runs every image alone through ``predict``).
         max_queue: the most requests waiting; one more gets ``QueueFull``.
     """
@@ -107,10 +107,9 @@ class PredictionQueue:
 
     def _run(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         predictor = self.predictor
-        if len(images) == 1 or not hasattr(predictor, "logits_for_batch"):
+        if len(images) == 1 or not hasattr(predictor, "predict_batch"):
             return [predictor.predict(image) for image in images]
-        batch = torch.cat([predictor.preprocess(image) for image in images])
-        return list(predictor.logits_for_batch(batch).argmax(dim=1).cpu())
+        return predictor.predict_batch(images)  # the Predictor's own rule, its DenseCRF included
 
 
 def _resolve(future: asyncio.Future, *, result: Any = None, error: BaseException | None = None) -> None:

@@ -19,11 +19,11 @@ def ablation():
 
 def test_the_two_models_share_the_encoder(ablation):
     from deeplab.config import load_config
-    from deeplab.engine.checkpoint import build_model
+    from deeplab.engine.checkpoint import model_from_config
 
     v3, v3plus, same = ablation.PAIRS["mobilenetv2"]
-    plain = build_model(load_config(None, [f"model.name={v3}", *same]), num_classes=3)
-    decoder = build_model(load_config(None, [f"model.name={v3plus}"]), num_classes=3)
+    plain = model_from_config(load_config(None, [f"model.name={v3}", *same]), num_classes=3)
+    decoder = model_from_config(load_config(None, [f"model.name={v3plus}"]), num_classes=3)
     assert plain.backbone.state_dict().keys() == decoder.backbone.state_dict().keys()
     assert plain.head[0].state_dict().keys() == decoder.head.aspp.state_dict().keys()  # the same ASPP
     assert [b[0].dilation for b in plain.head[0].convs[1:-1]] == [b[0].dilation for b in decoder.head.aspp.convs[1:-1]]

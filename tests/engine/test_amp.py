@@ -5,12 +5,12 @@ import signal
 import pytest
 import torch
 
+from deeplab import create_model
 from deeplab.cli import main
 from deeplab.config import load_config
 from deeplab.engine import dist
-from deeplab.engine.checkpoint import read_checkpoint
 from deeplab.engine.train import TrainingModule, autocast_for, grad_scaler, train, train_step
-from deeplab.models import create_model
+from deeplab.modelfile import read_checkpoint
 
 
 def test_bf16_autocast_trains_on_cpu(tiny, tmp_path):

@@ -8,10 +8,11 @@ import torch
 import torchvision
 from PIL import Image
 
+from deeplab import create_model
 from deeplab.cli import main
 from deeplab.config import Config, load_config
-from deeplab.engine.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from deeplab.models import create_model
+from deeplab.engine.checkpoint import save_checkpoint
+from deeplab.modelfile import load_checkpoint, read_checkpoint
 
 CLASSES, PALETTE = ["a", "b", "c"], [(0, 0, 0), (1, 1, 1), (2, 2, 2)]
 
@@ -113,8 +114,9 @@ def test_fine_tuned_from_torchvision_weights_evaluates_and_predicts(tiny, tmp_pa
 def test_normalisation_comes_from_the_spec_in_training_evaluation_and_prediction(tiny, tmp_path):
     from deeplab.data import DemoDataset, eval_transforms
     from deeplab.data.transforms import normalize_image
-    from deeplab.engine.evaluate import evaluate, evaluate_checkpoint
+    from deeplab.engine.evaluate import evaluate, evaluate_on_config
     from deeplab.inference import Predictor
+    from deeplab.options import InferenceOptions
 
     mean, std = [0.2, 0.3, 0.4], [0.5, 0.6, 0.7]
     assert main(["train", "--set", *tiny(f"model.mean={mean}", f"model.std={std}", "train.iterations=2")]) == 0
@@ -126,7 +128,8 @@ def test_normalisation_comes_from_the_spec_in_training_evaluation_and_prediction
         expected = model(normalize_image(image, mean, std)[None])[0].argmax(0)
     assert torch.equal(Predictor(model, num_classes=7).predict(image), expected)
     config = load_config(None, [*tiny(), "eval.output_stride=null"])
-    metrics, _ = evaluate_checkpoint(path, config, progress=False)
+    predictor = Predictor.from_file(path, options=InferenceOptions.from_eval_config(config.eval))
+    metrics, _ = evaluate_on_config(predictor, config, str(path), progress=False)
     dataset = DemoDataset(split="val", image_size=65, num_images=4, transforms=eval_transforms(mean=mean, std=std))
     assert metrics["confusion_matrix"] == evaluate(model, dataset, num_classes=7, progress=False)["confusion_matrix"]
 

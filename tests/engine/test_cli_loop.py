@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from deeplab.cli import main
-from deeplab.engine.checkpoint import read_checkpoint
+from deeplab.modelfile import read_checkpoint
 
 
 def test_demo_train_eval_predict(tiny, tmp_path, capsys):

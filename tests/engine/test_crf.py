@@ -12,12 +12,14 @@ from deeplab.config import load_config
 from deeplab.data import eval_transforms
 from deeplab.data.base import SegmentationDataset
 from deeplab.data.demo import DEMO_CLASSES, DEMO_PALETTE
-from deeplab.engine.checkpoint import build_model, load_checkpoint, read_checkpoint, save_checkpoint
+from deeplab.engine.checkpoint import model_from_config, save_checkpoint
 from deeplab.engine.crf_tune import held_out_indices
 from deeplab.engine.data import build_dataset
-from deeplab.engine.evaluate import crf_params, evaluate
+from deeplab.engine.evaluate import evaluate
 from deeplab.inference import Predictor
 from deeplab.metrics import confusion_matrix, segmentation_metrics
+from deeplab.modelfile import load_checkpoint, read_checkpoint
+from deeplab.options import crf_from_eval_config
 from deeplab.postprocess import CRFParams, dense_crf
 from tests.engine.conftest import TINY
 
@@ -29,7 +31,7 @@ def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("crf") / "untrained.pt"
     config = load_config(None, TINY)
     torch.manual_seed(0)
-    model = build_model(config, num_classes=len(DEMO_CLASSES))
+    model = model_from_config(config, num_classes=len(DEMO_CLASSES))
     with torch.no_grad():
         model.head.classifier.bias.zero_()
         model.head.classifier.weight.mul_(20)
@@ -76,9 +78,9 @@ def test_evaluate_gives_the_same_in_and_out_of_worker_processes(checkpoint):
 
 def test_eval_crf_keys_become_crf_settings(checkpoint):
     config = read_checkpoint(checkpoint).config
-    assert crf_params(config.eval) is None
+    assert crf_from_eval_config(config.eval) is None
     config.eval.crf, config.eval.crf_w1, config.eval.crf_iterations = True, 6.0, 4
-    assert crf_params(config.eval) == CRFParams(iterations=4, w1=6)
+    assert crf_from_eval_config(config.eval) == CRFParams(iterations=4, w1=6)
 
 
 def test_predict_with_crf_writes_the_refined_masks(checkpoint, tmp_path, capsys):

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from deeplab.engine.dist import CPUSyncBatchNorm, DistEnv, convert_sync_batchnorm, env_from_torchrun, resolve_device
-from deeplab.models import create_model
+from deeplab import create_model
+from deeplab.devices import resolve_device
+from deeplab.engine.dist import CPUSyncBatchNorm, DistEnv, convert_sync_batchnorm, env_from_torchrun
 
 from .launch import run_processes, torchrun_command
 
@@ -28,7 +29,7 @@ def test_environment_from_torchrun(monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_without_cuda_is_a_clear_error():
-    with pytest.raises(RuntimeError, match="train.device='cuda' but CUDA is not available"):
+    with pytest.raises(RuntimeError, match="--device=.cuda. but CUDA is not available"):
         resolve_device("cuda")
     assert resolve_device("auto") == torch.device("cpu")
 

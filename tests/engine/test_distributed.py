@@ -16,8 +16,8 @@ import torch
 from deeplab.cli import main
 from deeplab.config import load_config
 from deeplab.data import DemoDataset
-from deeplab.engine.checkpoint import read_checkpoint
 from deeplab.engine.train import train
+from deeplab.modelfile import read_checkpoint
 
 from .launch import free_port, process_env, run_processes, torchrun_command, worker_pids
 

@@ -3,7 +3,7 @@
 import json
 
 from deeplab.cli import main
-from deeplab.engine.checkpoint import read_checkpoint
+from deeplab.modelfile import read_checkpoint
 
 
 def _log(run):

@@ -10,8 +10,8 @@ import torch
 from deeplab.cli import main
 from deeplab.config import load_config
 from deeplab.engine import train as train_module
-from deeplab.engine.checkpoint import read_checkpoint
 from deeplab.engine.train import train
+from deeplab.modelfile import read_checkpoint
 
 # 6 images and a batch of 2: an epoch is 3 steps. Evaluations at steps 2, 4, 6 and 7. Dropout stays on
 # (the default 0.1), so the model's own random stream is exercised as well as the augmentation's.
@@ -125,9 +125,9 @@ def test_best_miou_survives_a_resume_from_a_checkpoint_written_before_its_evalua
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    from deeplab import create_model
     from deeplab.config import Config
     from deeplab.engine.checkpoint import save_checkpoint
-    from deeplab.models import create_model
 
     model = create_model("deeplabv3_mobilenetv2", num_classes=2)
     path = tmp_path / "last.pt"

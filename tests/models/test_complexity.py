@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from deeplab.models import create_model
+from deeplab import create_model
 from deeplab.models.complexity import count_macs, count_parameters
 
 # Native PyTorch multiply-adds at 513x513 (GMACs), shared/GUIDE.md section 3.

@@ -5,10 +5,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deeplab import create_model
 from deeplab.config import load_config
-from deeplab.engine.checkpoint import build_model, load_checkpoint, save_checkpoint
+from deeplab.engine.checkpoint import model_from_config, save_checkpoint
 from deeplab.losses import segmentation_loss
-from deeplab.models import create_model
+from deeplab.modelfile import load_checkpoint
 from deeplab.models.msc import MSCSegmenter
 from deeplab.models.segmenter import Segmenter
 
@@ -112,7 +113,7 @@ def test_weights_load_strictly_into_the_plain_model_and_back():
 
 def test_checkpoints_rebuild_msc_and_it_can_be_turned_off(tmp_path):
     config = load_config(None, ["model.name=deeplabv3plus_mobilenetv2", "model.msc_scales=[1.0, 0.75, 0.5]"])
-    model = build_model(config, num_classes=3)
+    model = model_from_config(config, num_classes=3)
     assert isinstance(model, MSCSegmenter) and model.scales == SCALES
     save_checkpoint(tmp_path / "ck.pt", model=model, optimizer=None, step=1, best_miou=0.0, config=config,
                     classes=["a", "b", "c"], palette=[(0, 0, 0)] * 3)
@@ -122,7 +123,7 @@ def test_checkpoints_rebuild_msc_and_it_can_be_turned_off(tmp_path):
     assert type(plain) is Segmenter and "msc_scales" not in plain.spec.options
     off = load_config(None, ["model.name=deeplabv3plus_mobilenetv2", "model.msc_scales=[]",
                              f"model.weights={tmp_path / 'ck.pt'}"])
-    assert type(build_model(off, num_classes=3)) is Segmenter
+    assert type(model_from_config(off, num_classes=3)) is Segmenter
 
 
 @pytest.mark.parametrize(("scales", "message"), [

@@ -6,8 +6,9 @@ import torch
 import torchvision
 from PIL import Image
 
+from deeplab import create_model
 from deeplab.cli import main
-from deeplab.models import PUBLISHED_WEIGHTS, create_model, published_weights
+from deeplab.models import PUBLISHED_WEIGHTS, published_weights
 from deeplab.palettes import voc_palette
 
 TV_WEIGHTS = {

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from deeplab import create_model
 from deeplab.constants import IMAGENET_MEAN, IMAGENET_STD
-from deeplab.models import ModelSpec, build_from_spec, create_model, list_models, model_entry
+from deeplab.models import ModelSpec, build_from_spec, list_models, model_entry
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from deeplab.cli import main
-from deeplab.engine.checkpoint import load_checkpoint
+from deeplab.modelfile import load_checkpoint
 from deeplab.models import build_from_spec
 from deeplab.models.layers import Conv2dSame, MaxPool2dSame, tf_same_padding
 from deeplab.models.resnet_beta import ResNetV1BetaBackbone
@@ -196,15 +196,15 @@ def test_import_tf_command_refuses_clearly(tmp_path, capsys):
 def test_tf_padded_model_exports_to_onnx_for_any_size(mobilenet_tf):
     # TF's padding depends on each input's parity; the export must compute it, not bake the probe's.
     pytest.importorskip("onnxruntime")
-    from deeplab.export import export_model
-    from deeplab.runtime import load_export
+    from deeplab.deploy.export import export_model
+    from deeplab.modelfile import open_model
 
     model, variables, folder = mobilenet_tf
     checkpoint = folder / "export_source.pt"
     prefix = write_bundle(folder / "exp" / "model.ckpt", variables)
     assert main(["import-tf", str(prefix), "--out", str(checkpoint)]) == 0
     export_model(checkpoint, folder / "tf.onnx")
-    runner, _ = load_export(folder / "tf.onnx")
+    runner, _ = open_model(folder / "tf.onnx")
     for size in [(64, 96), (65, 65)]:
         x = torch.randn(1, 3, *size)
         with torch.no_grad():

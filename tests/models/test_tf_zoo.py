@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from deeplab import create_model
 from deeplab.classes import ADE20K_CLASSES_WITH_OTHER, CITYSCAPES_CLASSES, VOC_CLASSES
 from deeplab.cli import main
 from deeplab.inference import Predictor
-from deeplab.models import PUBLISHED_WEIGHTS, create_model, published_weights
+from deeplab.models import PUBLISHED_WEIGHTS, published_weights
 from deeplab.models.published import TF_BACKBONES
 from deeplab.models.tf_hub import CACHE_FORMAT, converted_path
 from deeplab.palettes import CITYSCAPES_PALETTE, voc_palette

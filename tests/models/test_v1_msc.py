@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from deeplab.models import ModelSpec, build_from_spec, create_model
+from deeplab import create_model
+from deeplab.models import ModelSpec, build_from_spec
 from deeplab.models.heads import LargeFOVMScHead
 
 

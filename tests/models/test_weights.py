@@ -4,7 +4,8 @@ import pytest
 import torch
 import torchvision
 
-from deeplab.models import create_model, zoo
+from deeplab import create_model
+from deeplab.models import zoo
 from deeplab.models.backbones import MobileNetV2Backbone
 
 

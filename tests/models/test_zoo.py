@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from deeplab.models import create_model, list_models, model_entry
+from deeplab import create_model
+from deeplab.models import list_models, model_entry
 
 ALL = list_models()
 

@@ -60,7 +60,7 @@ def test_deeplab_serve_runs_a_server_until_stopped(checkpoint, predictor):
 
 def test_an_onnx_export_serves_the_checkpoints_masks(checkpoint, predictor, tmp_path):
     pytest.importorskip("onnxruntime", reason="the deploy extra is not installed: pip install -e '.[deploy]'")
-    from deeplab.export import export_model
+    from deeplab.deploy.export import export_model
 
     onnx_file = tmp_path / "model.onnx"
     export_model(checkpoint, onnx_file, format="onnx")
@@ -74,7 +74,7 @@ def test_an_onnx_export_serves_the_checkpoints_masks(checkpoint, predictor, tmp_
 
 
 def test_precision_reaches_the_served_model(checkpoint, capsys):
-    from deeplab.runtime import cpu_has_bf16
+    from deeplab.deploy.precision import cpu_has_bf16
 
     if cpu_has_bf16():
         _, info = load_predictor(checkpoint, precision="bf16")

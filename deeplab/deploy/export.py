@@ -24,15 +24,24 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
-from .engine.checkpoint import Checkpoint, load_checkpoint
-from .imageio import ImageReadError, atomic_write, read_image
-from .inference import Predictor, expand_inputs
+from ..config import Config, from_dict
+from ..data import eval_transforms
+from ..engine.data import build_dataset
+from ..engine.evaluate import evaluate_predictor
+from ..imageio import ImageReadError, atomic_write, normalize_image, read_image
+from ..inference import Predictor
+from ..modelfile import METADATA_KEY, ModelCard, read_model
+from ..models import Segmenter, build_from_spec
+from ..palettes import default_palette
+from ..predict_files import expand_inputs
+from .fastpath import fast_copy
+from .precision import EXPORT_PRECISIONS, PRECISIONS
 from .quantize import QuantizationSettings, quantize_onnx
-from .runtime import METADATA_KEY, ExportInfo, fast_copy, load_export, require_onnx, require_onnxruntime
+from .runners import require_onnx, require_onnxruntime
 
 FORMATS = ("onnx", "torchscript")
-EXPORT_PRECISIONS = ("fp32", "bf16", "int8")
 FP32_TOLERANCE = 1e-3  # max |logit difference| an fp32 export may have against the original model
 ONNX_OPSET = 17
 # Verification inputs: two batch sizes, two image sizes that are not multiples of the output stride.
@@ -88,15 +97,18 @@ class ExportError(RuntimeError):
 
 
 def export_model(
-    checkpoint: str | Path, out: str | Path, *, format: str = "onnx", precision: str = "fp32",
+    checkpoint: str | Path | Segmenter, out: str | Path, *, format: str = "onnx", precision: str = "fp32",
     output_stride: int | None = None, calibration_images: int = 64, calibration: str | Path | None = None,
     max_miou_drop: float = 1.0, eval_images: int | None = None, quantization: QuantizationSettings | None = None,
-    tolerance: float = FP32_TOLERANCE, progress: bool = True,
+    tolerance: float = FP32_TOLERANCE, progress: bool = True, classes: Sequence[str] | None = None,
+    palette: Sequence[tuple[int, int, int]] | None = None, config: Config | None = None,
 ) -> ExportReport:
-    """Exports a training checkpoint to ``out`` and verifies the result.
+    """Exports a training checkpoint, or a model in memory, to ``out`` and verifies the result.
 
     Args:
-        checkpoint: a ``.pt`` written by ``deeplab train``.
+        checkpoint: a ``.pt`` written by ``deeplab train``, or a model from ``deeplab.create_model`` (it carries
+            its spec); for a model, ``classes``, ``palette`` and ``config`` fill the export's card (default:
+            ``class_N`` names, the VOC colours, no dataset: int8 then needs ``calibration``).
         out: the file to write (atomically, only once verified).
         format: ``onnx`` (runs on ONNX Runtime) or ``torchscript``.
         precision: ``fp32``; ``bf16`` (TorchScript, bf16 weights and arithmetic); ``int8`` (ONNX, static
@@ -107,7 +119,7 @@ def export_model(
         max_miou_drop: int8 only: fail if the export loses more val mIoU points than this against fp32.
         eval_images: int8 only: measure mIoU on the first this-many val images (default all; 0 skips the
             accuracy check).
-        quantization: int8 recipe (default :class:`~deeplab.quantize.QuantizationSettings`).
+        quantization: int8 recipe (default :class:`~deeplab.deploy.quantize.QuantizationSettings`).
         tolerance: fp32 only: the largest |logit difference| the export may have against the original.
         progress: show progress bars.
     """
@@ -116,19 +128,18 @@ def export_model(
         raise ValueError(f"unknown export format {format!r}; valid choices: {', '.join(FORMATS)}")
     if precision not in EXPORT_PRECISIONS:
         raise ValueError(f"unknown export precision {precision!r}; valid choices: {', '.join(EXPORT_PRECISIONS)}")
-    if format == "onnx" and precision == "bf16":
+    if format not in PRECISIONS[precision].exports and precision == "bf16":
         raise ValueError("bf16 is not available for ONNX (ONNX Runtime's CPU kernels have no bf16 convolutions); "
                          "use --format torchscript --precision bf16, or --precision int8")
-    if format == "torchscript" and precision == "int8":
+    if format not in PRECISIONS[precision].exports:
         raise ValueError("int8 exports use ONNX Runtime's quantization: use --format onnx --precision int8")
     if format == "onnx":
         require_onnx(), require_onnxruntime()
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"--out {out} is a directory; give a file name such as {out / 'model.onnx'}")
-    model, ck = load_checkpoint(checkpoint, output_stride=output_stride)
-    info = ExportInfo(model.spec, list(ck.classes), list(ck.palette), precision, ck.config.to_dict(), format,
-                      {"source": Path(checkpoint).name, "step": ck.step})
+    model, info, run_config = _source(checkpoint, output_stride, classes, palette, config)
+    info.format, info.precision = format, precision
     report = ExportReport(out, format, precision, model.spec.output_stride, float("nan"), float("nan"))
     with tempfile.TemporaryDirectory() as tmp:
         candidate = Path(tmp) / f"candidate.{'onnx' if format == 'onnx' else 'pt'}"
@@ -136,7 +147,8 @@ def export_model(
             fp32_path = Path(tmp) / "fp32.onnx"
             _write_onnx(model, fp32_path, info if precision == "fp32" else None)
             if precision == "int8":
-                images = calibration_inputs(ck, model.spec.mean, model.spec.std, calibration_images, calibration)
+                images = calibration_inputs(run_config, model.spec.mean, model.spec.std, calibration_images,
+                                            calibration)
                 report.quantization = quantize_onnx(fp32_path, candidate, images, num_classes=model.spec.num_classes,
                                                     settings=quantization)
                 _set_onnx_metadata(candidate, info)
@@ -146,11 +158,39 @@ def export_model(
             _write_torchscript(model, candidate, info)
         _verify_logits(model, candidate, report, tolerance)
         if precision == "int8":
-            _verify_accuracy(model, ck, candidate, report, max_miou_drop, eval_images, progress)
+            _verify_accuracy(model, run_config, candidate, report, max_miou_drop, eval_images, progress)
         with atomic_write(out) as handle, open(candidate, "rb") as source:
             shutil.copyfileobj(source, handle)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _source(checkpoint: str | Path | Segmenter, output_stride: int | None, classes: Sequence[str] | None,
+            palette: Sequence[tuple[int, int, int]] | None,
+            config: Config | None) -> tuple[Segmenter, ModelCard, Config | None]:
+    """(the model in eval mode at ``output_stride``, its card, the run's config) of a checkpoint or a model."""
+    if isinstance(checkpoint, nn.Module):
+        spec = getattr(checkpoint, "spec", None)
+        if spec is None:
+            raise ValueError("the model has no .spec; build it with deeplab.create_model or deeplab.load_checkpoint")
+        model = checkpoint
+        if output_stride is not None and output_stride != spec.output_stride:
+            model = build_from_spec(spec.at_output_stride(output_stride))
+            model.load_state_dict(checkpoint.state_dict())
+        model = model.eval()
+        names = list(classes) if classes is not None else [f"class_{i}" for i in range(spec.num_classes)]
+        colours = list(palette) if palette is not None else default_palette(spec.num_classes)
+        card = ModelCard(model.spec, names, colours, "onnx", config=config.to_dict() if config else {},
+                         source="a model in memory")
+        return model, card, config
+    model_file = read_model(checkpoint)
+    if model_file.card.is_export:
+        raise ValueError(f"{checkpoint} is already an export; export from the checkpoint it came from")
+    model = model_file.open(output_stride=output_stride)
+    source = model_file.card
+    card = ModelCard(model.spec, list(source.classes), list(source.palette), "onnx", config=source.config or {},
+                     source=str(checkpoint), extra={"source": Path(checkpoint).name, **source.extra})
+    return model, card, from_dict(source.config) if source.config else None
 
 
 @contextmanager
@@ -168,7 +208,7 @@ def _probe() -> torch.Tensor:
     return torch.randn(1, 3, 97, 97, generator=torch.Generator().manual_seed(0))
 
 
-def _write_onnx(model: nn.Module, path: Path, info: ExportInfo | None) -> None:
+def _write_onnx(model: nn.Module, path: Path, info: ModelCard | None) -> None:
     """The folded fp32 model as ONNX with dynamic batch, height and width (and the metadata, if given)."""
     folded = fast_copy(model, "cpu", channels_last=False)
     # The TorchScript-based exporter: with dynamic_axes it handles free height and width in seconds,
@@ -182,7 +222,7 @@ def _write_onnx(model: nn.Module, path: Path, info: ExportInfo | None) -> None:
         _set_onnx_metadata(path, info)
 
 
-def _set_onnx_metadata(path: Path, info: ExportInfo) -> None:
+def _set_onnx_metadata(path: Path, info: ModelCard) -> None:
     onnx = require_onnx()
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
@@ -204,7 +244,7 @@ class _CastTo(nn.Module):
         return self.model(x.to(self.dtype)).float()
 
 
-def _write_torchscript(model: nn.Module, path: Path, info: ExportInfo) -> None:
+def _write_torchscript(model: nn.Module, path: Path, info: ModelCard) -> None:
     """The folded model traced and frozen; the metadata goes in an extra file."""
     folded: nn.Module = fast_copy(model, "cpu", channels_last=False)
     if info.precision == "bf16":
@@ -216,7 +256,7 @@ def _write_torchscript(model: nn.Module, path: Path, info: ExportInfo) -> None:
 
 def _verify_logits(model: nn.Module, candidate: Path, report: ExportReport, tolerance: float) -> None:
     """Runs the export and the original on the same inputs; an fp32 export must match within ``tolerance``."""
-    runner, _ = load_export(candidate)
+    runner = read_model(candidate).open()
     generator = torch.Generator().manual_seed(1)
     worst, same, total = 0.0, 0, 0
     for shape in VERIFY_SHAPES:
@@ -235,16 +275,15 @@ def _verify_logits(model: nn.Module, candidate: Path, report: ExportReport, tole
                           f"(> {tolerance:g}) in its logits; nothing written")
 
 
-def calibration_inputs(ck: Checkpoint, mean: Sequence[float], std: Sequence[float], count: int,
+def calibration_inputs(config: Config | None, mean: Sequence[float], std: Sequence[float], count: int,
                        folder: str | Path | None = None) -> list[torch.Tensor]:
     """``count`` normalised ``1 x 3 x H x W`` images for int8 calibration, spread evenly over the source.
 
     The source is ``folder`` (a folder or glob of images) if given, else the training split of the
-    dataset the checkpoint was trained on.
+    dataset ``config`` (the checkpoint's training run) names.
     """
     if count < 1:
         raise ValueError(f"--calibration-images must be at least 1, got {count}")
-    mean_t, std_t = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
     if folder is not None:
         paths, _ = expand_inputs([folder])
         if not paths:
@@ -252,11 +291,14 @@ def calibration_inputs(ck: Checkpoint, mean: Sequence[float], std: Sequence[floa
         images = []
         for path in _spread(paths, count):
             try:
-                images.append(((read_image(path).float() / 255 - mean_t) / std_t).unsqueeze(0))
+                images.append(normalize_image(read_image(path), mean, std).unsqueeze(0))
             except ImageReadError as err:
                 warnings.warn(f"calibration: skipped {path}: {err}", stacklevel=2)
         return images
-    dataset = _dataset(ck, ck.config.data.train_split, mean, std, "calibration images")
+    if config is None:
+        raise ValueError("int8 calibration of a model in memory needs calibration=FOLDER (images like its "
+                         "training data), or config= naming its dataset")
+    dataset = _dataset(config, config.data.train_split, mean, std, "calibration images")
     return [dataset[index][0].unsqueeze(0) for index in _spread(range(len(dataset)), count)]
 
 
@@ -268,11 +310,8 @@ def _spread(items: Sequence[Any], count: int) -> list[Any]:
     return [items[int(i * step)] for i in range(count)]
 
 
-def _dataset(ck: Checkpoint, split: str, mean: Sequence[float], std: Sequence[float], purpose: str):
-    from .data import eval_transforms
-    from .engine.data import build_dataset
-
-    data = ck.config.data
+def _dataset(config: Config, split: str, mean: Sequence[float], std: Sequence[float], purpose: str):
+    data = config.data
     try:
         return build_dataset(data, split, eval_transforms(mean=mean, std=std))
     except (OSError, ValueError) as err:
@@ -281,18 +320,17 @@ def _dataset(ck: Checkpoint, split: str, mean: Sequence[float], std: Sequence[fl
                          "training data") from err
 
 
-def _verify_accuracy(model: nn.Module, ck: Checkpoint, candidate: Path, report: ExportReport, max_drop: float,
-                     eval_images: int | None, progress: bool) -> None:
+def _verify_accuracy(model: nn.Module, config: Config | None, candidate: Path, report: ExportReport,
+                     max_drop: float, eval_images: int | None, progress: bool) -> None:
     """mIoU of the export and of the original fp32 model on the checkpoint's validation split."""
-    from torch.utils.data import Subset
-
-    from .engine.evaluate import evaluate_predictor
-
     if eval_images == 0:
         report.notes.append("accuracy not measured (eval_images=0)")
         return
+    if config is None:
+        report.notes.append("accuracy not measured: a model in memory without config= names no dataset")
+        return
     try:
-        dataset = _dataset(ck, ck.config.data.val_split, model.spec.mean, model.spec.std, "accuracy check")
+        dataset = _dataset(config, config.data.val_split, model.spec.mean, model.spec.std, "accuracy check")
     except ValueError as err:
         report.notes.append(f"accuracy not measured: {err}")
         warnings.warn(f"int8 accuracy not measured: {err}", stacklevel=3)
@@ -300,7 +338,7 @@ def _verify_accuracy(model: nn.Module, ck: Checkpoint, candidate: Path, report: 
     if eval_images is not None and eval_images < len(dataset):
         dataset = Subset(dataset, range(eval_images))
     report.eval_images = len(dataset)
-    ignore = ck.config.data.ignore_index
+    ignore = config.data.ignore_index
     reference = Predictor(model, num_classes=model.spec.num_classes)
     exported = Predictor.from_file(candidate, precision=report.precision)
     report.reference_miou = evaluate_predictor(reference, dataset, ignore_index=ignore, progress=progress)["miou"]

@@ -1,18 +1,18 @@
-"""The deploy benchmark: latency and peak memory of every inference path, against torchvision and smp.
+"""The deploy benchmark: latency and peak memory of every inference path we ship.
 
 For each model, in one process: plain eager fp32, the fast path (what :class:`~deeplab.inference.Predictor`
-does by default), a TorchScript export, an ONNX Runtime export (fp32 and int8), bf16 autocast where the
-hardware has it, and the same architecture from torchvision and segmentation_models_pytorch (when
-installed; smp takes only sides divisible by 16, so its input is zero-padded and its output cropped, as
-its users must). Timed runs are interleaved (one run of every path, then the next round), so machine noise
+does by default), a TorchScript export, an ONNX Runtime export (fp32 and int8), and bf16 autocast where the
+hardware has it. Timed runs are interleaved (one run of every path, then the next round), so machine noise
 hits all paths alike. Peak memory is measured separately, one fresh process per path: the peak resident
 memory during inference (weights included) above that of an idle interpreter with the libraries loaded.
-Weights are random (seeded); the torchvision peer and our v3 ResNet-101 share the same weights.
+Weights are random (seeded). Other implementations of the same architectures (torchvision,
+segmentation_models_pytorch) are compared by ``benchmarks/peers.py``, which adds its paths through ``extra``.
 """
 
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import re
 import statistics
@@ -26,13 +26,11 @@ from pathlib import Path
 
 import torch
 
-from .config import Config
-from .engine.checkpoint import save_checkpoint
+from ..inference import Predictor
+from ..models import build_model
+from ..models.weights import TORCHVISION_LAYOUT
 from .export import export_model
-from .inference import Predictor
-from .models import create_model
-from .models.weights import TORCHVISION_LAYOUT
-from .runtime import check_precision
+from .precision import check_precision
 
 # The README table: v3+ on the three backbones at OS 16, and v3 ResNet-101 in torchvision's layout.
 DEFAULT_MODELS = ("deeplabv3plus_resnet101", "deeplabv3plus_xception65", "deeplabv3plus_mobilenetv2",
@@ -42,8 +40,13 @@ NUM_CLASSES = 21
 # the BatchNorm-folded model alone (no export) ends 2e-3 from the unfolded one with random weights. The
 # export check's 1e-3 is for trained models; the benchmark measures speed, so it allows this much.
 RANDOM_WEIGHTS_TOLERANCE = 1e-2
-_SMP_ENCODERS = {"deeplabv3plus_resnet101": "resnet101", "deeplabv3plus_mobilenetv2": "mobilenet_v2",
-                 "deeplabv3plus_xception65": "tu-xception65", "deeplabv3_resnet101": "resnet101"}
+_EXPORTS = {"TorchScript fp32": ("torchscript", "fp32", "ts"), "ONNX Runtime fp32": ("onnx", "fp32", "onnx"),
+            "ONNX Runtime int8": ("onnx", "int8", "int8.onnx")}
+
+Run = Callable[[torch.Tensor], torch.Tensor]
+# extra(model name, our model) -> {label: zero-argument builder of a runner}: paths another module adds
+# (benchmarks/peers.py). The builder is called again in the memory child, given "module:function" of extra.
+Extra = Callable[[str, torch.nn.Module], dict[str, Callable[[], Run]]]
 
 
 @dataclass
@@ -85,7 +88,7 @@ def model_options(name: str) -> dict:
 def calibrate_batchnorm(model: torch.nn.Module, size: int = 129) -> torch.nn.Module:
     """Gives a freshly initialised ``model`` BatchNorm statistics of its own activations (two random images).
 
-    Untrained networks with default statistics have no trained model's scale: torchvision's untrained
+    Untrained networks with default statistics have no trained model's scale: an untrained
     DeepLabV3-ResNet101 gives logits near 2e3, where fp32 rounding alone (about 1e-6 relative, from
     summation order) passes the export check's 1e-3. With measured statistics every layer's output is
     normalised, as in a trained model, and the timings are unchanged (the same operations run).
@@ -103,75 +106,16 @@ def calibrate_batchnorm(model: torch.nn.Module, size: int = 129) -> torch.nn.Mod
     return model.eval()
 
 
-def build_model(name: str) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-    """Our model (seeded random weights, calibrated BatchNorm) and, for ``deeplabv3_resnet101``, torchvision's
-    with the same weights."""
+def benchmark_model(name: str) -> torch.nn.Module:
+    """Our model ``name`` with seeded random weights and calibrated BatchNorm, in eval mode."""
     torch.manual_seed(0)
-    if name != "deeplabv3_resnet101":
-        return calibrate_batchnorm(create_model(name, num_classes=NUM_CLASSES, **model_options(name))), None
-    import torchvision
-
-    theirs = torchvision.models.segmentation.deeplabv3_resnet101(weights=None, weights_backbone=None,
-                                                                  num_classes=NUM_CLASSES, aux_loss=False)
-    calibrate_batchnorm(theirs)
-    ours = create_model(name, num_classes=NUM_CLASSES, weights=theirs.state_dict(), **model_options(name))
-    return ours.eval(), _OutOnly(theirs.eval())
-
-
-def _peers(name: str, model: torch.nn.Module, torchvision_model: torch.nn.Module | None,
-           skipped: list[str]) -> dict[str, Callable[[], torch.nn.Module]]:
-    """Builders of the other implementations of ``name``'s architecture (eager, fp32)."""
-    peers: dict[str, Callable[[], torch.nn.Module]] = {}
-    if torchvision_model is not None:
-        peers["torchvision eager"] = lambda: torchvision_model
-    encoder = _SMP_ENCODERS.get(name)
-    if encoder is not None:
-        try:
-            import segmentation_models_pytorch as smp
-        except ImportError:
-            skipped.append(f"{name}: smp peer not measured (segmentation_models_pytorch is not installed; "
-                           "pip install segmentation-models-pytorch)")
-            return peers
-        arch = smp.DeepLabV3Plus if name.startswith("deeplabv3plus") else smp.DeepLabV3
-        stride = model.spec.output_stride
-
-        def smp_model() -> torch.nn.Module:
-            peer = arch(encoder, encoder_weights=None, classes=NUM_CLASSES, encoder_output_stride=stride)
-            return _PaddedTo(peer.eval(), 16)
-
-        peers["smp eager"] = smp_model
-    return peers
-
-
-class _OutOnly(torch.nn.Module):
-    """torchvision's segmentation models return a dict; the benchmark wants the logits."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)["out"]
-
-
-class _PaddedTo(torch.nn.Module):
-    """smp's models take only sides divisible by 16: pad the input (zeros) and crop the logits, as a user must."""
-
-    def __init__(self, model: torch.nn.Module, multiple: int) -> None:
-        super().__init__()
-        self.model = model
-        self.multiple = multiple
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        pad_h, pad_w = -height % self.multiple, -width % self.multiple
-        return self.model(torch.nn.functional.pad(x, (0, pad_w, 0, pad_h)))[..., :height, :width]
+    return calibrate_batchnorm(build_model(name, num_classes=NUM_CLASSES, **model_options(name)))
 
 
 def _calibration_folder(folder: Path, size: int, count: int = 4) -> Path:
     """A few demo-dataset scenes at the benchmark's size (speed does not depend on what they show)."""
-    from .data.demo import DemoDataset
-    from .imageio import save_rgb_png
+    from ..data.demo import DemoDataset
+    from ..imageio import save_rgb_png
 
     folder.mkdir(parents=True, exist_ok=True)
     scenes = DemoDataset(split="train", image_size=size, num_images=count)
@@ -180,44 +124,43 @@ def _calibration_folder(folder: Path, size: int, count: int = 4) -> Path:
     return folder
 
 
-def build_paths(name: str, workdir: Path, size: int, skipped: list[str], *, peers: bool = True
-                ) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+def build_paths(name: str, model: torch.nn.Module, workdir: Path, size: int, skipped: list[str],
+                extra: Extra | None = None) -> dict[str, Run]:
     """Every benchmarked path of one model, each a function of a normalised batch."""
-    model, torchvision_model = build_model(name)
-    checkpoint = workdir / f"{name}.pt"
-    save_checkpoint(checkpoint, model=model, optimizer=None, step=0, best_miou=0.0, config=Config(),
-                    classes=[f"class_{i}" for i in range(NUM_CLASSES)], palette=[(i, i, i) for i in range(NUM_CLASSES)])
-    paths: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"eager fp32": model}
+    paths: dict[str, Run] = {"eager fp32": model}
     paths["fast fp32"] = Predictor(model, num_classes=NUM_CLASSES).logits_for_batch
     calibration = _calibration_folder(workdir / "calibration", size)
-    for label, fmt, precision, suffix in (("TorchScript fp32", "torchscript", "fp32", "ts"),
-                                          ("ONNX Runtime fp32", "onnx", "fp32", "onnx"),
-                                          ("ONNX Runtime int8", "onnx", "int8", "int8.onnx")):
+    for label, (fmt, precision, suffix) in _EXPORTS.items():
         out = workdir / f"{name}.{suffix}"
-        export_model(checkpoint, out, format=fmt, precision=precision, calibration=calibration,
-                     calibration_images=4, eval_images=0, tolerance=RANDOM_WEIGHTS_TOLERANCE, progress=False)
+        export_model(model, out, format=fmt, precision=precision, calibration=calibration, calibration_images=4,
+                     eval_images=0, tolerance=RANDOM_WEIGHTS_TOLERANCE, progress=False)
         paths[label] = Predictor.from_file(out).logits_for_batch
     try:
         check_precision("bf16", "cpu")
         paths["fast bf16"] = Predictor(model, num_classes=NUM_CLASSES, precision="bf16").logits_for_batch
     except ValueError as err:
         skipped.append(f"{name}: bf16 not measured ({err})")
-    if peers:
-        for label, build in _peers(name, model, torchvision_model, skipped).items():
-            paths[label] = build()
+    if extra is not None:
+        paths.update({label: build() for label, build in extra(name, model).items()})
     return paths
 
 
 def run_benchmark(models: list[str], *, size: int = 513, batch: int = 1, runs: int = 7, warmup: int = 2,
-                  memory: bool = True, peers: bool = True, workdir: str | Path | None = None) -> BenchmarkResult:
-    """Times every path of every model (interleaved runs) and, with ``memory``, measures its peak memory."""
+                  memory: bool = True, workdir: str | Path | None = None,
+                  build: Callable[[str], torch.nn.Module] = benchmark_model, extra: Extra | None = None,
+                  extra_name: str | None = None) -> BenchmarkResult:
+    """Times every path of every model (interleaved runs) and, with ``memory``, measures its peak memory.
+
+    ``build`` makes our model for a name; ``extra`` adds other paths (``extra_name``, its ``"module:function"``,
+    lets the memory child rebuild them, as it rebuilds ours with ``build``'s default).
+    """
     timings: list[Timing] = []
     skipped: list[str] = []
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
         for name in models:
-            paths = build_paths(name, root, size, skipped, peers=peers)
+            paths = build_paths(name, build(name), root, size, skipped, extra)
             rows = {label: Timing(name, label) for label in paths}
             with torch.inference_mode():
                 for _ in range(warmup):
@@ -231,23 +174,24 @@ def run_benchmark(models: list[str], *, size: int = 513, batch: int = 1, runs: i
             del paths
             if memory:
                 for label, row in rows.items():
-                    row.peak_mb = peak_memory_mb(name, label, root, size, batch)
+                    row.peak_mb = peak_memory_mb(name, label, root, size, batch, extra_name)
             timings += rows.values()
     return BenchmarkResult(size, batch, runs, torch.get_num_threads(), timings, skipped)
 
 
 _MEMORY_CHILD = """
-import json, re, sys, torch
-from deeplab.benchmark import _measure_in_child
+import json, sys
+from deeplab.deploy.benchmark import _measure_in_child
 print(json.dumps(_measure_in_child(*json.loads(sys.argv[1]))))
 """
 
 
-def peak_memory_mb(name: str, label: str, root: Path, size: int, batch: int) -> float | None:
+def peak_memory_mb(name: str, label: str, root: Path, size: int, batch: int,
+                   extra_name: str | None = None) -> float | None:
     """Peak resident memory of one inference on ``label``'s path, in a fresh process (``None`` if unavailable)."""
     if not Path("/proc/self/clear_refs").exists():
         return None
-    args = json.dumps([name, label, str(root), size, batch, torch.get_num_threads()])
+    args = json.dumps([name, label, str(root), size, batch, torch.get_num_threads(), extra_name])
     result = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, args], capture_output=True, text=True)
     if result.returncode != 0:
         return None
@@ -258,27 +202,27 @@ def _rss_kb(field_name: str) -> int:
     return int(re.search(rf"{field_name}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
 
-def _measure_in_child(name: str, label: str, root: str, size: int, batch: int, threads: int) -> float:
+def _measure_in_child(name: str, label: str, root: str, size: int, batch: int, threads: int,
+                      extra_name: str | None) -> float:
     """Runs in the child process: loads ``label``'s path, resets the peak, runs it twice, returns the peak."""
     import onnxruntime  # noqa: F401 - loaded before the baseline, like torch, so neither counts as "the model"
     import torchvision  # noqa: F401
 
     torch.set_num_threads(threads)
-    root_path = Path(root)
     x = torch.randn(batch, 3, size, size)
     baseline = _rss_kb("VmRSS")
-    suffixes = {"TorchScript fp32": "ts", "ONNX Runtime fp32": "onnx", "ONNX Runtime int8": "int8.onnx"}
-    if label in suffixes:
-        run = Predictor.from_file(root_path / f"{name}.{suffixes[label]}").logits_for_batch
+    if label in _EXPORTS:
+        run = Predictor.from_file(Path(root) / f"{name}.{_EXPORTS[label][2]}").logits_for_batch
     else:
-        model, torchvision_model = build_model(name)
+        model = benchmark_model(name)
         if label == "eager fp32":
             run = model
         elif label.startswith("fast"):
             run = Predictor(model, num_classes=NUM_CLASSES, precision=label.split()[-1]).logits_for_batch
         else:
-            run = _peers(name, model, torchvision_model, [])[label]()
-        del model, torchvision_model  # only what ``run`` holds stays resident
+            module, _, function = (extra_name or "").partition(":")
+            run = getattr(importlib.import_module(module), function)(name, model)[label]()
+        del model  # only what ``run`` holds stays resident
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark: loading does not count
     with torch.inference_mode():
@@ -286,9 +230,9 @@ def _measure_in_child(name: str, label: str, root: str, size: int, batch: int, t
     return round((_rss_kb("VmHWM") - baseline) / 1024, 1)
 
 
-def format_report(result: BenchmarkResult) -> str:
+def format_report(result: BenchmarkResult, targets: Callable[[BenchmarkResult], list[str]] | None = None) -> str:
     """Markdown table (median/min latency, speed-up against the same model's plain eager fp32, peak memory),
-    then the two targets of the deploy issue and anything that was skipped."""
+    then the int8 target and whatever ``targets`` adds, and anything that was skipped."""
     lines = [f"1x3x{result.size}x{result.size} (batch {result.batch}), CPU, {result.threads} threads, "
              f"median/min of {result.runs} interleaved runs; peak memory above an idle interpreter",
              "",
@@ -299,20 +243,15 @@ def format_report(result: BenchmarkResult) -> str:
         memory = "" if t.peak_mb is None else f"{t.peak_mb:.0f}"
         lines.append(f"| {t.model} | {t.path} | {t.median:.3f} | {t.min:.3f} | {eager[t.model] / t.median:.2f}x "
                      f"| {memory} |")
-    lines += ["", *targets(result)]
+    lines += ["", *int8_targets(result), *(targets(result) if targets else [])]
     lines += [f"skipped: {note}" for note in result.skipped]
     return "\n".join(lines)
 
 
-def targets(result: BenchmarkResult) -> list[str]:
-    """The issue's two ratio targets, where this run measured what they compare."""
+def int8_targets(result: BenchmarkResult) -> list[str]:
+    """int8 against plain eager fp32, per model where this run measured both (the target is 4x)."""
     by_key = {(t.model, t.path): t.median for t in result.timings}
     out = []
-    tv = by_key.get(("deeplabv3_resnet101", "torchvision eager"))
-    fast = by_key.get(("deeplabv3_resnet101", "fast fp32"))
-    if tv and fast:
-        out.append(f"target: fast fp32 >= 1.25x torchvision eager (v3 ResNet-101, same weights): {tv / fast:.2f}x "
-                   f"[{'met' if tv / fast >= 1.25 else 'NOT met'}]")
     for model in dict.fromkeys(t.model for t in result.timings):
         eager, int8 = by_key.get((model, "eager fp32")), by_key.get((model, "ONNX Runtime int8"))
         if eager and int8:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .runtime import cpu_has_vnni, require_onnx, require_onnxruntime
+from .precision import cpu_has_vnni
+from .runners import require_onnx, require_onnxruntime
 
 # Operators quantized: the convolutions carry nearly all of the compute; quantizing the pooling,
 # resize and concat nodes between them lets consecutive int8 convolutions skip a dequantize/quantize pair.

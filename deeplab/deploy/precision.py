@@ -1,0 +1,107 @@
+"""The precision table: every arithmetic the package names, its dtype, where it runs, and the CPU features it needs.
+
+One table for the CLI's choices, the Predictor's autocast, training's AMP and the exporter.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class Precision:
+    """One arithmetic.
+
+    Attributes:
+        name: what users type (``--precision``, ``train.amp``).
+        dtype: the compute dtype (autocast's for ``bf16``/``fp16``); ``None`` for int8, which only exports carry.
+        eager: an eager PyTorch model can run at it (through autocast, except fp32).
+        exports: the export formats that bake it into the file.
+    """
+
+    name: str
+    dtype: torch.dtype | None
+    eager: bool
+    exports: tuple[str, ...]
+
+
+PRECISIONS: dict[str, Precision] = {
+    "fp32": Precision("fp32", torch.float32, eager=True, exports=("onnx", "torchscript")),
+    "bf16": Precision("bf16", torch.bfloat16, eager=True, exports=("torchscript",)),
+    "fp16": Precision("fp16", torch.float16, eager=True, exports=()),
+    "int8": Precision("int8", None, eager=False, exports=("onnx",)),
+}
+EAGER_PRECISIONS = tuple(name for name, p in PRECISIONS.items() if p.eager)
+EXPORT_PRECISIONS = tuple(name for name, p in PRECISIONS.items() if p.exports)
+AMP_CHOICES = ("off", "bf16", "fp16")  # train.amp: the reduced eager precisions, or off
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` runs ``precision`` at; ``None`` for fp32 (no autocast)."""
+    entry = precision_entry(precision)
+    return None if entry.name == "fp32" else entry.dtype
+
+
+def precision_entry(precision: str) -> Precision:
+    """The table's row for ``precision``; an unknown name is a ``ValueError`` listing the valid ones."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid choices: {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags the kernel reports (empty where /proc/cpuinfo does not exist)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX-BF16), so bf16 autocast is a speed-up."""
+    flags = cpu_flags()
+    if flags:
+        return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
+def cpu_has_vnni() -> bool:
+    """True where the CPU has an 8-bit dot-product instruction (AVX512-VNNI or AVX-VNNI)."""
+    flags = cpu_flags()
+    if flags:
+        return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    return bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
+
+
+def check_precision(precision: str, device: str | torch.device) -> str:
+    """Validates an eager-model precision for ``device``; returns it.
+
+    ``fp32`` runs anywhere; ``bf16`` on a GPU that supports it or a CPU with native bf16 (elsewhere it
+    would be emulated, slower than fp32, so it is refused); ``fp16`` on a GPU only. ``int8`` belongs
+    to exports (``deeplab export --precision int8``).
+    """
+    device = torch.device(device)
+    entry = precision_entry(precision)
+    if not entry.eager:
+        raise ValueError("int8 inference runs from an export: `deeplab export --precision int8 --out model.onnx`, "
+                         "then predict/eval with --model model.onnx")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"fp16 needs a CUDA device (got {device}); on a CPU use bf16 where supported, or an "
+                         "int8 export")
+    if precision == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"bf16 is not supported by this GPU ({torch.cuda.get_device_name(device)}); use fp16")
+        if device.type == "cpu" and not cpu_has_bf16():
+            raise ValueError("bf16 needs a CPU with AVX512-BF16 or AMX, which this one lacks: bf16 would be "
+                             "emulated and slower than fp32. Use fp32 (the default), or an int8 export "
+                             "(deeplab export --precision int8)")
+    return precision

@@ -1,0 +1,396 @@
+"""The one place where a file or a name becomes a model.
+
+A *model source* is a training checkpoint (format 1 or 2), an export (ONNX, TorchScript), a TensorFlow
+DeepLab checkpoint, or a published weights name. :func:`read_model` reads and identifies it once and
+returns a :class:`ModelFile`: its :class:`ModelCard` (spec, classes, palette, normalisation, precision,
+format, the training config) and ``open()``, which gives the runner (an ``nn.Module`` or, for ONNX, a
+tensor -> tensor function) on a device, optionally at another output stride. Plain state dicts and
+``.safetensors`` files say nothing about the architecture: they are weights for :func:`create_model`.
+
+Every ``torch.save`` file is read by :mod:`deeplab.torchfile` (``weights_only=True``); export runners come
+from :mod:`deeplab.deploy.runners`. Writing checkpoints is the training engine's job
+(``deeplab.engine.checkpoint``), writing exports the exporter's (``deeplab.deploy.export``).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .classes import dataset_classes
+from .config import Config, from_dict
+from .constants import IMAGENET_MEAN, IMAGENET_STD, Colour
+from .deploy.runners import OnnxRunner, load_torchscript, require_onnx
+from .models import ModelSpec, Segmenter, build_from_spec, build_model, load_weights, resolve_spec
+from .models.published import PUBLISHED_WEIGHTS, fetch_published, published_weights
+from .models.weights import weights_and_implied
+from .torchfile import read_torch_file
+
+CHECKPOINT_FORMAT = "deeplab-checkpoint-2"
+LEGACY_CHECKPOINT_FORMAT = "deeplab-checkpoint-1"
+EXPORT_FORMAT = "deeplab-export-1"
+METADATA_KEY = "deeplab"  # ONNX metadata_props key; the TorchScript extra file is METADATA_KEY + ".json"
+
+Runner = nn.Module | Callable[[Tensor], Tensor]
+WeightsLike = str | Path | Mapping[str, Tensor]
+
+# Format 1 (deeplab 0.1.0) stored no spec: the config's model section named the builder and set a few
+# keys (output_stride, atrous_rates, aux_loss), the builder's defaults of that release did the rest, and
+# every model was fed ImageNet-normalised images. Those defaults are pinned here, so a later change of
+# a default cannot change what an old file rebuilds. The one choice that release inferred from the
+# weights, torchvision's head layout (a fine-tuned torchvision model), is recognised by its keys.
+_FORMAT1_DEFAULTS: dict[str, dict[str, Any]] = {
+    "deeplabv1_vgg16": {"dropout": 0.5},
+    "deeplabv2_vgg16": {"dropout": 0.5},
+    "deeplabv2_resnet101": {},
+    "deeplabv3_resnet50": {"multi_grid": (1, 2, 4), "head_conv": False, "dropout": 0.1},
+    "deeplabv3_resnet101": {"multi_grid": (1, 2, 4), "head_conv": False, "dropout": 0.1},
+    "deeplabv3_mobilenetv2": {"atrous_rates": (), "dropout": 0.1},
+    "deeplabv3plus_resnet50": {"multi_grid": (1, 2, 4), "separable": False, "dropout": 0.1},
+    "deeplabv3plus_resnet101": {"multi_grid": (1, 2, 4), "separable": False, "dropout": 0.1},
+    "deeplabv3plus_xception65": {"separable": True, "dropout": 0.1},
+    "deeplabv3plus_xception71": {"separable": True, "dropout": 0.1},
+    "deeplabv3plus_mobilenetv2": {"separable": False, "dropout": 0.1},
+}
+_TORCHVISION_HEAD_KEY = "head.1.0.weight"  # the extra 3x3 conv of torchvision's DeepLabV3 head, renamed
+
+
+@dataclass
+class ModelCard:
+    """What a model source says about its model besides the weights: enough to predict and evaluate with it.
+
+    Attributes:
+        spec: the model's spec (for an export, ``output_stride`` is the one it was exported at).
+        classes: class names.
+        palette: one RGB colour per class.
+        format: ``checkpoint``, ``onnx``, ``torchscript``, ``tf-checkpoint`` or ``published``.
+        precision: the arithmetic baked into an export (``fp32``, ``bf16``, ``int8``); ``fp32`` for weights.
+        config: the training run's config as a plain dict (names the dataset for ``deeplab eval``), if known.
+        source: the path or name it was read from.
+        extra: anything else the file recorded (an export's source checkpoint and verification figures).
+    """
+
+    spec: ModelSpec
+    classes: list[str]
+    palette: list[Colour]
+    format: str
+    precision: str = "fp32"
+    config: dict[str, Any] | None = None
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self.spec.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self.spec.std
+
+    @property
+    def is_export(self) -> bool:
+        return self.format in ("onnx", "torchscript")
+
+    def to_json(self) -> str:
+        """The metadata record an export carries (ONNX ``metadata_props``, a TorchScript extra file)."""
+        return json.dumps({
+            "format": EXPORT_FORMAT, "model_spec": self.spec.to_dict(), "classes": list(self.classes),
+            "palette": [list(colour) for colour in self.palette], "mean": list(self.spec.mean),
+            "std": list(self.spec.std), "precision": self.precision, "config": self.config or {},
+            "file_format": self.format, "extra": self.extra,
+        })
+
+    @classmethod
+    def from_json(cls, text: str | bytes, path: str | Path) -> ModelCard:
+        """Parses an export's metadata record; a damaged or foreign one is a ``ValueError`` naming ``path``."""
+        try:
+            data = json.loads(text)
+            if data.get("format") != EXPORT_FORMAT:
+                raise ValueError(f"unknown export format {data.get('format')!r} (this deeplab reads {EXPORT_FORMAT})")
+            return cls(ModelSpec.from_dict(data["model_spec"]), list(data["classes"]),
+                       [tuple(colour) for colour in data["palette"]], data["file_format"], data["precision"],
+                       dict(data["config"]), str(path), dict(data.get("extra", {})))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{path}: damaged deeplab export metadata ({type(err).__name__}: {err})") from err
+
+
+@dataclass
+class Checkpoint:
+    """What a training checkpoint holds besides the tensors (``raw`` is the whole file's dict)."""
+
+    spec: ModelSpec
+    config: Config
+    classes: list[str]
+    palette: list[Colour]
+    step: int
+    best_miou: float
+    raw: dict[str, Any]
+
+    def card(self, source: str | Path) -> ModelCard:
+        return ModelCard(self.spec, list(self.classes), list(self.palette), "checkpoint", "fp32",
+                         self.config.to_dict(), str(source), {"step": self.step})
+
+
+class ModelFile:
+    """A model source, read and identified once: its :attr:`card`, and :meth:`open` for the runner."""
+
+    def __init__(self, card: ModelCard, opener: Callable[[int | None, torch.device], Runner]) -> None:
+        self.card = card
+        self._opener = opener
+
+    def open(self, *, output_stride: int | None = None, device: str | torch.device = "cpu") -> Runner:
+        """The runner on ``device``: an eval-mode ``nn.Module`` (rebuilt at ``output_stride`` for weights), or an
+        export's runner (whose output stride is fixed: asking for another is a ``ValueError``)."""
+        return self._opener(output_stride, torch.device(device))
+
+
+def open_model(source: str | Path, *, device: str | torch.device = "cpu",
+               output_stride: int | None = None) -> tuple[Runner, ModelCard]:
+    """(runner, card) for a model source; see :func:`read_model`."""
+    model_file = read_model(source)
+    return model_file.open(output_stride=output_stride, device=device), model_file.card
+
+
+def read_model(source: str | Path) -> ModelFile:
+    """Reads and identifies a checkpoint, an export, a TF checkpoint (prefix, folder, zoo ``.tar.gz``) or a
+    published weights name (``deeplab models`` lists them; fetched through torch.hub's cache).
+
+    Raises:
+        FileNotFoundError: no such file (and not a published name).
+        ValueError: a file of another kind, damaged, or a plain state dict (which does not say which model it is).
+    """
+    if isinstance(source, str) and source in PUBLISHED_WEIGHTS and not Path(source).exists():
+        return _published(source)
+    path = Path(source)
+    if is_tf_checkpoint(path):
+        return _tf_checkpoint(path)
+    kind = detect_format(path)
+    if kind in ("onnx", "torchscript"):
+        return _export(path)
+    raw = read_torch_file(path, what="checkpoint", expected="a .pt file written by deeplab train, or an export "
+                          "from deeplab export")
+    if raw.get("format") in (CHECKPOINT_FORMAT, LEGACY_CHECKPOINT_FORMAT):
+        checkpoint = checkpoint_from_raw(raw, path)
+        return _weights_file(checkpoint.card(path), raw["model"])
+    if isinstance(raw.get("model_spec"), Mapping) and isinstance(raw.get("model"), Mapping) and "classes" in raw:
+        return _weights_file(_card_from_raw(raw, path, "checkpoint"), raw["model"])  # a converted TF-zoo model
+    raise ValueError(f"{path} is not a deeplab training checkpoint: it holds a plain state dict, which does not say "
+                     "which model it is (load it with deeplab.create_model(NAME, weights=PATH))")
+
+
+def detect_format(path: str | Path) -> str:
+    """``"checkpoint"``, ``"torchscript"`` or ``"onnx"``: what kind of model file ``path`` is, from its contents.
+
+    A zip archive with TorchScript code is TorchScript, any other zip archive a ``torch.save`` file;
+    an ``.onnx`` file or a protobuf starting like an ONNX model is ONNX. Anything else is reported as
+    a checkpoint, whose reader gives the precise error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if any("/code/" in name or name.endswith("/constants.pkl") for name in names):
+            return "torchscript"
+        return "checkpoint"
+    with open(path, "rb") as handle:
+        head = handle.read(1)
+    if path.suffix.lower() == ".onnx" or head == b"\x08":  # field 1 (ir_version), varint: ONNX's first byte
+        return "onnx"
+    return "checkpoint"
+
+
+def is_tf_checkpoint(path: Path) -> bool:
+    """A TF checkpoint prefix (``model.ckpt`` beside ``model.ckpt.index``), its ``.index``, a folder holding one, or
+    a ``.tar.gz`` (the model zoo's archives)."""
+    if path.name.endswith((".tar.gz", ".tgz")) or path.suffix == ".index":
+        return path.is_file()
+    if path.is_dir():
+        return any(path.glob("*.index"))
+    return not path.exists() and Path(f"{path}.index").is_file()
+
+
+# ----------------------------------------------------------------------------- weights files
+
+
+def _weights_file(card: ModelCard, state: Mapping[str, Tensor]) -> ModelFile:
+    def opener(output_stride: int | None, device: torch.device) -> Runner:
+        model = build_from_spec(card.spec.at_output_stride(output_stride))
+        try:
+            load_weights(model, state)
+        except ValueError as err:
+            raise ValueError(f"{card.source}: {err}") from err
+        return model.to(device).eval()
+
+    return ModelFile(card, opener)
+
+
+def _card_from_raw(raw: Mapping[str, Any], source: str | Path, kind: str) -> ModelCard:
+    return ModelCard(ModelSpec.from_dict(raw["model_spec"]), list(raw["classes"]),
+                     [tuple(colour) for colour in raw["palette"]], kind, source=str(source))
+
+
+def _published(name: str) -> ModelFile:
+    published = published_weights(name)
+    state, implied = weights_and_implied(fetch_published(published), published.model)
+    spec = resolve_spec(published.model, {}, implied)
+    return _weights_file(ModelCard(spec, list(published.classes), list(published.palette), "published",
+                                   source=name), state)
+
+
+def _tf_checkpoint(path: Path) -> ModelFile:
+    from .models.tf_import import import_tf_variables
+    from .tfcheckpoint import is_training_state, read_tf_checkpoint
+
+    variables = read_tf_checkpoint(path, include=lambda name: not is_training_state(name))
+    try:
+        spec, state = import_tf_variables(variables)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    classes, palette = dataset_classes(None, spec.num_classes)
+    return _weights_file(ModelCard(spec, classes, palette, "tf-checkpoint", source=str(path)), state)
+
+
+# ----------------------------------------------------------------------------- training checkpoints
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Reads a training checkpoint safely (no unpickling of arbitrary objects); format 1 files are upgraded."""
+    raw = read_torch_file(path, what="checkpoint", expected="a .pt file written by deeplab train")
+    if raw.get("format") not in (CHECKPOINT_FORMAT, LEGACY_CHECKPOINT_FORMAT):
+        raise ValueError(f"{path} is not a deeplab training checkpoint (for plain state dicts use "
+                         "create_model(..., weights=PATH))")
+    return checkpoint_from_raw(raw, path)
+
+
+def checkpoint_from_raw(raw: dict[str, Any], path: str | Path) -> Checkpoint:
+    """The :class:`Checkpoint` view of a checkpoint file's dict; a damaged one is a ``ValueError`` naming ``path``."""
+    try:
+        if raw["format"] == LEGACY_CHECKPOINT_FORMAT:
+            config = from_dict(_legacy_config(raw["config"]))
+            spec = legacy_spec(raw)
+        else:
+            config = from_dict(raw["config"])
+            spec = ModelSpec.from_dict(raw["model_spec"])
+        palette = [tuple(colour) for colour in raw["palette"]]
+        return Checkpoint(spec, config, list(raw["classes"]), palette, raw["step"], raw["best_miou"], raw)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path} is a damaged checkpoint ({type(err).__name__}: {err})") from err
+
+
+def _legacy_config(config: dict[str, Any]) -> dict[str, Any]:
+    model = dict(config.get("model", {}))
+    if not model.get("aux_loss"):  # format 1 wrote aux_loss: false for every model, even those without an aux head
+        model.pop("aux_loss", None)
+    return {**config, "model": model}
+
+
+def legacy_spec(raw: dict[str, Any]) -> ModelSpec:
+    """The spec of a format-1 checkpoint, from its config, its class list and its weights' keys."""
+    model = raw["config"]["model"]
+    name = model["name"]
+    options: dict[str, Any] = dict(_FORMAT1_DEFAULTS[name])
+    if model.get("atrous_rates") is not None:
+        options["atrous_rates"] = tuple(model["atrous_rates"])
+    if model.get("aux_loss"):
+        options["aux_loss"] = True
+    if name.startswith("deeplabv3_resnet") and _TORCHVISION_HEAD_KEY in raw["model"]:
+        options.update(head_conv=True, multi_grid=None, dropout=0.5)
+    return resolve_spec(name, {"num_classes": len(raw["classes"]), "output_stride": model["output_stride"],
+                               "mean": IMAGENET_MEAN, "std": IMAGENET_STD, **options})
+
+
+def load_checkpoint(path: str | Path, *, output_stride: int | None = None,
+                    device: str | torch.device = "cpu") -> tuple[Segmenter, Checkpoint]:
+    """Rebuilds the model a checkpoint was trained with, optionally at another output stride, in eval mode."""
+    checkpoint = read_checkpoint(path)
+    model = _weights_file(checkpoint.card(path), checkpoint.raw["model"]).open(output_stride=output_stride,
+                                                                                device=device)
+    return model, checkpoint
+
+
+# ----------------------------------------------------------------------------- exports
+
+
+def _export(path: Path) -> ModelFile:
+    card = read_export(path)
+
+    def opener(output_stride: int | None, device: torch.device) -> Runner:
+        if output_stride is not None and output_stride != card.spec.output_stride:
+            raise ValueError(f"{path} was exported at output stride {card.spec.output_stride}; for "
+                             f"{output_stride}, export again with --output-stride {output_stride}")
+        return OnnxRunner(path, device) if card.format == "onnx" else load_torchscript(path, device)
+
+    return ModelFile(card, opener)
+
+
+def read_export(path: str | Path) -> ModelCard:
+    """The card of an ONNX or TorchScript export, without loading its weights into a runtime."""
+    path = Path(path)
+    kind = detect_format(path)
+    if kind == "onnx":
+        onnx = require_onnx()
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as err:  # protobuf raises several types for a file that is not ONNX
+            raise ValueError(f"{path} is not an ONNX model ({type(err).__name__}: {err})") from err
+        props = {prop.key: prop.value for prop in proto.metadata_props}
+        if METADATA_KEY not in props:
+            raise ValueError(f"{path} is an ONNX model but not a deeplab export (no '{METADATA_KEY}' metadata); "
+                             "export it with `deeplab export`")
+        return ModelCard.from_json(props[METADATA_KEY], path)
+    if kind == "torchscript":
+        with zipfile.ZipFile(path) as archive:
+            entry = [name for name in archive.namelist() if name.endswith(f"/extra/{METADATA_KEY}.json")]
+            if not entry:
+                raise ValueError(f"{path} is a TorchScript file but not a deeplab export (no {METADATA_KEY}.json); "
+                                 "export it with `deeplab export --format torchscript`")
+            return ModelCard.from_json(archive.read(entry[0]), path)
+    raise ValueError(f"{path} is not an export (ONNX or TorchScript from `deeplab export`)")
+
+
+# ----------------------------------------------------------------------------- weights for create_model
+
+
+def read_weights(weights: WeightsLike, model_name: str) -> Mapping[str, Any]:
+    """Weights in memory from a state dict, a ``.pt``/``.pth``/``.safetensors`` path (plain or a checkpoint), or a
+    published weights name for ``model_name`` (fetched through torch.hub's cache)."""
+    if isinstance(weights, Mapping):
+        return weights
+    if isinstance(weights, str) and not Path(weights).exists() and weights in PUBLISHED_WEIGHTS:
+        published = PUBLISHED_WEIGHTS[weights]
+        if published.model != model_name:
+            raise ValueError(f"published weights {weights!r} are for {published.model}, not {model_name}")
+        return fetch_published(published)
+    return read_torch_file(weights)
+
+
+def create_model(name: str, *, weights: WeightsLike | None = None, pretrained_backbone: bool | str = False,
+                 **options: Any) -> Segmenter:
+    """Builds a registered model by name, with its weights.
+
+    Args:
+        name: one of :func:`deeplab.list_models`.
+        weights: a state dict, a checkpoint / ``.pt`` / ``.safetensors`` path, torchvision's DeepLabV3
+            state dict, or a published weights name (see ``deeplab.models.published``). Weights that
+            imply an architecture (torchvision's head layout at output stride 8, a checkpoint's spec)
+            set the defaults; explicit ``options`` still win.
+        pretrained_backbone: True for the backbone's ImageNet weights, a local path / URL, or the name of
+            a TF model-zoo ImageNet checkpoint (``deeplab.models.published.TF_BACKBONES``).
+        **options: the model's architecture arguments (``num_classes``, ``output_stride``,
+            ``atrous_rates``, ...; see each builder), plus ``mean``/``std`` for the input normalisation.
+            A key the model does not take is an error that lists the ones it does.
+
+    Returns:
+        The model in training mode, with its resolved :class:`ModelSpec` as ``model.spec``.
+    """
+    loaded = None if weights is None else read_weights(weights, name)
+    return build_model(name, weights=loaded, pretrained_backbone=pretrained_backbone, **options)
