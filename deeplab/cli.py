@@ -247,6 +247,14 @@ def _model_source(p: argparse.ArgumentParser, *, pretrained: bool = False) -> No
                         "(an export runs at the precision it was exported at)")
 
 
+def _inference_args(p: argparse.ArgumentParser) -> None:
+    """The InferenceOptions flags ``predict`` and ``serve`` share (``--precision`` comes with the model source)."""
+    p.add_argument("--output-stride", type=int, default=None, help="rebuild the model at this output stride")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale inference, e.g. 0.75 1 1.25")
+    p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
+    p.add_argument("--window", type=int, default=None, help="sliding-window side for large images")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .data.cli_data import add_data_commands
@@ -275,10 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_source(p, pretrained=True)
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--output-stride", type=int, default=None, help="rebuild the model at this output stride")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale inference, e.g. 0.75 1 1.25")
-    p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
-    p.add_argument("--window", type=int, default=None, help="sliding-window side for large images")
+    _inference_args(p)
     p.add_argument("--areas", action="store_true", help="write areas.csv with per-image class areas")
     p.add_argument("--crf", action="store_true", help="refine with the DenseCRF (pip install 'deeplab[crf]')")
     p.add_argument("--crf-params", metavar="KEY=VALUE,...",
@@ -318,10 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default 8000)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--output-stride", type=int, default=None, help="rebuild the model at this output stride")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale inference, e.g. 0.75 1 1.25")
-    p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
-    p.add_argument("--window", type=int, default=None, help="sliding-window side for large images")
+    _inference_args(p)
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MiB (else 413)")
     p.add_argument("--max-side", type=int, default=4096, help="longest image side in pixels (else 413)")
     p.add_argument("--max-batch", type=int, default=8, help="most waiting images of one size run as one batch")
