@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from deeplab.constants import IMAGENET_MEAN, IMAGENET_STD, Palette
 from deeplab.imageio import (
+    IMAGE_EXTENSIONS,
     ImageReadError,
     atomic_write,
     colorize,
@@ -30,10 +31,6 @@ from deeplab.models.spec import ModelSpec
 from deeplab.palettes import default_palette
 from deeplab.postprocess import CRFParams, dense_crf
 from deeplab.runtime import AUTOCAST_DTYPES, check_precision, fast_copy
-
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
-)
 
 
 class Predictor:
