@@ -24,7 +24,6 @@ Inference is the efficient mean-field approximation, through ``pydensecrf2`` (th
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +34,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from .constants import default_workers
 
 Task = TypeVar("Task")
 Result = TypeVar("Result")
@@ -181,14 +182,6 @@ def dense_crf(image: torch.Tensor | np.ndarray, probs: torch.Tensor | np.ndarray
     crf.addPairwiseBilateral(sxy=params.sigma_alpha, srgb=params.sigma_beta, rgbim=rgb, compat=params.w1)
     refined = np.asarray(crf.inference(params.iterations), dtype=np.float32).reshape(num_classes, height, width)
     return torch.from_numpy(refined) if isinstance(probs, torch.Tensor) else refined
-
-
-def default_workers() -> int:
-    """Worker processes for CRF refinement: one per CPU core this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _process_context() -> multiprocessing.context.BaseContext:

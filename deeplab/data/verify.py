@@ -33,7 +33,7 @@ import torch
 from PIL import ExifTags, Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from ..constants import IGNORE_INDEX
+from ..constants import IGNORE_INDEX, default_workers
 from ..imageio import MASK_MODES, atomic_write, mask_mode_problem
 from .base import SegmentationDataset
 
@@ -205,14 +205,6 @@ class VerdictCache:
         except OSError:  # a read-only or full disk costs a re-check next time, never the run
             return
         self._known, self._new = merged, {}
-
-
-def default_workers() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def inspect_files(
