@@ -1,6 +1,7 @@
 """DenseCRF through the real commands: eval with eval.crf=true, predict --crf, crf-tune."""
 
 import json
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -79,6 +80,11 @@ def test_eval_crf_keys_become_crf_settings(checkpoint):
     assert crf_params(config.eval) is None
     config.eval.crf, config.eval.crf_w1, config.eval.crf_iterations = True, 6.0, 4
     assert crf_params(config.eval) == CRFParams(iterations=4, w1=6)
+    # the one constructor reads the same keys the same way (what evaluate.crf_params is to call)
+    keys = {f.name: getattr(config.eval, f"crf_{f.name}") for f in fields(CRFParams)}
+    assert CRFParams.build(config.eval.crf, **keys) == crf_params(config.eval)
+    config.eval.crf = False
+    assert CRFParams.build(config.eval.crf, **keys) is None
 
 
 def test_predict_with_crf_writes_the_refined_masks(checkpoint, tmp_path, capsys):
