@@ -241,7 +241,7 @@ def _model_source(p: argparse.ArgumentParser, *, pretrained: bool = False) -> No
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .data.cli_data import add_data_commands
+    from .cli_data import add_data_commands
     from .import_tf import add_import_tf_command
 
     parser = argparse.ArgumentParser(prog="deeplab", description="DeepLab v1/v2/v3/v3+ semantic segmentation.")
