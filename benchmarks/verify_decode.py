@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from deeplab.constants import default_workers
 from deeplab.data.folder import FolderDataset
-from deeplab.data.verify import default_workers, inspect_file
+from deeplab.data.verify import inspect_file
 
 
 def _smooth_rgb(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

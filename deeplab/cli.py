@@ -133,16 +133,7 @@ def parse_crf_params(text: str | None, enabled: bool):
     """``--crf`` / ``--crf-params w1=5,sigma_alpha=50`` -> CRFParams, or None when neither is given."""
     from .postprocess import CRFParams
 
-    if text is None:
-        return CRFParams() if enabled else None
-    options = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, _, value = item.partition("=")
-        try:
-            options[key.strip()] = int(value) if key.strip() == "iterations" else float(value)
-        except ValueError:
-            raise ValueError(f"--crf-params: {item!r} must look like KEY=NUMBER, e.g. w1=5,sigma_alpha=50") from None
-    return CRFParams.from_options(**options)
+    return CRFParams.build(enabled, text)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -208,7 +199,7 @@ def cmd_crf_tune(args: argparse.Namespace) -> int:
     from .postprocess import CRFParams
 
     config = apply_overrides(read_checkpoint(args.checkpoint).config, args.overrides)
-    base = CRFParams() if args.iterations is None else CRFParams.from_options(iterations=args.iterations)
+    base = CRFParams.build(iterations=args.iterations)
     grid = crf_grid(args.w1, args.sigma_alpha, args.sigma_beta, base=base)
     result = tune_crf(args.checkpoint, config, images=args.images, grid=grid,
                       device=resolve_device(args.device), workers=args.workers)
@@ -257,7 +248,7 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .data.cli_data import add_data_commands
+    from .cli_data import add_data_commands
     from .deploy.precision import EXPORT_PRECISIONS
     from .import_tf import add_import_tf_command
 

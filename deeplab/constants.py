@@ -1,10 +1,12 @@
-"""Constants shared by every layer: the ignore label, the palette type, input normalisation presets.
+"""Constants shared by every layer: the ignore label, the palette type, input normalisation presets, the
+default number of workers.
 
 This module imports nothing of ours, so any module may import it without pulling in the rest.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 IGNORE_INDEX = 255
@@ -33,3 +35,11 @@ def check_normalization(mean: Sequence[float], std: Sequence[float]) -> None:
     """Raises ``ValueError`` unless ``mean`` and ``std`` are three numbers each, ``std`` positive."""
     if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
         raise ValueError(f"mean and std must be three numbers each (std > 0), got mean={mean}, std={std}")
+
+
+def default_workers() -> int:
+    """Workers for CPU-bound pools (file decoding, DenseCRF): the CPUs this process may run on, at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

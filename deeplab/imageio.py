@@ -1,4 +1,4 @@
-"""Image files in and out: any common image as uint8 RGB, masks as palette PNGs, colour renderings.
+"""Image files in and out: any common image as uint8 RGB, index masks as class ids, colour renderings.
 
 Every write is atomic: the file is written next to its destination under a temporary name, then
 moved over it with ``os.replace``, so an interrupted run never leaves a half-written file.
@@ -21,11 +21,25 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .constants import IMAGENET_MEAN, IMAGENET_STD, Palette
 from .palettes import palette_to_flat
 
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+"""File suffixes (lower case) taken as images when scanning folders; all of them decode through Pillow."""
+
+MASK_MODES = ("L", "P", "1")
+"""Pillow modes of a mask file: single-channel, pixel value = class id (for ``P`` the index, not the colour).
+A dataset may accept fewer (``SegmentationDataset.mask_modes``), never others."""
+
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 class ImageReadError(OSError):
     """An image file that does not exist, is not an image, or is corrupt."""
+
+
+class MaskModeError(ValueError):
+    """A mask that is not a single-channel index image (e.g. an RGB colour mask)."""
 
 
 def read_image(path: str | Path | IO[bytes]) -> torch.Tensor:
@@ -44,9 +58,39 @@ def read_image(path: str | Path | IO[bytes]) -> torch.Tensor:
             image.load()
             image = ImageOps.exif_transpose(image)
             array = _to_rgb_array(image)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except _DECODE_ERRORS as err:
         raise ImageReadError(f"cannot read image {str(path)!r}: {err}") from err
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def mask_mode_problem(name: str, mode: str, modes: tuple[str, ...] = MASK_MODES) -> str:
+    """The message for a mask file ``name`` of Pillow mode ``mode``, which is not one of ``modes``."""
+    shown = " or ".join(m for m in modes if m != "1")  # a 1-bit mask is accepted but not advertised
+    return (f"{name}: mask mode is {mode!r}: expected a single-channel index PNG (mode {shown}) whose pixel "
+            "values are class ids; convert colour masks to ids first")
+
+
+def read_mask(path: str | Path, modes: tuple[str, ...] = MASK_MODES) -> np.ndarray:
+    """Reads a mask as a uint8 ``H x W`` array of class ids: the stored values, never colours (for mode
+    ``P`` the palette index). The pixel grid is taken as stored: EXIF orientation does not apply to masks.
+
+    Args:
+        path: the mask file (an index or palette PNG).
+        modes: the Pillow modes accepted, a subset of :data:`MASK_MODES`.
+
+    Raises:
+        MaskModeError: the image is not single-channel (or not one of ``modes``), e.g. an RGB colour mask.
+        ImageReadError: naming the file, if it cannot be opened or decoded.
+    """
+    try:
+        with Image.open(path) as mask:
+            if mask.mode not in modes:
+                raise MaskModeError(mask_mode_problem(str(path), mask.mode, modes))
+            return np.array(mask, dtype=np.uint8)
+    except MaskModeError:
+        raise
+    except _DECODE_ERRORS as err:
+        raise ImageReadError(f"cannot read mask {str(path)!r}: {err}") from err
 
 
 def _to_rgb_array(image: Image.Image) -> np.ndarray:

@@ -87,7 +87,4 @@ class InferenceOptions:
 def crf_from_eval_config(config: EvalConfig) -> CRFParams | None:
     """The CRF settings ``eval.crf_*`` ask for (unset keys keep :class:`CRFParams`' defaults), or ``None`` when
     ``eval.crf`` is false."""
-    if not config.crf:
-        return None
-    given = {f.name: getattr(config, f"crf_{f.name}") for f in fields(CRFParams)}
-    return CRFParams.from_options(**{k: v for k, v in given.items() if v is not None})
+    return CRFParams.build(config.crf, **{f.name: getattr(config, f"crf_{f.name}") for f in fields(CRFParams)})

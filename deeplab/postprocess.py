@@ -24,7 +24,6 @@ Inference is the efficient mean-field approximation, through ``pydensecrf2`` (th
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +34,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from .constants import default_workers
 
 Task = TypeVar("Task")
 Result = TypeVar("Result")
@@ -87,9 +88,41 @@ class CRFParams:
             raise ValueError(f"unknown CRF parameter(s) {', '.join(unknown)}; valid: {', '.join(known)}")
         return replace(base or cls(), **options)
 
+    @classmethod
+    def build(cls, enabled: bool = True, text: str | None = None, *, base: CRFParams | None = None,
+              **overrides: float | int | None) -> CRFParams | None:
+        """The one way settings become :class:`CRFParams`, whoever gives them (the CLI, a config, a grid).
+
+        Args:
+            enabled: whether the CRF is wanted at all; ``False`` without ``text`` gives ``None``.
+            text: ``"w1=5,sigma_alpha=50"``, the form ``--crf-params`` takes (implies ``enabled``).
+            base: the settings the others replace (default: the defaults).
+            **overrides: single settings by name; ``None`` leaves one unset (a config's blank key).
+
+        Raises:
+            ValueError: a malformed item of ``text``, an unknown name or a bad value, saying which.
+        """
+        if text is None and not enabled:
+            return None
+        options = _parse_options(text) if text is not None else {}
+        options.update((key, value) for key, value in overrides.items() if value is not None)
+        return cls.from_options(base, **options)
+
     def describe(self) -> str:
         """``w1=4 sigma_alpha=121 ...``: the form ``deeplab predict --crf-params`` takes."""
         return " ".join(f"{f.name}={getattr(self, f.name):g}" for f in fields(self))
+
+
+def _parse_options(text: str) -> dict[str, float | int]:
+    """``"w1=5, sigma_alpha=50"`` -> ``{"w1": 5.0, "sigma_alpha": 50.0}`` (``iterations`` an int); blanks skipped."""
+    options: dict[str, float | int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, _, value = item.partition("=")
+        try:
+            options[key.strip()] = int(value) if key.strip() == "iterations" else float(value)
+        except ValueError:
+            raise ValueError(f"--crf-params: {item!r} must look like KEY=NUMBER, e.g. w1=5,sigma_alpha=50") from None
+    return options
 
 
 def _is_number(value: Any) -> bool:
@@ -181,14 +214,6 @@ def dense_crf(image: torch.Tensor | np.ndarray, probs: torch.Tensor | np.ndarray
     crf.addPairwiseBilateral(sxy=params.sigma_alpha, srgb=params.sigma_beta, rgbim=rgb, compat=params.w1)
     refined = np.asarray(crf.inference(params.iterations), dtype=np.float32).reshape(num_classes, height, width)
     return torch.from_numpy(refined) if isinstance(probs, torch.Tensor) else refined
-
-
-def default_workers() -> int:
-    """Worker processes for CRF refinement: one per CPU core this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _process_context() -> multiprocessing.context.BaseContext:

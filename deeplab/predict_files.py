@@ -12,12 +12,17 @@ import torch
 from tqdm import tqdm
 
 from .constants import Palette
-from .imageio import ImageReadError, atomic_write, colorize, overlay, read_image, save_index_png, save_rgb_png
+from .imageio import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    atomic_write,
+    colorize,
+    overlay,
+    read_image,
+    save_index_png,
+    save_rgb_png,
+)
 from .inference import Predictor
-
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
-)  # MERGE: imageio's
 
 
 @dataclass

@@ -7,11 +7,14 @@ import torch
 from PIL import Image
 
 from deeplab.imageio import (
+    MASK_MODES,
     ImageReadError,
+    MaskModeError,
     atomic_write,
     colorize,
     overlay,
     read_image,
+    read_mask,
     save_index_png,
     save_rgb_png,
 )
@@ -201,3 +204,34 @@ def test_overlay_checks_sizes_and_alpha():
         overlay(image, torch.zeros(2, 3, dtype=torch.long), [(0, 0, 0)])
     with pytest.raises(ValueError, match="alpha"):
         overlay(image, torch.zeros(2, 2, dtype=torch.long), [(0, 0, 0)], alpha=1.5)
+
+
+def test_read_mask_gives_stored_ids_for_every_mask_mode(tmp_path):
+    ids = np.array([[0, 1, 2], [255, 1, 0]], dtype=np.uint8)
+    Image.fromarray(ids).save(tmp_path / "l.png")
+    save_index_png(ids, tmp_path / "p.png", default_palette(256))  # the palette's colours must not leak in
+    Image.fromarray(ids.astype(bool)).save(tmp_path / "one.png")
+    assert [Image.open(tmp_path / n).mode for n in ("l.png", "p.png", "one.png")] == list(MASK_MODES)
+    for name in ("l.png", "p.png"):
+        mask = read_mask(tmp_path / name)
+        assert mask.dtype == np.uint8 and np.array_equal(mask, ids)
+    assert np.array_equal(read_mask(tmp_path / "one.png"), (ids > 0).astype(np.uint8))
+
+
+def test_read_mask_refuses_colour_masks_and_modes_a_dataset_leaves_out(tmp_path):
+    Image.fromarray(RGB).save(tmp_path / "colour.png")
+    with pytest.raises(MaskModeError) as info:
+        read_mask(tmp_path / "colour.png")
+    assert str(info.value) == (f"{tmp_path / 'colour.png'}: mask mode is 'RGB': expected a single-channel index PNG "
+                               "(mode L or P) whose pixel values are class ids; convert colour masks to ids first")
+    Image.fromarray(np.ones((2, 2), dtype=bool)).save(tmp_path / "one.png")
+    with pytest.raises(MaskModeError, match="mask mode is '1'"):
+        read_mask(tmp_path / "one.png", modes=("L", "P"))
+
+
+def test_read_mask_names_an_unreadable_file(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(ImageReadError, match="cannot read mask .*broken.png"):
+        read_mask(tmp_path / "broken.png")
+    with pytest.raises(ImageReadError, match="cannot read mask .*absent.png"):
+        read_mask(tmp_path / "absent.png")

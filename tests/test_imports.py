@@ -4,6 +4,7 @@ import json
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,30 @@ def test_constants_import_nothing_of_ours():
     for node in imports:
         names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
         assert getattr(node, "level", 0) == 0 and not any(n.startswith("deeplab") for n in names), ast.dump(node)
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every deeplab module a file imports, at the top or inside a function, as an absolute name."""
+    import ast
+
+    package = ["deeplab", *path.relative_to(Path(deeplab.__file__).parent).parent.parts]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            found.add(".".join([*base, *([node.module] if node.module else [])]))
+    return {name for name in found if name.startswith("deeplab")}
+
+
+def test_the_dataset_package_imports_nothing_above_it():
+    """data/ sits below the engine, inference, deploy and the command line; not even a function reaches up."""
+    above = ("deeplab.engine", "deeplab.cli", "deeplab.serve", "deeplab.inference", "deeplab.export",
+             "deeplab.runtime", "deeplab.quantize", "deeplab.benchmark")
+    files = sorted((Path(deeplab.__file__).parent / "data").glob("*.py"))
+    assert len(files) > 10
+    for path in files:
+        imported = _imported_modules(path)
+        assert not [name for name in imported if name.startswith(above)], (path.name, imported)
+    assert "deeplab.data.verify" in _imported_modules(Path(deeplab.__file__).parent / "cli_data.py")

@@ -71,6 +71,33 @@ def test_settings_change_the_result_and_keywords_override_a_base():
     assert CRFParams.from_options(base, w1=6).w1 == 6.0
 
 
+def test_build_is_the_one_constructor_for_flags_text_config_keys_and_grids():
+    assert CRFParams.build(False) is None and CRFParams.build(False, None, w1=5) is None
+    assert CRFParams.build(True) == CRFParams() == CRFParams.build()
+    text = " w1=5, sigma_alpha=50,,iterations=4 "  # text implies enabled; blanks and spaces are skipped
+    assert CRFParams.build(False, text) == CRFParams(iterations=4, w1=5, sigma_alpha=50)
+    assert isinstance(CRFParams.build(text=text).iterations, int)
+    # config keys: None means unset; per-key overrides win over the text; a base supplies the rest
+    assert CRFParams.build(True, w1=6.0, sigma_beta=None, iterations=3) == CRFParams(iterations=3, w1=6)
+    assert CRFParams.build(True, "w1=5,w2=1", w1=7) == CRFParams(w1=7, w2=1)
+    base = CRF_PRESETS["deeplabv2_resnet101"]
+    assert CRFParams.build(base=base, w1=3) == CRFParams(w1=3, sigma_alpha=67, sigma_beta=3, w2=3, sigma_gamma=1)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("w1=five", "--crf-params: 'w1=five' must look like KEY=NUMBER, e.g. w1=5,sigma_alpha=50"),
+    ("w1", "--crf-params: 'w1' must look like KEY=NUMBER, e.g. w1=5,sigma_alpha=50"),
+    ("iterations=2.5", "--crf-params: 'iterations=2.5' must look like KEY=NUMBER, e.g. w1=5,sigma_alpha=50"),
+    ("w1=5,sigma=3", "unknown CRF parameter(s) sigma; valid: iterations, w1, sigma_alpha, sigma_beta, w2, "
+                     "sigma_gamma"),
+    ("sigma_alpha=0", "CRF sigma_alpha must be a number > 0, got 0.0"),
+])
+def test_build_rejects_bad_text_with_the_cli_messages(text, message):
+    with pytest.raises(ValueError) as info:
+        CRFParams.build(True, text)
+    assert str(info.value) == message
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"iterations": 0}, "iterations must be a positive int"),
     ({"iterations": 2.5}, "iterations must be a positive int"),

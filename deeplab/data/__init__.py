@@ -1,4 +1,4 @@
-"""Datasets (embedded demo, any folder, VOC/SBD, Cityscapes, ADE20K), paired transforms and palettes."""
+"""Datasets (embedded demo, any folder, VOC/SBD, Cityscapes, ADE20K), paired transforms, the check of their files."""
 
 from .base import IGNORE_INDEX, SegmentationDataset
 from .demo import DemoDataset

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
+from ..imageio import read_mask
 from .base import PairTransform, SegmentationDataset
 
 
@@ -54,17 +55,16 @@ def read_rgb(path: Path) -> tv_tensors.Image:
     return tv_tensors.Image(torch.from_numpy(array.copy()).permute(2, 0, 1))
 
 
-def read_label(path: Path, lut: np.ndarray | None = None) -> tv_tensors.Mask:
+def read_label(path: Path, lut: np.ndarray | None = None,
+               modes: tuple[str, ...] = SegmentationDataset.mask_modes) -> tv_tensors.Mask:
     """Reads the stored indices of a palette or greyscale PNG (never its colours) as a uint8 H x W mask.
 
     Args:
         path: the label PNG.
         lut: optional 256-entry uint8 table mapping stored ids to training ids.
+        modes: the Pillow modes accepted (the dataset's ``mask_modes``).
     """
-    with Image.open(path) as image:
-        if image.mode not in ("P", "L"):
-            raise ValueError(f"{path}: expected a palette ('P') or greyscale ('L') PNG, got {image.mode!r}")
-        array = np.array(image, dtype=np.uint8)
+    array = read_mask(path, modes)
     if lut is not None:
         array = lut[array]
     return tv_tensors.Mask(torch.from_numpy(array))
@@ -92,7 +92,7 @@ class PathListDataset(SegmentationDataset):
         return len(self.images)
 
     def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
-        return read_rgb(self.images[index]), read_label(self.masks[index], self.label_map)
+        return read_rgb(self.images[index]), read_label(self.masks[index], self.label_map, self.mask_modes)
 
     def name(self, index: int) -> str:
         return self.images[index].stem

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from ..constants import IGNORE_INDEX
+from ..imageio import MASK_MODES
 
 PairTransform = Callable[[tv_tensors.Image, tv_tensors.Mask], tuple[torch.Tensor, torch.Tensor]]
 
@@ -26,7 +27,9 @@ class SegmentationDataset(Dataset):
     classes: Sequence[str] = ()
     palette: Sequence[tuple[int, int, int]] = ()
     ignore_index: int = IGNORE_INDEX
-    mask_modes: tuple[str, ...] = ("L", "P")  # the PIL modes a mask file may have (checked by data.verify)
+    # The Pillow modes a mask file may have (read_mask and data.verify check it): imageio.MASK_MODES less 1-bit
+    # masks, which no benchmark's labels are; a dataset that takes them (FolderDataset) says so.
+    mask_modes: tuple[str, ...] = tuple(mode for mode in MASK_MODES if mode != "1")
     upright_images: bool = False  # True: images are turned by their EXIF orientation when loaded
 
     def __init__(self, transforms: PairTransform | None = None) -> None:

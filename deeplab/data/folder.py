@@ -3,7 +3,7 @@
 Layout::
 
     root/
-      images/<stem>.{jpg,jpeg,png,bmp,tif,tiff,webp}
+      images/<stem>.<ext>       any of deeplab.imageio.IMAGE_EXTENSIONS (jpg, png, bmp, gif, tiff, webp, ppm ...)
       masks/<stem>.png          pixel value = class id (mode L or P; for P the index, not the colour)
       classes.txt               optional: one class per line, "name", "name R G B" or "name #RRGGBB"
       splits/train.txt          optional: one stem per line (with splits/val.txt)
@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision import tv_tensors
 
 from ..constants import IGNORE_INDEX
-from ..imageio import read_image
+from ..imageio import IMAGE_EXTENSIONS, MASK_MODES, read_image, read_mask
+from ..imageio import MaskModeError as MaskModeError  # noqa: F401  (its home was here; still importable)
 from ..palettes import default_palette
 from .base import PairTransform, SegmentationDataset
 from .verify import (
@@ -38,16 +39,10 @@ from .verify import (
     pair_problems,
 )
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-MASK_MODES = ("L", "P", "1")
 SPLITS = ("train", "val")
 
 Colour = tuple[int, int, int]
 _HEX_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
-
-
-class MaskModeError(ValueError):
-    """A mask that is not a single-channel index image (e.g. an RGB colour mask)."""
 
 
 @dataclass
@@ -139,7 +134,7 @@ class _Listing:
     duplicates: dict[str, list[Path]]
 
     @classmethod
-    def scan(cls, folder: Path, extensions: tuple[str, ...]) -> _Listing:
+    def scan(cls, folder: Path, extensions: Collection[str]) -> _Listing:
         accepted: dict[str, list[Path]] = {}
         others: dict[str, list[Path]] = {}
         for path in sorted(folder.iterdir()):
@@ -149,21 +144,6 @@ class _Listing:
             target.setdefault(path.stem, []).append(path)
         files = {stem: paths[0] for stem, paths in accepted.items()}
         return cls(files, others, {stem: paths for stem, paths in accepted.items() if len(paths) > 1})
-
-
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read an index-PNG mask as a uint8 ``H x W`` array of class ids (palette index for mode P).
-
-    Raises:
-        MaskModeError: the image is not single-channel (mode L, P or 1), e.g. an RGB colour mask.
-    """
-    with Image.open(path) as mask:
-        if mask.mode not in MASK_MODES:
-            raise MaskModeError(
-                f"mask mode is {mask.mode!r}: expected a single-channel index PNG (mode L or P) whose pixel "
-                "values are class ids; convert colour masks to ids first"
-            )
-        return np.array(mask, dtype=np.uint8)
 
 
 class FolderDataset(SegmentationDataset):
@@ -231,7 +211,7 @@ class FolderDataset(SegmentationDataset):
 
     def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         image = read_image(self.image_paths[index])
-        mask = torch.from_numpy(read_mask(self.mask_paths[index]))
+        mask = torch.from_numpy(read_mask(self.mask_paths[index], self.mask_modes))
         if image.shape[-2:] != mask.shape:
             sizes = f"image {tuple(image.shape[-2:])} and mask {tuple(mask.shape)} (H x W)"
             raise DatasetError(self._where, [f"{self.stems[index]}: {sizes} differ when loaded"])
@@ -266,14 +246,14 @@ class FolderDataset(SegmentationDataset):
             (path for pair in complete for path in (pair.image, pair.mask)),
             cache=VerdictCache.for_root(self.root), desc=f"verify {self.root.name} ({self.split})",
         )
-        rules = SampleRules(mask_modes=MASK_MODES, upright=True, ignore_index=self.ignore_index)
+        rules = SampleRules(mask_modes=self.mask_modes, upright=True, ignore_index=self.ignore_index)
         for pair in pairs:
             if pair.complete:
                 image, mask = self._named(pair.image, facts), self._named(pair.mask, facts)
                 pair.problems += pair_problems(pair.stem, image, mask, rules)
         if not self.classes:
             usable = (facts[pair.mask] for pair in complete)
-            self._infer_classes([f for f in usable if f.error is None and f.mode in MASK_MODES])
+            self._infer_classes([f for f in usable if f.error is None and f.mode in self.mask_modes])
         rules = SampleRules(num_classes=len(self.classes), ignore_index=self.ignore_index)
         for pair in pairs:
             if pair.complete:

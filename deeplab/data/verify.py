@@ -33,12 +33,11 @@ import torch
 from PIL import ExifTags, Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from ..constants import IGNORE_INDEX
-from ..imageio import atomic_write
+from ..constants import IGNORE_INDEX, default_workers
+from ..imageio import MASK_MODES, atomic_write, mask_mode_problem
 from .base import SegmentationDataset
 
 CACHE_VERSION = 1
-SINGLE_CHANNEL_MODES = ("L", "P", "1")
 # EXIF orientations 5-8 are the transposed ones: the displayed image swaps width and height.
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
@@ -106,7 +105,7 @@ def inspect_file(path: str | Path) -> FileFacts:
             image.load()
             facts = FileFacts(width=image.width, height=image.height, mode=image.mode,
                               orientation=_orientation(image))
-            if image.mode in SINGLE_CHANNEL_MODES:
+            if image.mode in MASK_MODES:
                 histogram = np.bincount(np.asarray(image, dtype=np.uint8).ravel(), minlength=256)
                 values = np.flatnonzero(histogram)
                 facts = replace(facts, values=tuple(values.tolist()), counts=tuple(histogram[values].tolist()))
@@ -208,14 +207,6 @@ class VerdictCache:
         self._known, self._new = merged, {}
 
 
-def default_workers() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def inspect_files(
     paths: Iterable[Path],
     *,
@@ -271,7 +262,7 @@ def inspect_files(
 class SampleRules:
     """How a loader reads a pair, so that verification judges exactly what training will see."""
 
-    mask_modes: tuple[str, ...] = ("L", "P")
+    mask_modes: tuple[str, ...] = SegmentationDataset.mask_modes
     upright: bool = False  # images are turned upright by their EXIF orientation before use
     num_classes: int | None = None  # None: no label range check (yet)
     ignore_index: int = IGNORE_INDEX
@@ -308,10 +299,7 @@ def pair_problems(
             kind = "missing" if facts.error == "file not found" else "unreadable"
             problems.append(Problem(sample, kind, f"{name}: unreadable {what} ({facts.error})"))
     if mask_facts.error is None and mask_facts.mode not in rules.mask_modes:
-        problems.append(Problem(sample, "mask mode", (
-            f"{mask_name}: mask mode is {mask_facts.mode!r}: expected a single-channel index PNG (mode "
-            f"{' or '.join(m for m in rules.mask_modes if m != '1')}) whose pixel values are class ids; "
-            "convert colour masks to ids first")))
+        problems.append(Problem(sample, "mask mode", mask_mode_problem(mask_name, mask_facts.mode, rules.mask_modes)))
     if problems:
         return problems
     image_size, mask_size = image_facts.size(rules.upright), mask_facts.size()

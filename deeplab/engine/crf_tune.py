@@ -49,7 +49,7 @@ def crf_grid(w1: Sequence[float] = CRF_SEARCH_GRID["w1"], sigma_alpha: Sequence[
     """Every combination of the given values; the other settings come from ``base``."""
     if not (w1 and sigma_alpha and sigma_beta):
         raise ValueError("every CRF grid axis (w1, sigma_alpha, sigma_beta) needs at least one value")
-    return [CRFParams.from_options(base, w1=a, sigma_alpha=b, sigma_beta=c)
+    return [CRFParams.build(base=base, w1=a, sigma_alpha=b, sigma_beta=c)
             for a, b, c in itertools.product(w1, sigma_alpha, sigma_beta)]
 
 

@@ -78,6 +78,15 @@ def make_voc(root: Path, train: dict[str, int], val: dict[str, int], extra_image
     return voc
 
 
+def make_damaged_voc(root: Path) -> Path:
+    """VOC val with a corrupt JPEG, a mask of the wrong size and a mask holding class id 30; returns ``root``."""
+    voc = make_voc(root, {"2007_000032": 1}, {"2007_000033": 2, "2007_000042": 3, "2007_000061": 4})
+    (voc / "JPEGImages" / "2007_000033.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    write_palette_png(voc / "SegmentationClass" / "2007_000042.png", np.zeros((10, 10), np.uint8))
+    write_palette_png(voc / "SegmentationClass" / "2007_000061.png", object_mask(30))
+    return root
+
+
 def write_sbd_mat(path: Path, segmentation: np.ndarray) -> None:
     """An SBD ``cls/<id>.mat``: struct ``GTcls`` with ``Boundaries`` (20 x 1 cell of sparse matrices),
     ``Segmentation`` (uint8 H x W) and ``CategoriesPresent``, as in ``benchmark.tgz``."""

@@ -11,7 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from deeplab import inference
 from deeplab.data.folder import DatasetError, FolderDataset, parse_classes_file
+from deeplab.imageio import IMAGE_EXTENSIONS
 from deeplab.palettes import default_palette, palette_to_flat, voc_palette
 
 H, W = 36, 52
@@ -295,6 +297,33 @@ def test_other_extensions(tmp_path):
     dataset = FolderDataset(tmp_path, val_ratio=0.0)
     assert dataset.stems == ["a", "b", "c", "d"]
     assert all(dataset.load(i)[0].shape == (3, H, W) for i in range(4))
+
+
+def test_every_image_extension_predict_reads_pairs_too(tmp_path):
+    """The folder scan takes the suffixes ``deeplab predict`` takes (one list), Netpbm and GIF included."""
+    suffixes = {".gif": "RGB", ".ppm": "RGB", ".pgm": "L", ".pbm": "1", ".pnm": "RGB", ".Gif": "RGB"}
+    for index, (suffix, mode) in enumerate(suffixes.items()):
+        write_pair(tmp_path, f"s{index}")
+        stored = tmp_path / "images" / f"s{index}.png"
+        with Image.open(stored) as image:
+            image.convert(mode).save(stored.with_suffix(suffix), format="GIF" if suffix.lower() == ".gif" else "PPM")
+        stored.unlink()
+    dataset = FolderDataset(tmp_path, val_ratio=0.0)
+    assert dataset.stems == [f"s{i}" for i in range(len(suffixes))]
+    assert [p.suffix for p in dataset.image_paths] == list(suffixes)
+    for index in range(len(dataset)):
+        image, mask = dataset.load(index)
+        assert image.shape == (3, H, W) and mask.shape == (H, W)
+    assert set(IMAGE_EXTENSIONS) >= {s.lower() for s in suffixes} and inference.IMAGE_EXTENSIONS is IMAGE_EXTENSIONS
+
+
+def test_a_new_extension_makes_a_duplicate_stem_not_a_silent_choice(tmp_path):
+    write_pair(tmp_path, "a")
+    write_pair(tmp_path, "b")
+    with Image.open(tmp_path / "images" / "a.png") as image:
+        image.save(tmp_path / "images" / "a.gif")
+    error = dataset_error(tmp_path, val_ratio=0.0)
+    assert "several files share the stem 'a': images/a.gif, images/a.png" in str(error)
 
 
 def test_exif_rotated_jpeg(tmp_path):

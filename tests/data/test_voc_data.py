@@ -12,7 +12,9 @@ from PIL import Image
 
 from deeplab.data import voc
 from deeplab.data._standard import DatasetNotFoundError
+from deeplab.data.folder import FolderDataset
 from deeplab.data.voc import VOCAugSegmentation, VOCSegmentation, prepare_voc_aug
+from deeplab.imageio import MASK_MODES, MaskModeError
 
 from . import layouts as L
 
@@ -40,6 +42,20 @@ def test_voc_split_counts_and_sample_contract(voc_root: Path) -> None:
     # The stored palette index is returned, not the colour: class 5 object with a 255 border.
     assert set(mask.unique().tolist()) == {0, 5, 255}
     assert torch.equal(mask, torch.from_numpy(L.object_mask(5)))
+
+
+def test_voc_loads_only_the_mask_modes_it_declares(voc_root: Path) -> None:
+    """One reader and one mode list: a colour or 1-bit label is refused with the folder dataset's message."""
+    data = VOCSegmentation(voc_root, "train")
+    assert data.mask_modes == ("L", "P") and FolderDataset.mask_modes == MASK_MODES == ("L", "P", "1")
+    label = data.files(0)[1]
+    Image.fromarray(np.zeros((L.H, L.W, 3), np.uint8)).save(label)
+    with pytest.raises(MaskModeError, match=r"2007_000032.png: mask mode is 'RGB': expected a single-channel "
+                                            r"index PNG \(mode L or P\)"):
+        data.load(0)
+    Image.fromarray(np.zeros((L.H, L.W), bool)).save(label)
+    with pytest.raises(MaskModeError, match="mask mode is '1'"):
+        data.load(0)
 
 
 def test_voc_class_metadata(voc_root: Path) -> None:

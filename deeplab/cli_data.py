@@ -1,16 +1,20 @@
-"""``deeplab data prepare`` and ``deeplab data check``: argparse wiring plus plain-value handlers."""
+"""``deeplab data prepare`` and ``deeplab data check``: argparse wiring plus plain-value handlers.
+
+Part of the command line, like :mod:`deeplab.cli`, and under its rules: a handler returns 0, or 1 when it
+found bad samples; bad input (a missing folder, a failed download, a malformed config) raises, and
+``deeplab.cli.main`` prints ``error: ...`` and exits with status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import warnings
 from pathlib import Path
 
-from deeplab.data.prepare import check, format_check_report, prepare
-from deeplab.data.registry_standard import DATASETS
-from deeplab.data.verify import SkippedSampleWarning
+from .data.prepare import check, format_check_report, prepare
+from .data.registry_standard import DATASETS
+from .data.verify import SkippedSampleWarning
 
 CHECKABLE = (*sorted(DATASETS), "folder")  # the standard datasets and your own folder (images/ + masks/)
 
@@ -32,7 +36,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     chk = commands.add_parser("check", help="read every sample; report counts, class pixels, bad files",
                               description="Decode every image and mask of a dataset and print three tables: "
                               "images and problems per split, pixels per class, every bad sample. "
-                              "Exit status 1 if any sample is bad.")
+                              "Exit status 1 if any sample is bad, 2 if the dataset cannot be read.")
     chk.add_argument("--config", type=Path, help="check the train and val splits of a run config's data section")
     chk.add_argument("--dataset", choices=CHECKABLE,
                      help="dataset name (without --config); folder: your own images/ + masks/ folder")
@@ -43,12 +47,8 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 
 def run_prepare(name: str, root: Path, *, download: bool = True) -> int:
-    """Handler of ``deeplab data prepare``: prints what was done; returns the exit status."""
-    try:
-        print(prepare(name, Path(root), download=download))
-    except (OSError, RuntimeError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    """Handler of ``deeplab data prepare``: prints what was done; returns 0 (errors raise, see the module)."""
+    print(prepare(name, Path(root), download=download))
     return 0
 
 
@@ -56,27 +56,23 @@ def _check_command(args: argparse.Namespace) -> int:
     if args.config is not None:
         return run_check_config(args.config, args.split)
     if args.dataset is None or args.root is None:
-        print("error: give --config FILE, or --dataset NAME and --root DIR", file=sys.stderr)
-        return 2
+        raise ValueError("give --config FILE, or --dataset NAME and --root DIR")
     return run_check(args.dataset, args.root, args.split)
 
 
 def run_check_config(config_path: Path, split: str | None = None, *, progress: bool = True) -> int:
-    """``deeplab data check --config FILE``: the config's train and val splits (or one split)."""
-    from deeplab.config import load_config
-    from deeplab.engine.data import build_dataset
+    """``deeplab data check --config FILE``: the config's train and val splits (or one split); 1 if any
+    sample is bad."""
+    from .config import load_config  # imported when used, as cli.py's handlers do: `deeplab --help` stays quick
+    from .engine.data import build_dataset
 
     data = load_config(config_path).data
     splits = [split] if split is not None else [data.train_split, data.val_split]
     # A folder dataset checks itself when built; skipping its bad samples (quietly) lets the report list them.
     lenient = dataclasses.replace(data, skip_bad=True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SkippedSampleWarning)
-            reports = [check(build_dataset(lenient, s, None), split=s, progress=progress) for s in splits]
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedSampleWarning)
+        reports = [check(build_dataset(lenient, s, None), split=s, progress=progress) for s in splits]
     unchecked = not data.verify and data.name != "folder"  # a folder always checks itself when it loads
     return _print_report(reports, skip_bad=data.skip_bad, unchecked=unchecked)
 
@@ -87,13 +83,9 @@ def run_check(dataset: str, root: Path, split: str | None = None, *, progress: b
     ``dataset`` is a standard dataset's name or ``folder`` (default options: classes from
     ``classes.txt`` or the masks, ``splits/`` or a seeded 80/20 split; ``--config`` for others).
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SkippedSampleWarning)  # the report's last table lists them
-            reports = [check(data, split=s, progress=progress) for s, data in _splits(dataset, Path(root), split)]
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedSampleWarning)  # the report's last table lists them
+        reports = [check(data, split=s, progress=progress) for s, data in _splits(dataset, Path(root), split)]
     return _print_report(reports, skip_bad=False)
 
 
@@ -114,7 +106,7 @@ def _splits(dataset: str, root: Path, split: str | None):
     """(split, dataset) for one split or all of them; a folder is built with ``skip_bad`` so that its bad
     samples are reported rather than raised."""
     if dataset == "folder":
-        from deeplab.data.folder import SPLITS, FolderDataset
+        from .data.folder import SPLITS, FolderDataset
 
         return [(s, FolderDataset(root, s, skip_bad=True)) for s in ([split] if split else SPLITS)]
     cls = DATASETS[dataset]
