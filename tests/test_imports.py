@@ -106,3 +106,28 @@ def test_the_dataset_package_imports_nothing_above_it():
         imported = _imported_modules(path)
         assert not [name for name in imported if name.startswith(above)], (path.name, imported)
     assert "deeplab.data.verify" in _imported_modules(Path(deeplab.__file__).parent / "cli_data.py")
+
+
+def test_the_layer_contract_holds_and_catches_an_upward_import_inside_a_function(tmp_path):
+    """`lint-imports` (run by `make test`) passes on the package, and fails once a model module imports the
+    engine from inside a function, the kind of arrow a module-level check cannot see."""
+    import shutil
+    from pathlib import Path
+
+    lint = Path(sys.executable).with_name("lint-imports")
+    if not lint.exists():
+        pytest.skip("import-linter is not installed (it comes with the dev extra: pip install -e '.[dev]')")
+    repo = Path(deeplab.__file__).parents[1]
+    shutil.copytree(repo / "deeplab", tmp_path / "deeplab", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(repo / "pyproject.toml", tmp_path)
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run([str(lint), "--no-cache"], capture_output=True, text=True, cwd=tmp_path,
+                              env={"PYTHONPATH": str(tmp_path), "PATH": ""})
+
+    clean = run()
+    assert clean.returncode == 0, clean.stdout
+    with open(tmp_path / "deeplab" / "models" / "layers.py", "a") as handle:
+        handle.write("\n\ndef _sneaky():\n    from deeplab.engine import train  # noqa: F401\n")
+    broken = run()
+    assert broken.returncode == 1 and "deeplab.models is not allowed to import deeplab.engine" in broken.stdout
