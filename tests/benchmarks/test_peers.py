@@ -1,0 +1,42 @@
+"""benchmarks/peers.py: torchvision's model shares our weights, the peer target is judged, smp is optional."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from deeplab.deploy.benchmark import BenchmarkResult, Timing, format_report
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "peers.py"
+
+
+@pytest.fixture(scope="module")
+def peers():
+    spec = importlib.util.spec_from_file_location("peers", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["peers"] = module  # its memory child imports it by this name
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["peers"]
+
+
+def test_the_torchvision_peer_and_ours_compute_the_same_logits(peers):
+    ours = peers.our_model("deeplabv3_resnet101")
+    theirs = peers.peers("deeplabv3_resnet101", ours)["torchvision eager"]()
+    x = torch.randn(1, 3, 65, 65, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = theirs(x), ours(x)
+    assert ours.spec.output_stride == 8 and (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_the_peer_target_is_judged_in_the_report(peers):
+    rows = [Timing("deeplabv3_resnet101", "eager fp32", [2.0]), Timing("deeplabv3_resnet101", "fast fp32", [1.5]),
+            Timing("deeplabv3_resnet101", "torchvision eager", [2.0])]
+    report = format_report(BenchmarkResult(513, 1, 1, 2, rows, []), peers.torchvision_target)
+    assert "fast fp32 >= 1.25x torchvision eager (v3 ResNet-101, same weights): 1.33x [met]" in report
+    slower = [Timing("deeplabv3_resnet101", "fast fp32", [1.9]), Timing("deeplabv3_resnet101", "torchvision eager",
+                                                                          [2.0])]
+    assert peers.torchvision_target(BenchmarkResult(513, 1, 1, 2, slower, [])) == [
+        "target: fast fp32 >= 1.25x torchvision eager (v3 ResNet-101, same weights): 1.05x [NOT met]"]
