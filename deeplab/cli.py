@@ -81,7 +81,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = _device(config.train.device, card)
     runner = model_file.open(output_stride=output_stride, device=device)
     options = InferenceOptions.from_eval_config(config.eval, precision=args.precision)
-    predictor = Predictor.from_runner(runner, card, device=device, options=options)
+    predictor = Predictor.from_runner(runner, card, device=device, runtime=args.runtime, log=_note, options=options)
+    _note(predictor.runtime.describe())
     metrics, classes = evaluate_on_config(predictor, config, str(source))
     return _report_eval(args, config, metrics, classes)
 
@@ -112,15 +113,23 @@ def _device(name: str, card=None):
     return resolve_device(name)
 
 
-def _open_predictor(source: str | Path, device_name: str, output_stride: int | None, options):
-    """The Predictor for any model source (read once), on the device ``device_name`` resolves to."""
+def _open_predictor(source: str | Path, device_name: str, output_stride: int | None, options, runtime: str | None):
+    """The Predictor for any model source (read once), on the device ``device_name`` resolves to and the runtime
+    ``runtime`` picks (what it picked and why goes to stderr)."""
     from .inference import Predictor
     from .modelfile import read_model
 
     model_file = read_model(source)
     device = _device(device_name, model_file.card)
     runner = model_file.open(output_stride=output_stride, device=device)
-    return Predictor.from_runner(runner, model_file.card, device=device, options=options)
+    predictor = Predictor.from_runner(runner, model_file.card, device=device, runtime=runtime, log=_note,
+                                      options=options)
+    _note(predictor.runtime.describe())
+    return predictor
+
+
+def _note(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _inference_options(args: argparse.Namespace, crf=None):
@@ -141,7 +150,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .predict_files import predict_paths
 
     predictor = _open_predictor(args.pretrained or args.model or args.checkpoint, args.device, args.output_stride,
-                                _inference_options(args, parse_crf_params(args.crf_params, args.crf)))
+                                _inference_options(args, parse_crf_params(args.crf_params, args.crf)), args.runtime)
     report = predict_paths(predictor, args.inputs, args.out, area_table=args.areas)
     for path, reason in report.failed:
         print(f"skipped {path}: {reason}", file=sys.stderr)
@@ -181,7 +190,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise RuntimeError(str(err)) from err
 
     source = args.model or args.checkpoint
-    predictor = _open_predictor(source, args.device, args.output_stride, _inference_options(args))
+    predictor = _open_predictor(source, args.device, args.output_stride, _inference_options(args), args.runtime)
     info = model_info(predictor, source)
     settings = ServeSettings(max_upload_bytes=round(args.max_upload_mb * 2**20), max_side=args.max_side,
                              max_batch=args.max_batch)
@@ -225,6 +234,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _model_source(p: argparse.ArgumentParser, *, pretrained: bool = False) -> None:
     from .deploy.precision import EAGER_PRECISIONS
+    from .deploy.runtimes import RUNTIMES
 
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a checkpoint written by deeplab train")
@@ -233,6 +243,9 @@ def _model_source(p: argparse.ArgumentParser, *, pretrained: bool = False) -> No
         source.add_argument("--pretrained", metavar="NAME",
                             help="published weights by name, e.g. deeplabv3plus_xception65.tf_voc_trainaug "
                                  "(see deeplab models)")
+    p.add_argument("--runtime", choices=RUNTIMES, default=None,
+                   help="what runs the model: auto (default, or $DEEPLAB_RUNTIME) times the runtimes verified for it "
+                        "and keeps the fastest; torch, onnxruntime, openvino (pip install 'deeplab[openvino]')")
     p.add_argument("--precision", default="fp32", choices=EAGER_PRECISIONS,
                    help="eager arithmetic: bf16 on GPUs and CPUs with AVX512-BF16/AMX, fp16 on GPUs "
                         "(an export runs at the precision it was exported at)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 IGNORE_INDEX = 255
 """Label value that the loss and the metrics skip (object borders in VOC, 'void' elsewhere)."""
@@ -43,3 +44,12 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def cache_dir() -> Path:
+    """Where deeplab keeps what it can recompute (dataset verdicts, runtime choices, converted models):
+    ``$DEEPLAB_CACHE``, else ``$XDG_CACHE_HOME/deeplab``, else ``~/.cache/deeplab``."""
+    if os.environ.get("DEEPLAB_CACHE"):
+        return Path(os.environ["DEEPLAB_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "deeplab"

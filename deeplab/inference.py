@@ -16,6 +16,7 @@ from torch import nn
 from .constants import IMAGENET_MEAN, IMAGENET_STD, Palette
 from .deploy.fastpath import fast_copy
 from .deploy.precision import autocast_dtype, check_precision
+from .deploy.runtimes import RuntimeChoice, open_with_runtime
 from .imageio import normalize_image
 from .modelfile import ModelCard, Runner, read_model
 from .models.segmenter import upsample_to
@@ -92,6 +93,7 @@ class Predictor:
         else:
             self.model = model
         self.num_classes = num_classes
+        self.runtime = RuntimeChoice("torch" if isinstance(model, nn.Module) else "callable", self.options.precision)
         self.mean = tuple(mean if mean is not None else getattr(self.spec, "mean", IMAGENET_MEAN))
         self.std = tuple(std if std is not None else getattr(self.spec, "std", IMAGENET_STD))
 
@@ -112,7 +114,7 @@ class Predictor:
     @classmethod
     def from_file(
         cls, source: str | Path, *, output_stride: int | None = None, device: str | torch.device = "cpu",
-        options: InferenceOptions | None = None, **option_values: Any,
+        runtime: str | None = None, options: InferenceOptions | None = None, **option_values: Any,
     ) -> Predictor:
         """A predictor for any model source :func:`deeplab.modelfile.read_model` reads: a training checkpoint, an
         export (ONNX, TorchScript), a TF checkpoint, or a published weights name.
@@ -124,19 +126,24 @@ class Predictor:
             output_stride: rebuild the model at this output stride. An export is fixed at the stride it was
                 exported at (``deeplab export --output-stride``); asking for another is an error.
             device: where the model runs (ONNX Runtime: ``cpu``, or ``cuda`` with onnxruntime-gpu).
+            runtime: ``auto`` (default, or ``$DEEPLAB_RUNTIME``), ``torch``, ``onnxruntime`` or ``openvino``; see
+                :mod:`deeplab.deploy.runtimes`. The choice is in the predictor's ``runtime`` attribute.
             options, **option_values: see the class. An export runs at the precision it was exported at;
                 ``fp32`` (the default) or that precision is accepted, anything else is an error.
         """
         model_file = read_model(source)
         runner = model_file.open(output_stride=output_stride, device=device)
-        return cls.from_runner(runner, model_file.card, device=device, options=options, **option_values)
+        return cls.from_runner(runner, model_file.card, device=device, runtime=runtime, options=options,
+                               **option_values)
 
     from_published = from_file  # a published weights name is one of the sources from_file reads
 
     @classmethod
     def from_runner(cls, runner: Runner, card: ModelCard, *, device: str | torch.device = "cpu",
+                    runtime: str | None = None, log: Callable[[str], None] | None = None,
                     options: InferenceOptions | None = None, **option_values: Any) -> Predictor:
-        """A predictor for a runner :meth:`deeplab.modelfile.ModelFile.open` gave, with its card."""
+        """A predictor for a runner :meth:`deeplab.modelfile.ModelFile.open` gave, with its card, on the runtime
+        ``runtime`` asks for (see :meth:`from_file`; ``log`` receives a line for each slow step of choosing it)."""
         options = (options or InferenceOptions()).replace(**option_values)
         if card.is_export:
             if options.precision not in ("fp32", card.precision):
@@ -144,8 +151,12 @@ class Predictor:
                                  f"time (export again with --precision {options.precision})")
             options = options.replace(precision=card.precision)
         spec = getattr(runner, "spec", None) or card.spec  # a rebuilt model's spec has its output stride
-        return cls(runner, num_classes=spec.num_classes, classes=card.classes, palette=card.palette, device=device,
-                   spec=spec, options=options)
+        chosen, choice = open_with_runtime(runner, card, runtime=runtime, precision=options.precision, device=device,
+                                           log=log)
+        predictor = cls(chosen, num_classes=spec.num_classes, classes=card.classes, palette=card.palette,
+                        device=device, spec=spec, options=options)
+        predictor.runtime = choice
+        return predictor
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """Converts a uint8 ``3 x H x W`` RGB image to a normalised float ``1 x 3 x H x W`` batch."""

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from .classes import dataset_classes
 from .config import Config, from_dict
 from .constants import IMAGENET_MEAN, IMAGENET_STD, Colour
+from .deploy.onnxfile import METADATA_KEY
 from .deploy.runners import OnnxRunner, load_torchscript, require_onnx
 from .models import ModelSpec, Segmenter, build_from_spec, build_model, load_weights, resolve_spec
 from .models.published import PUBLISHED_WEIGHTS, fetch_published, published_weights
@@ -36,7 +37,6 @@ from .torchfile import read_torch_file
 CHECKPOINT_FORMAT = "deeplab-checkpoint-2"
 LEGACY_CHECKPOINT_FORMAT = "deeplab-checkpoint-1"
 EXPORT_FORMAT = "deeplab-export-1"
-METADATA_KEY = "deeplab"  # ONNX metadata_props key; the TorchScript extra file is METADATA_KEY + ".json"
 
 Runner = nn.Module | Callable[[Tensor], Tensor]
 WeightsLike = str | Path | Mapping[str, Tensor]

@@ -2,6 +2,9 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _private_verify_cache(tmp_path_factory, monkeypatch):
-    """Each test gets its own empty verification cache (deeplab.data.verify), never the user's ~/.cache."""
+def _private_cache_and_pinned_runtime(tmp_path_factory, monkeypatch):
+    """Each test gets its own empty cache (dataset verdicts, runtime choices, converted models), never the user's
+    ~/.cache; and model loading is pinned to the torch runtime, so that the many tests that open a model do not
+    each convert it and time three runtimes: tests/deploy/test_runtimes.py unpins it where `auto` is the subject."""
     monkeypatch.setenv("DEEPLAB_CACHE", str(tmp_path_factory.mktemp("deeplab-cache")))
+    monkeypatch.setenv("DEEPLAB_RUNTIME", "torch")

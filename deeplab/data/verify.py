@@ -33,7 +33,7 @@ import torch
 from PIL import ExifTags, Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from ..constants import IGNORE_INDEX, default_workers
+from ..constants import IGNORE_INDEX, cache_dir, default_workers
 from ..imageio import MASK_MODES, atomic_write, mask_mode_problem
 from .base import SegmentationDataset
 
@@ -140,14 +140,6 @@ def _describe(err: BaseException, path: Path) -> str:
 
 
 # --------------------------------------------------------------------------------------------- the cache
-
-
-def cache_dir() -> Path:
-    """``$DEEPLAB_CACHE``, else ``$XDG_CACHE_HOME/deeplab``, else ``~/.cache/deeplab``."""
-    if os.environ.get("DEEPLAB_CACHE"):
-        return Path(os.environ["DEEPLAB_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "deeplab"
 
 
 class VerdictCache:

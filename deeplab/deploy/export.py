@@ -17,7 +17,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,13 +36,13 @@ from ..models import Segmenter, build_from_spec
 from ..palettes import default_palette
 from ..predict_files import expand_inputs
 from .fastpath import fast_copy
+from .onnxfile import quiet_exporters, set_onnx_metadata, trace_input, write_onnx
 from .precision import EXPORT_PRECISIONS, PRECISIONS
 from .quantize import QuantizationSettings, quantize_onnx
 from .runners import require_onnx, require_onnxruntime
 
 FORMATS = ("onnx", "torchscript")
 FP32_TOLERANCE = 1e-3  # max |logit difference| an fp32 export may have against the original model
-ONNX_OPSET = 17
 # Verification inputs: two batch sizes, two image sizes that are not multiples of the output stride.
 VERIFY_SHAPES = ((1, 3, 97, 129), (2, 3, 65, 81))
 
@@ -145,13 +144,13 @@ def export_model(
         candidate = Path(tmp) / f"candidate.{'onnx' if format == 'onnx' else 'pt'}"
         if format == "onnx":
             fp32_path = Path(tmp) / "fp32.onnx"
-            _write_onnx(model, fp32_path, info if precision == "fp32" else None)
+            write_onnx(model, fp32_path, info.to_json() if precision == "fp32" else None)
             if precision == "int8":
                 images = calibration_inputs(run_config, model.spec.mean, model.spec.std, calibration_images,
                                             calibration)
                 report.quantization = quantize_onnx(fp32_path, candidate, images, num_classes=model.spec.num_classes,
                                                     settings=quantization)
-                _set_onnx_metadata(candidate, info)
+                set_onnx_metadata(candidate, info.to_json())
             else:
                 fp32_path.replace(candidate)
         else:
@@ -193,45 +192,6 @@ def _source(checkpoint: str | Path | Segmenter, output_stride: int | None, class
     return model, card, from_dict(source.config) if source.config else None
 
 
-@contextmanager
-def _quiet_exporters():
-    """Silences the exporters' deprecation and tracer notices (the verification step checks the result)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*TorchScript-based ONNX export.*")
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        yield
-
-
-def _probe() -> torch.Tensor:
-    """The example input the exporters trace with (any size works: the export's sizes are free)."""
-    return torch.randn(1, 3, 97, 97, generator=torch.Generator().manual_seed(0))
-
-
-def _write_onnx(model: nn.Module, path: Path, info: ModelCard | None) -> None:
-    """The folded fp32 model as ONNX with dynamic batch, height and width (and the metadata, if given)."""
-    folded = fast_copy(model, "cpu", channels_last=False)
-    # The TorchScript-based exporter: with dynamic_axes it handles free height and width in seconds,
-    # where the torch.export-based one takes minutes per model on a small CPU for the same graph.
-    with _quiet_exporters(), torch.no_grad():
-        torch.onnx.export(folded, (_probe(),), str(path), dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
-                                        "logits": {0: "batch", 2: "height", 3: "width"}})
-    if info is not None:
-        _set_onnx_metadata(path, info)
-
-
-def _set_onnx_metadata(path: Path, info: ModelCard) -> None:
-    onnx = require_onnx()
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, info.to_json()
-    proto.producer_name = "deeplab"
-    onnx.save(proto, str(path))
-
-
 class _CastTo(nn.Module):
     """Runs ``model`` in ``dtype`` (weights and arithmetic) behind a float32 interface."""
 
@@ -249,8 +209,8 @@ def _write_torchscript(model: nn.Module, path: Path, info: ModelCard) -> None:
     folded: nn.Module = fast_copy(model, "cpu", channels_last=False)
     if info.precision == "bf16":
         folded = _CastTo(folded, torch.bfloat16).eval()
-    with _quiet_exporters(), torch.no_grad():
-        traced = torch.jit.freeze(torch.jit.trace(folded, _probe(), check_trace=False))
+    with quiet_exporters(), torch.no_grad():
+        traced = torch.jit.freeze(torch.jit.trace(folded, trace_input(), check_trace=False))
         torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": info.to_json()})
 
 
@@ -261,7 +221,7 @@ def _verify_logits(model: nn.Module, candidate: Path, report: ExportReport, tole
     worst, same, total = 0.0, 0, 0
     for shape in VERIFY_SHAPES:
         x = torch.randn(*shape, generator=generator)
-        with torch.inference_mode(), _quiet_exporters():
+        with torch.inference_mode(), quiet_exporters():
             expected, got = model(x), runner(x).float()
         if got.shape != expected.shape:
             raise ExportError(f"the export returned {tuple(got.shape)} for input {shape}, expected "

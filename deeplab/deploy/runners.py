@@ -1,4 +1,5 @@
-"""What runs an exported model: ONNX Runtime sessions and TorchScript modules, as tensor -> tensor functions.
+"""What runs an exported model: ONNX Runtime sessions, OpenVINO compiled models and TorchScript modules, as
+tensor -> tensor functions.
 
 :mod:`deeplab.modelfile` opens export files through these; the optional dependencies are imported here,
 with an error that names the extra to install.
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 DEPLOY_EXTRA_HINT = 'pip install "deeplab[deploy]"'
+OPENVINO_EXTRA_HINT = 'pip install "deeplab[openvino]"'
 
 
 def require_onnxruntime():
@@ -31,6 +33,15 @@ def require_onnx():
     except ImportError as err:
         raise ImportError(f"ONNX export and inference need onnx and onnxruntime: {DEPLOY_EXTRA_HINT}") from err
     return onnx
+
+
+def require_openvino():
+    """Imports openvino, or raises an ImportError that names the extra to install."""
+    try:
+        import openvino
+    except ImportError as err:
+        raise ImportError(f"the OpenVINO runtime needs openvino: {OPENVINO_EXTRA_HINT}") from err
+    return openvino
 
 
 class OnnxRunner:
@@ -67,3 +78,29 @@ def load_torchscript(path: str | Path, device: str | torch.device = "cpu") -> nn
             return torch.jit.load(str(path), map_location=torch.device(device)).eval()
         except RuntimeError as err:
             raise ValueError(f"{path} is not a loadable TorchScript file ({err})") from err
+
+
+class OpenVinoRunner:
+    """Runs an ONNX model with OpenVINO on the CPU as a tensor -> tensor function.
+
+    ``precision``: ``fp32``, or ``bf16`` (OpenVINO's inference precision hint, on CPUs with AVX512-BF16 or AMX;
+    the caller checks the CPU). Any batch and image size: the model keeps the ONNX file's dynamic axes.
+    """
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None,
+                 precision: str = "fp32") -> None:
+        ov = require_openvino()
+        if torch.device(device).type != "cpu":
+            raise ValueError(f"{path}: the OpenVINO runtime here runs on the CPU only (got device {device})")
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                  "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
+        try:
+            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        except Exception as err:  # OpenVINO raises its own exception types
+            raise ValueError(f"OpenVINO cannot load {path} ({type(err).__name__}: {err})") from err
+        self.path = Path(path)
+        self.precision = precision
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.compiled(array)[0].copy())

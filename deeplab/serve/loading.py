@@ -21,6 +21,7 @@ class ModelInfo:
     source: str | None = None
     device: str = "cpu"
     precision: str = "fp32"
+    runtime: str = "torch"
 
 
 def load_predictor(
@@ -29,6 +30,7 @@ def load_predictor(
     model: str | Path | None = None,
     device: str | torch.device = "cpu",
     output_stride: int | None = None,
+    runtime: str | None = None,
     options: InferenceOptions | None = None,
     **option_values: Any,
 ) -> tuple[Predictor, ModelInfo]:
@@ -40,6 +42,7 @@ def load_predictor(
             published weights name; exclusive with ``checkpoint``.
         device: where the model runs (``deeplab serve --device auto`` picks it as ``deeplab predict`` does).
         output_stride: rebuild a checkpoint's model at this output stride (default: the training one).
+        runtime: ``auto`` (default, or ``$DEEPLAB_RUNTIME``), ``torch``, ``onnxruntime``, ``openvino``.
         options, **option_values: the :class:`~deeplab.options.InferenceOptions` (``precision``, ``scales``,
             ``flip``, ``window``, ``crf``, ...); an export runs at the precision it was exported at.
 
@@ -49,8 +52,8 @@ def load_predictor(
     if (checkpoint is None) == (model is None):
         raise ValueError("give exactly one model to serve: --checkpoint PATH or --model PATH")
     source = checkpoint if checkpoint is not None else model
-    predictor = Predictor.from_file(source, output_stride=output_stride, device=device, options=options,
-                                    **option_values)
+    predictor = Predictor.from_file(source, output_stride=output_stride, device=device, runtime=runtime,
+                                    options=options, **option_values)
     return predictor, model_info(predictor, source)
 
 
@@ -58,4 +61,5 @@ def model_info(predictor: Predictor, source: str | Path) -> ModelInfo:
     """What ``GET /info`` says about ``predictor``, read from ``source``."""
     spec = predictor.spec
     return ModelInfo(name=spec.name if spec is not None else "unknown", output_stride=predictor.output_stride,
-                     source=str(source), device=str(predictor.device), precision=predictor.precision)
+                     source=str(source), device=str(predictor.device), precision=predictor.precision,
+                     runtime=predictor.runtime.runtime)

@@ -1,0 +1,115 @@
+"""deeplab.deploy.runtimes: every runtime verified against fp32 at load; `auto` times them once and keeps the fastest."""
+
+import pytest
+import torch
+
+import deeplab.deploy.runtimes as runtimes
+from deeplab import create_model
+from deeplab.cli import main
+from deeplab.config import Config
+from deeplab.engine.checkpoint import save_checkpoint
+from deeplab.imageio import read_image, save_rgb_png
+from deeplab.inference import Predictor
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+
+
+def _calibrated(model: torch.nn.Module) -> torch.nn.Module:
+    generator = torch.Generator().manual_seed(3)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(torch.rand(module.num_features, generator=generator) * 0.2 - 0.1)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = _calibrated(create_model("deeplabv3_mobilenetv2", num_classes=3))
+    path = tmp_path_factory.mktemp("runtimes") / "ck.pt"
+    save_checkpoint(path, model=model, optimizer=None, step=1, best_miou=0.0, config=Config(),
+                    classes=["a", "b", "c"], palette=[(0, 0, 0), (9, 9, 9), (99, 99, 99)])
+    return path, model
+
+
+def _logits(predictor: Predictor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(1, 3, 65, 81, generator=torch.Generator().manual_seed(5))
+    return predictor.logits_for_batch(x), x
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_an_explicit_runtime_runs_the_checkpoint_as_torch_does(checkpoint, runtime):
+    path, model = checkpoint
+    predictor = Predictor.from_file(path, runtime=runtime)
+    assert predictor.runtime.runtime == runtime and "as asked, verified against fp32" in predictor.runtime.describe()
+    got, x = _logits(predictor)
+    with torch.no_grad():
+        expected = model(x)
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_auto_times_the_verified_runtimes_once_and_keeps_the_fastest(checkpoint, monkeypatch):
+    path, _ = checkpoint
+    monkeypatch.delenv("DEEPLAB_RUNTIME")  # the default: auto
+    first = Predictor.from_file(path)
+    choice = first.runtime
+    assert set(choice.seconds) == {"torch", "onnxruntime", "openvino"} and not choice.cached
+    assert choice.runtime == min(choice.seconds, key=choice.seconds.get)
+    assert f"runtime: {choice.runtime} fp32 (fastest verified at 1x3x513x513" in choice.describe()
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("the cached choice must not be timed again")
+
+    monkeypatch.setattr(runtimes, "_time", no_timing)
+    again = Predictor.from_file(path)
+    assert again.runtime.cached and again.runtime.runtime == choice.runtime and "cached choice" in \
+        again.runtime.describe()
+
+
+def test_a_runtime_that_disagrees_is_refused(checkpoint, monkeypatch):
+    path, _ = checkpoint
+    real = runtimes.OpenVinoRunner.__call__
+    monkeypatch.setattr(runtimes.OpenVinoRunner, "__call__", lambda self, x: real(self, x) * 1.01)
+    with pytest.raises(ValueError, match=r"--runtime openvino disagrees with the fp32 reference on this model "
+                                         r"\(max \|d logits\| = 1\.0e-02 of the largest"):
+        Predictor.from_file(path, runtime="openvino")
+    monkeypatch.delenv("DEEPLAB_RUNTIME")
+    chosen = Predictor.from_file(path).runtime
+    assert chosen.runtime != "openvino" and chosen.refused["openvino"].startswith("disagrees with fp32")
+    assert "not used: openvino: disagrees" in chosen.describe()
+
+
+def test_what_a_runtime_cannot_run_is_a_clear_error(checkpoint, tmp_path, monkeypatch):
+    path, model = checkpoint
+    from deeplab.deploy.export import export_model
+
+    export_model(model, tmp_path / "m.ts", format="torchscript", progress=False)
+    with pytest.raises(ValueError, match="--runtime onnxruntime: a TorchScript export runs on torch only"):
+        Predictor.from_file(tmp_path / "m.ts", runtime="onnxruntime")
+    export_model(model, tmp_path / "m.onnx", progress=False)
+    with pytest.raises(ValueError, match="--runtime torch: an ONNX export runs on onnxruntime or openvino"):
+        Predictor.from_file(tmp_path / "m.onnx", runtime="torch")
+    assert Predictor.from_file(tmp_path / "m.onnx", runtime="openvino").runtime.runtime == "openvino"
+    monkeypatch.setattr(runtimes, "cpu_has_bf16", lambda: False)
+    with pytest.raises(ValueError, match="--runtime openvino: bf16 needs a CPU with AVX512-BF16 or AMX"):
+        Predictor.from_file(path, runtime="openvino", precision="bf16")
+    monkeypatch.setenv("DEEPLAB_RUNTIME", "tensorrt")
+    with pytest.raises(ValueError, match="DEEPLAB_RUNTIME='tensorrt'; valid choices: auto, torch, onnxruntime"):
+        Predictor.from_file(path)
+
+
+def test_predict_says_which_runtime_it_used_and_writes_the_same_masks(checkpoint, tmp_path, capsys):
+    path, _ = checkpoint
+    image = torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    save_rgb_png(image.permute(1, 2, 0), tmp_path / "x.png")
+    masks = {}
+    for runtime in ("torch", "openvino"):
+        out = tmp_path / runtime
+        assert main(["predict", "--checkpoint", str(path), str(tmp_path / "x.png"), "--out", str(out),
+                     "--runtime", runtime]) == 0
+        assert f"runtime: {runtime} fp32" in capsys.readouterr().err
+        masks[runtime] = read_image(out / "x_color.png")
+    agreement = (masks["torch"] == masks["openvino"]).all(dim=0).float().mean().item()
+    assert agreement >= 0.999
