@@ -14,10 +14,10 @@ from PIL import Image
 
 from deeplab.cli import main
 from deeplab.config import DataConfig
+from deeplab.constants import cache_dir
 from deeplab.data import prepare as prep
 from deeplab.data.ade20k import ADE20KSegmentation
 from deeplab.data.folder import DatasetError, FolderDataset
-from deeplab.constants import cache_dir
 from deeplab.data.verify import verify_dataset
 from deeplab.data.voc import VOCSegmentation
 from deeplab.engine.data import build_train_val

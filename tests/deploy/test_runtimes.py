@@ -1,4 +1,4 @@
-"""deeplab.deploy.runtimes: every runtime verified against fp32 at load; `auto` times them once and keeps the fastest."""
+"""deeplab.deploy.runtimes: every runtime verified against fp32 at load; `auto` times them once, keeps the fastest."""
 
 import pytest
 import torch
