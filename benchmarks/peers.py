@@ -121,7 +121,8 @@ def main() -> None:
     # the memory child imports this module by name to rebuild a peer
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
     result = run_benchmark(args.models.split(","), size=args.size, runs=args.runs, warmup=args.warmup,
-                           memory=not args.no_memory, build=our_model, extra=peers, extra_name="peers:peers")
+                           memory=not args.no_memory, build=our_model, extra=peers, extra_name="peers:peers",
+                           progress=True)
     print(format_report(result, torchvision_target))
 
 

@@ -177,7 +177,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     models = [name.strip() for name in args.models.split(",")] if args.models else list(DEFAULT_MODELS)
     result = run_benchmark(models, size=args.size, batch=args.batch, runs=args.runs, warmup=args.warmup,
-                           memory=not args.no_memory)
+                           memory=not args.no_memory, progress=True)
     print(format_report(result))
     return 0
 
@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fp32: fail if the export's logits differ from the checkpoint's by more than this")
 
     p = _command(commands, "benchmark", cmd_benchmark)
-    p.add_argument("--models", default=None, help="comma-separated model names (default: the README table's four)")
+    p.add_argument("--models", default=None, help="comma-separated model names (default: the README table's five)")
     p.add_argument("--size", type=int, default=513, help="input side")
     p.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
     p.add_argument("--runs", type=int, default=7, help="timed runs per path, interleaved across paths")

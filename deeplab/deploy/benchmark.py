@@ -5,8 +5,10 @@ does by default), a TorchScript export, an ONNX Runtime export (fp32 and int8), 
 hardware has it. Timed runs are interleaved (one run of every path, then the next round), so machine noise
 hits all paths alike. Peak memory is measured separately, one fresh process per path: the peak resident
 memory during inference (weights included) above that of an idle interpreter with the libraries loaded.
-Weights are random (seeded). Other implementations of the same architectures (torchvision,
-segmentation_models_pytorch) are compared by ``benchmarks/peers.py``, which adds its paths through ``extra``.
+Weights are random (seeded). A progress bar on stderr moves with each step (building, each export, each
+round, each memory child); the report's header names the CPU (:func:`~deeplab.deploy.precision.cpu_kind`).
+Other implementations of the same architectures (torchvision, segmentation_models_pytorch) are compared by
+``benchmarks/peers.py``, which adds its paths through ``extra``.
 """
 
 from __future__ import annotations
@@ -25,16 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ..inference import Predictor
 from ..models import build_model
 from ..models.weights import TORCHVISION_LAYOUT
 from .export import export_model
-from .precision import check_precision
+from .precision import check_precision, cpu_has_bf16, cpu_kind
 
-# The README table: v3+ on the three backbones at OS 16, and v3 ResNet-101 in torchvision's layout.
+# The README table: v3+ on the three backbones at OS 16 (MobileNetV2 full and light), and v3 ResNet-101 in
+# torchvision's layout.
 DEFAULT_MODELS = ("deeplabv3plus_resnet101", "deeplabv3plus_xception65", "deeplabv3plus_mobilenetv2",
-                  "deeplabv3_resnet101")
+                  "deeplabv3plus_mobilenetv2_light", "deeplabv3_resnet101")
 NUM_CLASSES = 21
 # Untrained residual networks amplify fp32 rounding from layer to layer: on v3 ResNet-101 at output stride 8
 # the BatchNorm-folded model alone (no export) ends 2e-3 from the unfolded one with random weights. The
@@ -76,6 +80,7 @@ class BenchmarkResult:
     threads: int
     timings: list[Timing]
     skipped: list[str]
+    cpu: str = ""  # cpu_kind() of the machine that ran it
 
 
 def model_options(name: str) -> dict:
@@ -124,17 +129,26 @@ def _calibration_folder(folder: Path, size: int, count: int = 4) -> Path:
     return folder
 
 
+def _doing(bar: tqdm, what: str) -> None:
+    """Shows what the next step is (drawn at once: exports and memory children take seconds to minutes)."""
+    bar.set_postfix_str(what, refresh=True)
+
+
 def build_paths(name: str, model: torch.nn.Module, workdir: Path, size: int, skipped: list[str],
-                extra: Extra | None = None) -> dict[str, Run]:
-    """Every benchmarked path of one model, each a function of a normalised batch."""
+                extra: Extra | None = None, bar: tqdm | None = None) -> dict[str, Run]:
+    """Every benchmarked path of one model, each a function of a normalised batch; ``bar`` moves by one per
+    export."""
+    bar = bar if bar is not None else tqdm(disable=True)
     paths: dict[str, Run] = {"eager fp32": model}
     paths["fast fp32"] = Predictor(model, num_classes=NUM_CLASSES).logits_for_batch
     calibration = _calibration_folder(workdir / "calibration", size)
     for label, (fmt, precision, suffix) in _EXPORTS.items():
+        _doing(bar, f"{name}: export {label}")
         out = workdir / f"{name}.{suffix}"
         export_model(model, out, format=fmt, precision=precision, calibration=calibration, calibration_images=4,
                      eval_images=0, tolerance=RANDOM_WEIGHTS_TOLERANCE, progress=False)
         paths[label] = Predictor.from_file(out).logits_for_batch
+        bar.update()
     try:
         check_precision("bf16", "cpu")
         paths["fast bf16"] = Predictor(model, num_classes=NUM_CLASSES, precision="bf16").logits_for_batch
@@ -148,35 +162,54 @@ def build_paths(name: str, model: torch.nn.Module, workdir: Path, size: int, ski
 def run_benchmark(models: list[str], *, size: int = 513, batch: int = 1, runs: int = 7, warmup: int = 2,
                   memory: bool = True, workdir: str | Path | None = None,
                   build: Callable[[str], torch.nn.Module] = benchmark_model, extra: Extra | None = None,
-                  extra_name: str | None = None) -> BenchmarkResult:
+                  extra_name: str | None = None, progress: bool = False) -> BenchmarkResult:
     """Times every path of every model (interleaved runs) and, with ``memory``, measures its peak memory.
 
     ``build`` makes our model for a name; ``extra`` adds other paths (``extra_name``, its ``"module:function"``,
-    lets the memory child rebuild them, as it rebuilds ours with ``build``'s default).
+    lets the memory child rebuild them, as it rebuilds ours with ``build``'s default). ``progress`` writes the
+    CPU line and a progress bar to stderr.
     """
+    cpu = cpu_kind()
+    if progress:
+        print(cpu, file=sys.stderr, flush=True)
     timings: list[Timing] = []
     skipped: list[str] = []
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    with tempfile.TemporaryDirectory() as tmp:
+    # One memory child per path; the count is exact once a model's paths are built (``extra`` adds some).
+    expected_paths = 2 + len(_EXPORTS) + int(cpu_has_bf16())
+    steps_per_model = 1 + len(_EXPORTS) + warmup + runs + (expected_paths if memory else 0)
+    with tempfile.TemporaryDirectory() as tmp, tqdm(total=steps_per_model * len(models), desc="benchmark",
+                                                    unit="step", disable=not progress, file=sys.stderr) as bar:
         root = Path(workdir) if workdir is not None else Path(tmp)
         for name in models:
-            paths = build_paths(name, build(name), root, size, skipped, extra)
+            _doing(bar, f"{name}: building")
+            model = build(name)
+            bar.update()
+            paths = build_paths(name, model, root, size, skipped, extra, bar)
+            del model
             rows = {label: Timing(name, label) for label in paths}
             with torch.inference_mode():
-                for _ in range(warmup):
+                for round_ in range(warmup):
+                    _doing(bar, f"{name}: warm-up {round_ + 1}/{warmup}")
                     for run in paths.values():
                         run(x)
-                for _ in range(runs):
+                    bar.update()
+                for round_ in range(runs):
+                    _doing(bar, f"{name}: round {round_ + 1}/{runs}")
                     for label, run in paths.items():
                         start = time.perf_counter()
                         run(x)
                         rows[label].times.append(time.perf_counter() - start)
+                    bar.update()
             del paths
             if memory:
+                bar.total += len(rows) - expected_paths
                 for label, row in rows.items():
+                    _doing(bar, f"{name}: memory of {label}")
                     row.peak_mb = peak_memory_mb(name, label, root, size, batch, extra_name)
+                    bar.update()
             timings += rows.values()
-    return BenchmarkResult(size, batch, runs, torch.get_num_threads(), timings, skipped)
+    return BenchmarkResult(size, batch, runs, torch.get_num_threads(), timings, skipped, cpu)
 
 
 _MEMORY_CHILD = """
@@ -233,7 +266,8 @@ def _measure_in_child(name: str, label: str, root: str, size: int, batch: int, t
 def format_report(result: BenchmarkResult, targets: Callable[[BenchmarkResult], list[str]] | None = None) -> str:
     """Markdown table (median/min latency, speed-up against the same model's plain eager fp32, peak memory),
     then the int8 target and whatever ``targets`` adds, and anything that was skipped."""
-    lines = [f"1x3x{result.size}x{result.size} (batch {result.batch}), CPU, {result.threads} threads, "
+    lines = [*([result.cpu] if result.cpu else []),
+             f"1x3x{result.size}x{result.size} (batch {result.batch}), CPU, {result.threads} threads, "
              f"median/min of {result.runs} interleaved runs; peak memory above an idle interpreter",
              "",
              "| model | path | median (s) | min (s) | speed-up vs eager | peak memory (MB) |",

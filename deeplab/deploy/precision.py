@@ -6,6 +6,8 @@ One table for the CLI's choices, the Predictor's autocast, training's AMP and th
 from __future__ import annotations
 
 import functools
+import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,16 +56,54 @@ def precision_entry(precision: str) -> Precision:
 
 
 @functools.cache
+def _cpuinfo_lines() -> tuple[str, ...]:
+    """/proc/cpuinfo's lines (empty where it does not exist)."""
+    try:
+        return tuple(Path("/proc/cpuinfo").read_text().splitlines())
+    except OSError:
+        return ()
+
+
+def _cpuinfo_field(*keys: str) -> str | None:
+    for line in _cpuinfo_lines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in keys:
+            return value.strip()
+    return None
+
+
 def cpu_flags() -> frozenset[str]:
     """The CPU feature flags the kernel reports (empty where /proc/cpuinfo does not exist)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+    return frozenset((_cpuinfo_field("flags", "Features") or "").split())
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name as the kernel reports it (``platform.processor()`` where /proc/cpuinfo has none)."""
+    return _cpuinfo_field("model name", "Model name", "Hardware") or platform.processor() or "unknown CPU"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one, else all)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# The instruction sets that decide which kernels run fast: label -> the /proc/cpuinfo flags that give it.
+ISA_FLAGS = {"AVX2": ("avx2",), "AVX-512": ("avx512f",), "AVX512-VNNI": ("avx512_vnni",),
+             "AVX-VNNI": ("avx_vnni",), "AVX512-BF16": ("avx512_bf16",), "AMX": ("amx_tile", "amx_bf16", "amx_int8")}
+
+
+def cpu_kind() -> str:
+    """One line naming this CPU for benchmark reports: model, usable cores, torch threads, the instruction
+    sets of :data:`ISA_FLAGS` it has and lacks, and the kernel level torch dispatches to."""
+    flags = cpu_flags()
+    has = [label for label, names in ISA_FLAGS.items() if flags & set(names)]
+    lacks = [label for label in ISA_FLAGS if label not in has]
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
+    isa = " ".join(has) if has else "none of " + "/".join(ISA_FLAGS)
+    if has and lacks:
+        isa += f" (no {', '.join(lacks)})"
+    return (f"CPU: {cpu_model_name()}, {usable_cores()} cores, {torch.get_num_threads()} torch threads; {isa}; "
+            f"torch CPU capability {capability}")
 
 
 def cpu_has_bf16() -> bool:

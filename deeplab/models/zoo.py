@@ -462,6 +462,31 @@ def deeplabv3plus_mobilenetv2(
                           separable=separable, dropout=dropout, align_corners=align_corners)
 
 
+# The TF reference's configuration for MobileNet-v2 (common.py's flags, model.py): no 3x3 ASPP branches
+# (atrous_rates=None for mobilenet_v2), separable ASPP and decoder convs (aspp_with_separable_conv and
+# decoder_use_separable_conv default to True), 256 ASPP and decoder filters, depth multiplier 1.0. Its own
+# default has no decoder (``deeplabv3_mobilenetv2``); this adds the stride-4 decoder (decoder_output_stride=4).
+@_register("v3+", "MobileNetV2")
+def deeplabv3plus_mobilenetv2_light(
+    *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] = (), separable: bool = True,
+    dropout: float = 0.1, align_corners: bool = False, tf_padding: bool = False, bn_eps: float = 1e-5,
+    pretrained_backbone: bool | str = False,
+) -> Segmenter:
+    """DeepLab v3+ on MobileNetV2, light as the TF reference configures it: ASPP with only the 1x1 and
+    image-pooling branches, separable decoder convs (5.3 GMACs at 513 px and OS 16, against
+    :func:`deeplabv3plus_mobilenetv2`'s 26.9).
+
+    Args:
+        atrous_rates: 3x3 ASPP branches to add (separable when ``separable``); none by default.
+        separable: atrous separable convs in ASPP and decoder (the reference's default).
+        align_corners, tf_padding, bn_eps: as in :func:`deeplabv3_mobilenetv2`.
+    """
+    backbone = _mobilenetv2(output_stride, bn_eps, tf_padding, pretrained_backbone)
+    return _deeplabv3plus(backbone, num_classes=num_classes, output_stride=output_stride,
+                          atrous_rates=tuple(atrous_rates), separable=separable, dropout=dropout,
+                          align_corners=align_corners)
+
+
 @_register("v3+", "Xception-41", normalization="inception", paper_rates=(6, 12, 18))
 def deeplabv3plus_xception41(
     *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] | None = None,

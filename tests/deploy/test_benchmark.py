@@ -1,9 +1,12 @@
 """The deploy benchmark's report: ratios against the right baselines, targets judged, skips said."""
 
 import pytest
+import torch
 
 from deeplab.cli import main
-from deeplab.deploy.benchmark import BenchmarkResult, Timing, format_report
+from deeplab.deploy import benchmark
+from deeplab.deploy.benchmark import BenchmarkResult, Timing, format_report, run_benchmark
+from deeplab.deploy.precision import cpu_kind
 
 
 def _result() -> BenchmarkResult:
@@ -13,11 +16,13 @@ def _result() -> BenchmarkResult:
             Timing("deeplabv3_resnet101", "torchvision eager", [2.0, 2.1, 1.9]),
             Timing("deeplabv3plus_mobilenetv2", "eager fp32", [0.4, 0.4, 0.4]),
             Timing("deeplabv3plus_mobilenetv2", "ONNX Runtime int8", [0.1, 0.1, 0.1])]
-    return BenchmarkResult(size=513, batch=1, runs=3, threads=2, timings=rows, skipped=["x: bf16 not measured"])
+    return BenchmarkResult(size=513, batch=1, runs=3, threads=2, timings=rows, skipped=["x: bf16 not measured"],
+                           cpu="CPU: Test CPU, 2 cores, 2 torch threads; AVX2 (no AMX); torch CPU capability AVX2")
 
 
 def test_report_gives_speed_ups_against_the_same_models_eager_run_and_judges_the_targets():
     report = format_report(_result())
+    assert report.splitlines()[0] == "CPU: Test CPU, 2 cores, 2 torch threads; AVX2 (no AMX); torch CPU capability AVX2"
     assert "| deeplabv3_resnet101 | fast fp32 | 1.500 | 1.400 | 1.33x | 612 |" in report
     assert "| deeplabv3plus_mobilenetv2 | ONNX Runtime int8 | 0.100 | 0.100 | 4.00x |  |" in report
     assert "target: fast fp32" not in report  # the peer target is benchmarks/peers.py's (tests/benchmarks)
@@ -26,11 +31,44 @@ def test_report_gives_speed_ups_against_the_same_models_eager_run_and_judges_the
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_benchmark_command_runs_every_path_of_a_small_model(capsys):
+def test_benchmark_command_runs_every_path_of_a_small_model_showing_progress(capsys):
     pytest.importorskip("onnxruntime")
     assert main(["benchmark", "--models", "deeplabv3_mobilenetv2", "--size", "65", "--runs", "1", "--warmup", "0",
                  "--no-memory", "--no-peers"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     for path in ("eager fp32", "fast fp32", "TorchScript fp32", "ONNX Runtime fp32", "ONNX Runtime int8"):
         assert f"| deeplabv3_mobilenetv2 | {path} |" in out
     assert "int8 >= 4x plain eager fp32 (deeplabv3_mobilenetv2)" in out
+    assert out.splitlines()[0] == err.splitlines()[0] == cpu_kind()
+    for step in ("building", "export TorchScript fp32", "export ONNX Runtime fp32", "export ONNX Runtime int8",
+                 "round 1/1"):
+        assert f"deeplabv3_mobilenetv2: {step}" in err
+    assert "5/5" in err  # build, three exports, one round
+
+
+def _fake_paths(name, model, workdir, size, skipped, extra=None, bar=None):
+    for _ in benchmark._EXPORTS:
+        bar.update()
+    return {"eager fp32": model, "fast fp32": model}
+
+
+def test_progress_counts_every_step_including_the_memory_children(monkeypatch, capsys):
+    monkeypatch.setattr(benchmark, "build_paths", _fake_paths)
+    children = []
+    monkeypatch.setattr(benchmark, "peak_memory_mb", lambda name, label, *rest: children.append((name, label)) or 1.0)
+    result = run_benchmark(["a", "b"], size=9, runs=2, warmup=1, build=lambda name: torch.nn.Identity(),
+                           progress=True)
+    err = capsys.readouterr().err
+    # per model: build, three exports, one warm-up, two rounds, then one memory child per path
+    assert children == [("a", "eager fp32"), ("a", "fast fp32"), ("b", "eager fp32"), ("b", "fast fp32")]
+    assert "18/18" in err and "19/18" not in err
+    for step in ("a: building", "a: warm-up 1/1", "a: round 2/2", "b: memory of fast fp32"):
+        assert step in err
+    assert err.splitlines()[0] == result.cpu == cpu_kind()
+    assert [t.peak_mb for t in result.timings] == [1.0] * 4 and all(len(t.times) == 2 for t in result.timings)
+
+
+def test_no_progress_writes_nothing_to_stderr(monkeypatch, capsys):
+    monkeypatch.setattr(benchmark, "build_paths", _fake_paths)
+    run_benchmark(["a"], size=9, runs=1, warmup=0, memory=False, build=lambda name: torch.nn.Identity())
+    assert capsys.readouterr().err == ""

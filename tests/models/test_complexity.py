@@ -42,3 +42,21 @@ def test_parameter_count_of_v1_largefov():
     # VGG-16 convs (14.71M) + fc6 3x3x512x1024 + fc7 1024x1024 + fc8 1024x21, with biases.
     expected = 14_714_688 + (3 * 3 * 512 * 1024 + 1024) + (1024 * 1024 + 1024) + (1024 * 21 + 21)
     assert count_parameters(create_model("deeplabv1_vgg16", num_classes=21)) == expected
+
+
+@pytest.mark.parametrize(("output_stride", "side"), [(16, 33), (8, 65)])
+def test_light_mobilenetv2_costs_the_v3_model_plus_a_separable_decoder(output_stride, side):
+    with torch.device("meta"):
+        light = create_model("deeplabv3plus_mobilenetv2_light", num_classes=21, output_stride=output_stride)
+        v3 = create_model("deeplabv3_mobilenetv2", num_classes=21, output_stride=output_stride)
+        full = create_model("deeplabv3plus_mobilenetv2", num_classes=21, output_stride=output_stride)
+    # Same backbone and ASPP as v3 (1x1 + image pooling); v3's classifier at the output stride is replaced by
+    # the decoder on the 129 x 129 stride-4 grid of a 513 px image: low-level 1x1 24->48, two separable 3x3
+    # (depthwise + pointwise to 256), the 256->21 classifier.
+    decoder = (24 * 48 + 9 * 304 + 304 * 256 + 9 * 256 + 256 * 256 + 256 * 21) * 129 * 129
+    expected = count_macs(v3, 513) - 256 * 21 * side * side + decoder
+    assert count_macs(light, 513) == expected
+    # The bound: a v3+ "MobileNet" should cost the same order as the v3 model the name stands for (the TF zoo's
+    # 2.75 GMACs at OS 16), so its decoder may at most double it; the full model's plain 3x3 decoder and ASPP
+    # cost 9.8x (OS 16) and 4.6x (OS 8) as much as that v3 model.
+    assert count_macs(light, 513) < 2 * count_macs(v3, 513) < count_macs(full, 513)

@@ -3,8 +3,12 @@
 import pytest
 import torch
 
-from deeplab import create_model
+from deeplab import create_model, load_checkpoint
+from deeplab.config import Config
+from deeplab.engine.checkpoint import save_checkpoint
 from deeplab.models import list_models, model_entry
+from deeplab.models.aspp import ImagePooling
+from deeplab.models.layers import ConvBNReLU, SeparableConv2d
 
 ALL = list_models()
 
@@ -14,7 +18,8 @@ def test_registry_lists_every_published_variant():
         "deeplabv1_vgg16", "deeplabv2_vgg16", "deeplabv2_resnet101",
         "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenetv2",
         "deeplabv3plus_resnet50", "deeplabv3plus_resnet101", "deeplabv3plus_xception65",
-        "deeplabv3plus_xception71", "deeplabv3plus_mobilenetv2", "deeplabv3plus_xception41",
+        "deeplabv3plus_xception71", "deeplabv3plus_mobilenetv2", "deeplabv3plus_mobilenetv2_light",
+        "deeplabv3plus_xception41",
         "deeplabv3_resnet50_beta", "deeplabv3_resnet101_beta", "deeplabv3plus_resnet50_beta",
         "deeplabv3plus_resnet101_beta",
     ])
@@ -114,3 +119,37 @@ def test_weights_with_other_num_classes_say_so():
     expected = r"is num_classes right\?\): head.classifier.weight: \(21, 256, 1, 1\) vs \(5, 256, 1, 1\)"
     with pytest.raises(ValueError, match=expected):
         create_model("deeplabv3plus_mobilenetv2", num_classes=5, weights=source)
+
+
+def test_light_mobilenetv2_is_the_reference_configuration_and_the_full_model_is_unchanged():
+    light = create_model("deeplabv3plus_mobilenetv2_light", num_classes=4)
+    entry = model_entry("deeplabv3plus_mobilenetv2_light")
+    assert (entry.version, entry.backbone) == ("v3+", "MobileNetV2")
+    assert light.spec.options["atrous_rates"] == () and light.spec.options["separable"] is True
+    # ASPP: the 1x1 and image-pooling branches only (the reference's atrous_rates=None for mobilenet_v2)
+    assert [type(b) for b in light.head.aspp.convs] == [ConvBNReLU, ImagePooling]
+    assert light.head.aspp.project[0].in_channels == 2 * 256
+    # decoder: two depthwise-separable 3x3 convs (depthwise 304 then 256 channels), 256 filters, 48 low-level
+    assert [type(conv) for conv in light.head.fuse] == [SeparableConv2d, SeparableConv2d]
+    assert [conv[0][0].groups for conv in light.head.fuse] == [256 + 48, 256]
+    assert [conv[1][0].out_channels for conv in light.head.fuse] == [256, 256]
+    full = create_model("deeplabv3plus_mobilenetv2", num_classes=4)
+    assert full.spec.options["atrous_rates"] == (6, 12, 18) and full.spec.options["separable"] is False
+    assert [conv[0].kernel_size for conv in full.head.fuse] == [(3, 3), (3, 3)]
+    assert len(full.head.aspp.convs) == 5
+    with_rates = create_model("deeplabv3plus_mobilenetv2_light", num_classes=4, atrous_rates=[6, 12, 18])
+    assert [branch[0][0].dilation for branch in with_rates.head.aspp.convs[1:4]] == [(6, 6), (12, 12), (18, 18)]
+
+
+def test_light_mobilenetv2_spec_round_trips_through_a_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("deeplabv3plus_mobilenetv2_light", num_classes=3).eval()
+    save_checkpoint(tmp_path / "ck.pt", model=model, optimizer=None, step=1, best_miou=0.0, config=Config(),
+                    classes=["a", "b", "c"], palette=[(0, 0, 0), (255, 0, 0), (0, 255, 0)])
+    loaded, _ = load_checkpoint(tmp_path / "ck.pt")
+    assert loaded.spec == model.spec and loaded.spec.name == "deeplabv3plus_mobilenetv2_light"
+    x = torch.randn(1, 3, 65, 65)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    dense, _ = load_checkpoint(tmp_path / "ck.pt", output_stride=8)
+    assert dense.spec == model.spec.at_output_stride(8) and dense.spec.options["atrous_rates"] == ()

@@ -1,0 +1,48 @@
+"""The CPU description benchmark reports carry: read from /proc/cpuinfo, instruction sets named and missing."""
+
+import pytest
+import torch
+
+from deeplab.deploy import precision
+
+SAPPHIRE_RAPIDS = frozenset({"sse4_2", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+                             "amx_int8"})
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_model_name", lambda: "Test CPU 9000")
+    monkeypatch.setattr(precision, "usable_cores", lambda: 8)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    return lambda flags: monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+
+
+def test_cpu_kind_names_model_cores_threads_instruction_sets_and_torch_capability(machine):
+    machine(SAPPHIRE_RAPIDS)
+    assert precision.cpu_kind() == ("CPU: Test CPU 9000, 8 cores, 4 torch threads; AVX2 AVX-512 AVX512-VNNI "
+                                    "AVX512-BF16 AMX (no AVX-VNNI); torch CPU capability AVX512")
+
+
+@pytest.mark.parametrize(("flags", "isa"), [
+    ({"avx2", "avx_vnni"}, "AVX2 AVX-VNNI (no AVX-512, AVX512-VNNI, AVX512-BF16, AMX)"),
+    ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "AVX2 AVX-512 AVX512-VNNI AVX512-BF16 (no AVX-VNNI, AMX)"),
+    ({"fp", "asimd"}, "none of AVX2/AVX-512/AVX512-VNNI/AVX-VNNI/AVX512-BF16/AMX"),
+])
+def test_cpu_kind_says_which_instruction_sets_are_missing(machine, flags, isa):
+    machine(flags)
+    assert f"; {isa}; " in precision.cpu_kind()
+
+
+def test_model_name_and_flags_come_from_cpuinfo(monkeypatch):
+    x86 = ("processor\t: 0", "model name\t: AMD EPYC 9654 96-Core Processor", "flags\t\t: fpu avx2 avx512f")
+    monkeypatch.setattr(precision, "_cpuinfo_lines", lambda: x86)
+    assert precision.cpu_model_name() == "AMD EPYC 9654 96-Core Processor"
+    assert precision.cpu_flags() == {"fpu", "avx2", "avx512f"}
+    arm = ("processor\t: 0", "Features\t: fp asimd sve", "CPU part\t: 0xd40")
+    monkeypatch.setattr(precision, "_cpuinfo_lines", lambda: arm)
+    monkeypatch.setattr(precision.platform, "processor", lambda: "aarch64")
+    assert precision.cpu_model_name() == "aarch64" and precision.cpu_flags() == {"fp", "asimd", "sve"}
+    monkeypatch.setattr(precision, "_cpuinfo_lines", lambda: ())
+    monkeypatch.setattr(precision.platform, "processor", lambda: "")
+    assert precision.cpu_model_name() == "unknown CPU" and precision.cpu_flags() == frozenset()
