@@ -13,6 +13,7 @@ Other implementations of the same architectures (torchvision, segmentation_model
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import importlib
 import json
@@ -30,10 +31,13 @@ import torch
 from tqdm import tqdm
 
 from ..inference import Predictor
+from ..modelfile import ModelCard, read_model
 from ..models import build_model
 from ..models.weights import TORCHVISION_LAYOUT
+from ..palettes import default_palette
 from .export import export_model
 from .precision import check_precision, cpu_has_bf16, cpu_kind
+from .runtimes import runtime_problem, runtime_runner
 
 # The README table: v3+ on the three backbones at OS 16 (MobileNetV2 full and light), and v3 ResNet-101 in
 # torchvision's layout.
@@ -46,6 +50,12 @@ NUM_CLASSES = 21
 RANDOM_WEIGHTS_TOLERANCE = 1e-2
 _EXPORTS = {"TorchScript fp32": ("torchscript", "fp32", "ts"), "ONNX Runtime fp32": ("onnx", "fp32", "onnx"),
             "ONNX Runtime int8": ("onnx", "int8", "int8.onnx")}
+# Paths that run an export file: label -> (file suffix, runtime, precision). OpenVINO reads our ONNX exports as
+# they are; its bf16 is its inference precision hint on the fp32 file (CPUs with AVX512-BF16/AMX only).
+_FILE_PATHS = {"TorchScript fp32": ("ts", "torch", "fp32"), "ONNX Runtime fp32": ("onnx", "onnxruntime", "fp32"),
+               "ONNX Runtime int8": ("int8.onnx", "onnxruntime", "int8"), "OpenVINO fp32": ("onnx", "openvino", "fp32"),
+               "OpenVINO int8": ("int8.onnx", "openvino", "int8"), "OpenVINO bf16": ("onnx", "openvino", "bf16")}
+AUTO = "auto (the default runtime)"
 
 Run = Callable[[torch.Tensor], torch.Tensor]
 # extra(model name, our model) -> {label: zero-argument builder of a runner}: paths another module adds
@@ -147,16 +157,44 @@ def build_paths(name: str, model: torch.nn.Module, workdir: Path, size: int, ski
         out = workdir / f"{name}.{suffix}"
         export_model(model, out, format=fmt, precision=precision, calibration=calibration, calibration_images=4,
                      eval_images=0, tolerance=RANDOM_WEIGHTS_TOLERANCE, progress=False)
-        paths[label] = Predictor.from_file(out).logits_for_batch
         bar.update()
+    for label in _FILE_PATHS:
+        try:
+            paths[label] = _file_path(workdir, name, label)
+        except (ImportError, ValueError) as err:
+            skipped.append(f"{name}: {label} not measured ({err})")
     try:
         check_precision("bf16", "cpu")
         paths["fast bf16"] = Predictor(model, num_classes=NUM_CLASSES, precision="bf16").logits_for_batch
     except ValueError as err:
         skipped.append(f"{name}: bf16 not measured ({err})")
+    _doing(bar, f"{name}: choosing the default runtime")
+    paths[AUTO] = _auto_path(model)
     if extra is not None:
         paths.update({label: build() for label, build in extra(name, model).items()})
     return paths
+
+
+def _file_path(workdir: Path, name: str, label: str) -> Run:
+    """``label``'s runner on its export file, without the load-time check (random weights fail the bf16/int8
+    agreement check that trained models pass; the benchmark measures speed)."""
+    suffix, runtime, precision = _FILE_PATHS[label]
+    model_file = read_model(workdir / f"{name}.{suffix}")
+    card = model_file.card
+    if precision == "bf16":  # OpenVINO's bf16 hint on the fp32 file
+        card = dataclasses.replace(card, precision="bf16")
+    problem = runtime_problem(runtime, card, card.precision, torch.device("cpu"))
+    if problem:
+        raise ValueError(problem)
+    runner = runtime_runner(runtime, model_file.open(), card, card.precision, torch.device("cpu"))
+    return Predictor(runner, num_classes=NUM_CLASSES, spec=card.spec).logits_for_batch
+
+
+def _auto_path(model: torch.nn.Module) -> Run:
+    """What ``--runtime auto`` picks for ``model`` (verified, timed once at 513 px, as predict/eval/serve do)."""
+    card = ModelCard(model.spec, [f"class_{i}" for i in range(NUM_CLASSES)], default_palette(NUM_CLASSES),
+                     "checkpoint")
+    return Predictor.from_runner(model, card, runtime="auto").logits_for_batch
 
 
 def run_benchmark(models: list[str], *, size: int = 513, batch: int = 1, runs: int = 7, warmup: int = 2,
@@ -176,7 +214,7 @@ def run_benchmark(models: list[str], *, size: int = 513, batch: int = 1, runs: i
     skipped: list[str] = []
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     # One memory child per path; the count is exact once a model's paths are built (``extra`` adds some).
-    expected_paths = 2 + len(_EXPORTS) + int(cpu_has_bf16())
+    expected_paths = 3 + len(_FILE_PATHS) - int(not cpu_has_bf16()) + int(cpu_has_bf16())
     steps_per_model = 1 + len(_EXPORTS) + warmup + runs + (expected_paths if memory else 0)
     with tempfile.TemporaryDirectory() as tmp, tqdm(total=steps_per_model * len(models), desc="benchmark",
                                                     unit="step", disable=not progress, file=sys.stderr) as bar:
@@ -244,12 +282,14 @@ def _measure_in_child(name: str, label: str, root: str, size: int, batch: int, t
     torch.set_num_threads(threads)
     x = torch.randn(batch, 3, size, size)
     baseline = _rss_kb("VmRSS")
-    if label in _EXPORTS:
-        run = Predictor.from_file(Path(root) / f"{name}.{_EXPORTS[label][2]}").logits_for_batch
+    if label in _FILE_PATHS:
+        run = _file_path(Path(root), name, label)
     else:
         model = benchmark_model(name)
         if label == "eager fp32":
             run = model
+        elif label == AUTO:
+            run = _auto_path(model)
         elif label.startswith("fast"):
             run = Predictor(model, num_classes=NUM_CLASSES, precision=label.split()[-1]).logits_for_batch
         else:

@@ -105,12 +105,12 @@ def open_with_runtime(runner: Runner, card: ModelCard, *, runtime: str | None = 
     device = torch.device(device)
     precision = card.precision if card.is_export else precision
     if runtime != "auto":
-        problem = _cannot_run(runtime, card, precision, device)
+        problem = runtime_problem(runtime, card, precision, device)
         if problem:
             raise ValueError(f"--runtime {runtime}: {problem}")
         if runtime == "torch":  # the fast path checks its own BatchNorm folding (deploy.fastpath)
             return runner, RuntimeChoice(runtime, precision, probe_size=probe_size)
-        candidate = _build(runtime, runner, card, precision, device, log)
+        candidate = runtime_runner(runtime, runner, card, precision, device, log)
         problem = _disagreement(candidate, _reference(runner, card), precision, runtime)
         if problem:
             raise ValueError(f"--runtime {runtime} disagrees with the fp32 reference on this model ({problem}); "
@@ -119,7 +119,7 @@ def open_with_runtime(runner: Runner, card: ModelCard, *, runtime: str | None = 
     return _auto(runner, card, precision, device, probe_size, log)
 
 
-def _cannot_run(runtime: str, card: ModelCard, precision: str, device: torch.device) -> str | None:
+def runtime_problem(runtime: str, card: ModelCard, precision: str, device: torch.device) -> str | None:
     """Why ``runtime`` cannot run this model here, or None."""
     if card.format == "torchscript" and runtime != "torch":
         return "a TorchScript export runs on torch only"
@@ -147,8 +147,10 @@ def _cannot_run(runtime: str, card: ModelCard, precision: str, device: torch.dev
     return None
 
 
-def _build(runtime: str, runner: Runner, card: ModelCard, precision: str, device: torch.device,
-           log: Callable[[str], None] | None, digest: str | None = None) -> Runner:
+def runtime_runner(runtime: str, runner: Runner, card: ModelCard, precision: str, device: torch.device,
+                   log: Callable[[str], None] | None = None, digest: str | None = None) -> Runner:
+    """``runtime``'s runner for the model, NOT verified (:func:`open_with_runtime` verifies; the benchmark, which
+    measures speed on random weights, takes it as it is). Check :func:`runtime_problem` first."""
     if runtime == "torch":
         return runner
     if card.format == "onnx":
@@ -215,14 +217,14 @@ def _auto(runner: Runner, card: ModelCard, precision: str, device: torch.device,
     key = _cache_key(digest, precision, device, probe_size, names)
     cached = _cached_choice(key)
     if cached is not None and cached["runtime"] in names:
-        candidate = _build(cached["runtime"], runner, card, precision, device, log, digest)
+        candidate = runtime_runner(cached["runtime"], runner, card, precision, device, log, digest)
         if _disagreement(candidate, _reference(runner, card), precision, cached["runtime"]) is None:
             return candidate, RuntimeChoice(cached["runtime"], precision, dict(cached["seconds"]),
                                             dict(cached.get("refused", {})), probe_size, cached=True)
     reference = _reference(runner, card)
     verified: dict[str, Runner] = {}
     for name in names:
-        candidate = _build(name, runner, card, precision, device, log, digest)
+        candidate = runtime_runner(name, runner, card, precision, device, log, digest)
         problem = _disagreement(candidate, reference, precision, name)
         if problem:
             refused[name] = f"disagrees with fp32 ({problem})"
@@ -238,7 +240,7 @@ def _auto(runner: Runner, card: ModelCard, precision: str, device: torch.device,
 
 
 def _skip(name: str, card: ModelCard, precision: str, device: torch.device, refused: dict[str, str]) -> bool:
-    problem = _cannot_run(name, card, precision, device)
+    problem = runtime_problem(name, card, precision, device)
     if problem and not problem.startswith(("a TorchScript", "an ONNX")):
         refused[name] = problem
     return problem is not None

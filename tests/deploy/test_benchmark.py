@@ -1,12 +1,14 @@
 """The deploy benchmark's report: ratios against the right baselines, targets judged, skips said."""
 
+import importlib.util
+
 import pytest
 import torch
 
 from deeplab.cli import main
 from deeplab.deploy import benchmark
 from deeplab.deploy.benchmark import BenchmarkResult, Timing, format_report, run_benchmark
-from deeplab.deploy.precision import cpu_kind
+from deeplab.deploy.precision import cpu_has_bf16, cpu_kind
 
 
 def _result() -> BenchmarkResult:
@@ -36,12 +38,16 @@ def test_benchmark_command_runs_every_path_of_a_small_model_showing_progress(cap
     assert main(["benchmark", "--models", "deeplabv3_mobilenetv2", "--size", "65", "--runs", "1", "--warmup", "0",
                  "--no-memory", "--no-peers"]) == 0
     out, err = capsys.readouterr()
-    for path in ("eager fp32", "fast fp32", "TorchScript fp32", "ONNX Runtime fp32", "ONNX Runtime int8"):
+    paths = ["eager fp32", "fast fp32", "TorchScript fp32", "ONNX Runtime fp32", "ONNX Runtime int8",
+             "auto (the default runtime)"]
+    if importlib.util.find_spec("openvino"):
+        paths += ["OpenVINO fp32", "OpenVINO int8"] + (["OpenVINO bf16"] if cpu_has_bf16() else [])
+    for path in paths:
         assert f"| deeplabv3_mobilenetv2 | {path} |" in out
     assert "int8 >= 4x plain eager fp32 (deeplabv3_mobilenetv2)" in out
     assert out.splitlines()[0] == err.splitlines()[0] == cpu_kind()
     for step in ("building", "export TorchScript fp32", "export ONNX Runtime fp32", "export ONNX Runtime int8",
-                 "round 1/1"):
+                 "round 1/1", "choosing the default runtime"):
         assert f"deeplabv3_mobilenetv2: {step}" in err
     assert "5/5" in err  # build, three exports, one round
 
