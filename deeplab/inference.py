@@ -16,7 +16,7 @@ from torch import nn
 from .constants import IMAGENET_MEAN, IMAGENET_STD, Palette
 from .deploy.fastpath import fast_copy
 from .deploy.precision import autocast_dtype, check_precision
-from .deploy.runtimes import RuntimeChoice, open_with_runtime
+from .deploy.runtimes import FP32_TOLERANCE, RuntimeChoice, open_with_runtime
 from .imageio import normalize_image
 from .modelfile import ModelCard, Runner, read_model
 from .models.segmenter import upsample_to
@@ -141,9 +141,11 @@ class Predictor:
     @classmethod
     def from_runner(cls, runner: Runner, card: ModelCard, *, device: str | torch.device = "cpu",
                     runtime: str | None = None, log: Callable[[str], None] | None = None,
-                    options: InferenceOptions | None = None, **option_values: Any) -> Predictor:
+                    tolerance: float = FP32_TOLERANCE, options: InferenceOptions | None = None,
+                    **option_values: Any) -> Predictor:
         """A predictor for a runner :meth:`deeplab.modelfile.ModelFile.open` gave, with its card, on the runtime
-        ``runtime`` asks for (see :meth:`from_file`; ``log`` receives a line for each slow step of choosing it)."""
+        ``runtime`` asks for (see :meth:`from_file`; ``log`` receives a line for each slow step of choosing it;
+        ``tolerance`` bounds the runtimes' fp32 check, see :func:`deeplab.deploy.runtimes.open_with_runtime`)."""
         options = (options or InferenceOptions()).replace(**option_values)
         if card.is_export:
             if options.precision not in ("fp32", card.precision):
@@ -152,7 +154,7 @@ class Predictor:
             options = options.replace(precision=card.precision)
         spec = getattr(runner, "spec", None) or card.spec  # a rebuilt model's spec has its output stride
         chosen, choice = open_with_runtime(runner, card, runtime=runtime, precision=options.precision, device=device,
-                                           log=log)
+                                           log=log, tolerance=tolerance)
         predictor = cls(chosen, num_classes=spec.num_classes, classes=card.classes, palette=card.palette,
                         device=device, spec=spec, options=options)
         predictor.runtime = choice

@@ -194,7 +194,8 @@ def _auto_path(model: torch.nn.Module) -> Run:
     """What ``--runtime auto`` picks for ``model`` (verified, timed once at 513 px, as predict/eval/serve do)."""
     card = ModelCard(model.spec, [f"class_{i}" for i in range(NUM_CLASSES)], default_palette(NUM_CLASSES),
                      "checkpoint")
-    return Predictor.from_runner(model, card, runtime="auto").logits_for_batch
+    chosen = Predictor.from_runner(model, card, runtime="auto", tolerance=RANDOM_WEIGHTS_TOLERANCE)
+    return chosen.logits_for_batch
 
 
 def run_benchmark(models: list[str], *, size: int = 513, batch: int = 1, runs: int = 7, warmup: int = 2,

@@ -83,7 +83,8 @@ class RuntimeChoice:
 
 def open_with_runtime(runner: Runner, card: ModelCard, *, runtime: str | None = None, precision: str = "fp32",
                       device: str | torch.device = "cpu", probe_size: int = PROBE_SIZE,
-                      log: Callable[[str], None] | None = None) -> tuple[Runner, RuntimeChoice]:
+                      log: Callable[[str], None] | None = None,
+                      tolerance: float = FP32_TOLERANCE) -> tuple[Runner, RuntimeChoice]:
     """(the runner to use, the choice) for a model opened by :mod:`deeplab.modelfile`.
 
     Args:
@@ -94,6 +95,8 @@ def open_with_runtime(runner: Runner, card: ModelCard, *, runtime: str | None = 
         device: ONNX Runtime and OpenVINO run here on the CPU; a GPU gets the torch runtime.
         probe_size: side of the input ``auto`` times the runtimes on.
         log: receives a line for each slow step (writing the ONNX file, timing), e.g. ``print`` to stderr.
+        tolerance: the fp32 check's bound, relative to the largest reference logit (the benchmark, on random
+            weights whose deep residual stacks amplify rounding, allows more).
 
     Raises:
         ValueError: an unknown runtime, one that cannot run this model at this precision, or one that disagrees
@@ -111,12 +114,12 @@ def open_with_runtime(runner: Runner, card: ModelCard, *, runtime: str | None = 
         if runtime == "torch":  # the fast path checks its own BatchNorm folding (deploy.fastpath)
             return runner, RuntimeChoice(runtime, precision, probe_size=probe_size)
         candidate = runtime_runner(runtime, runner, card, precision, device, log)
-        problem = _disagreement(candidate, _reference(runner, card), precision, runtime)
+        problem = _disagreement(candidate, _reference(runner, card), precision, runtime, tolerance)
         if problem:
             raise ValueError(f"--runtime {runtime} disagrees with the fp32 reference on this model ({problem}); "
                              "use --runtime torch")
         return candidate, RuntimeChoice(runtime, precision, probe_size=probe_size)
-    return _auto(runner, card, precision, device, probe_size, log)
+    return _auto(runner, card, precision, device, probe_size, log, tolerance)
 
 
 def runtime_problem(runtime: str, card: ModelCard, precision: str, device: torch.device) -> str | None:
@@ -190,7 +193,7 @@ def _as_used(candidate: Runner, runtime: str, precision: str) -> Callable[[torch
 
 
 def _disagreement(candidate: Runner, reference: Callable[[torch.Tensor], torch.Tensor], precision: str,
-                  runtime: str = "") -> str | None:
+                  runtime: str = "", tolerance: float = FP32_TOLERANCE) -> str | None:
     """Why ``candidate`` fails the check against ``reference``, or None."""
     x = torch.randn(*_VERIFY_SHAPE, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
@@ -200,14 +203,14 @@ def _disagreement(candidate: Runner, reference: Callable[[torch.Tensor], torch.T
         return f"it returned {tuple(got.shape)} for {tuple(expected.shape)}"
     if precision == "fp32":
         ratio = ((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
-        return None if ratio <= FP32_TOLERANCE else f"max |d logits| = {ratio:.1e} of the largest, > {FP32_TOLERANCE}"
+        return None if ratio <= tolerance else f"max |d logits| = {ratio:.1e} of the largest, > {tolerance:g}"
     agreement = (got.argmax(1) == expected.argmax(1)).float().mean().item()
     return None if agreement >= REDUCED_AGREEMENT else (f"same class on {100 * agreement:.2f}% of pixels, "
                                                          f"< {100 * REDUCED_AGREEMENT:.1f}%")
 
 
 def _auto(runner: Runner, card: ModelCard, precision: str, device: torch.device, probe_size: int,
-          log: Callable[[str], None] | None) -> tuple[Runner, RuntimeChoice]:
+          log: Callable[[str], None] | None, tolerance: float) -> tuple[Runner, RuntimeChoice]:
     refused: dict[str, str] = {}
     names = [name for name in RUNTIMES[1:] if not _skip(name, card, precision, device, refused)]
     if not names:
@@ -218,14 +221,16 @@ def _auto(runner: Runner, card: ModelCard, precision: str, device: torch.device,
     cached = _cached_choice(key)
     if cached is not None and cached["runtime"] in names:
         candidate = runtime_runner(cached["runtime"], runner, card, precision, device, log, digest)
-        if _disagreement(candidate, _reference(runner, card), precision, cached["runtime"]) is None:
+        if _disagreement(candidate, _reference(runner, card), precision, cached["runtime"], tolerance) is None:
             return candidate, RuntimeChoice(cached["runtime"], precision, dict(cached["seconds"]),
                                             dict(cached.get("refused", {})), probe_size, cached=True)
     reference = _reference(runner, card)
     verified: dict[str, Runner] = {}
     for name in names:
         candidate = runtime_runner(name, runner, card, precision, device, log, digest)
-        problem = _disagreement(candidate, reference, precision, name)
+        # the torch runtime at fp32 is the fast path, which checks its own BatchNorm folding (the fallback)
+        problem = None if (name, precision) == ("torch", "fp32") else _disagreement(candidate, reference, precision,
+                                                                                   name, tolerance)
         if problem:
             refused[name] = f"disagrees with fp32 ({problem})"
         else:
