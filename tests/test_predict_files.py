@@ -168,6 +168,34 @@ def test_two_processes_resume_what_one_process_left(scene, single, tmp_path):
                and not path.name.startswith("img1_1"))
 
 
+FAILING_WORKER = """
+import os
+import sys
+from deeplab import predict_files
+from deeplab.cli import main
+
+
+def full_disk(*args):
+    raise OSError("No space left on device")
+
+
+if os.environ["RANK"] == "1":  # rank 0 keeps going, then must learn of it instead of waiting
+    predict_files._write_outputs = full_disk
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@needs_dist
+def test_a_process_that_fails_stops_the_others_instead_of_leaving_them_waiting(scene, tmp_path):
+    (tmp_path / "worker.py").write_text(textwrap.dedent(FAILING_WORKER))
+    result = run_processes(torchrun_command(str(tmp_path / "worker.py"), *_predict_args(scene, tmp_path / "out")),
+                           timeout=120)
+    assert result.returncode != 0
+    assert "error: No space left on device" in result.stderr
+    assert "error: process 1 failed: OSError: No space left on device" in result.stderr
+    assert "wrote " not in result.stdout and not (tmp_path / "out" / "areas.csv").exists()
+
+
 EVAL_WORKER = """
 import sys
 import torch
