@@ -151,6 +151,9 @@ def predict_paths(
             process returns the report of the whole run. Rank 0 writes ``areas.csv`` and alone shows the
             progress bar, over its own share.
     """
+    loader_workers = default_loader_workers() if workers is None else workers
+    if loader_workers < 0:
+        raise ValueError(f"workers must be 0 or more, got {loader_workers}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
     jobs, missing = dist.from_main(lambda: _plan(inputs, out_dir, resume)) if distributed else _plan(
@@ -158,9 +161,6 @@ def predict_paths(
     todo = [job for job in jobs if area_table or not job.done]
     rank, size = dist.rank_and_size() if distributed else (0, 1)
     share = [todo[i] for i in dist.shard(len(todo))] if distributed else todo
-    loader_workers = default_loader_workers() if workers is None else workers
-    if loader_workers < 0:
-        raise ValueError(f"workers must be 0 or more, got {loader_workers}")
     desc = "predict" if size == 1 else f"predict (rank 0's share, {size} processes)"
 
     def work() -> _Part:
