@@ -7,6 +7,7 @@ import argparse
 import json
 import signal
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint, an export or published weights on a dataset's val split: mIoU table, optional JSON."""
     from .config import apply_overrides, from_dict, load_config, parse_override
+    from .engine import dist
     from .engine.evaluate import evaluate_on_config
     from .inference import Predictor
     from .modelfile import read_model
@@ -78,21 +80,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if explicit_os:
                 config.eval.output_stride = config.model.output_stride  # an explicit model OS wins
             output_stride = config.eval.output_stride or config.model.output_stride
-    device = _device(config.train.device, card)
+    env = dist.env_from_torchrun()
+    device = _device(config.train.device, card, env.local_rank)
     runner = model_file.open(output_stride=output_stride, device=device)
     options = InferenceOptions.from_eval_config(config.eval, precision=args.precision)
     predictor = Predictor.from_runner(runner, card, device=device, runtime=args.runtime, log=_note, options=options)
     _note(predictor.runtime.describe())
-    metrics, classes = evaluate_on_config(predictor, config, str(source))
-    return _report_eval(args, config, metrics, classes)
+    with dist.process_group(env, device):  # under torchrun each process evaluates its shard of the split
+        started = time.perf_counter()
+        metrics, classes = evaluate_on_config(predictor, config, str(source), progress=env.is_main,
+                                              distributed=env.distributed)
+        seconds = time.perf_counter() - started
+    if not env.is_main:
+        return 0
+    return _report_eval(args, config, metrics, classes, _throughput(metrics["images"], seconds, env.world_size))
 
 
-def _report_eval(args: argparse.Namespace, config: Config, metrics: dict, classes: list[str]) -> int:
+def _report_eval(args: argparse.Namespace, config: Config, metrics: dict, classes: list[str], speed: str) -> int:
     from .imageio import atomic_write
     from .metrics import format_metrics_table, metrics_to_json
     from .options import crf_from_eval_config
 
     print(format_metrics_table(metrics, classes))
+    print(f"evaluated {metrics['images']} image(s) {speed}")
     if config.eval.crf:
         print(f"with the DenseCRF: {crf_from_eval_config(config.eval).describe()}")
     if args.json:
@@ -102,25 +112,33 @@ def _report_eval(args: argparse.Namespace, config: Config, metrics: dict, classe
     return 0
 
 
-def _device(name: str, card=None):
-    """``auto`` picks the GPU when there is one, except for ONNX models (the usual onnxruntime runs on the CPU)."""
+def _device(name: str, card=None, local_rank: int = 0):
+    """``auto`` picks the GPU when there is one (under torchrun the one of ``LOCAL_RANK``), except for ONNX models
+    (the usual onnxruntime runs on the CPU)."""
     import torch
 
     from .devices import resolve_device
 
     if name == "auto" and card is not None and card.format == "onnx":
         return torch.device("cpu")
-    return resolve_device(name)
+    return resolve_device(name, local_rank)
 
 
-def _open_predictor(source: str | Path, device_name: str, output_stride: int | None, options, runtime: str | None):
+def _throughput(images: int, seconds: float, processes: int) -> str:
+    """``in S s (X images/s over P processes)``: the end of the last line of predict and eval."""
+    rate = images / seconds if seconds > 0 else 0.0
+    return f"in {seconds:.1f} s ({rate:.2f} images/s over {processes} process{'es' if processes != 1 else ''})"
+
+
+def _open_predictor(source: str | Path, device_name: str, output_stride: int | None, options, runtime: str | None,
+                    local_rank: int = 0):
     """The Predictor for any model source (read once), on the device ``device_name`` resolves to and the runtime
     ``runtime`` picks (what it picked and why goes to stderr)."""
     from .inference import Predictor
     from .modelfile import read_model
 
     model_file = read_model(source)
-    device = _device(device_name, model_file.card)
+    device = _device(device_name, model_file.card, local_rank)
     runner = model_file.open(output_stride=output_stride, device=device)
     predictor = Predictor.from_runner(runner, model_file.card, device=device, runtime=runtime, log=_note,
                                       options=options)
@@ -147,15 +165,24 @@ def parse_crf_params(text: str | None, enabled: bool):
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict masks for image files, folders or globs: index, colour and overlay PNGs."""
+    from .engine import dist
     from .predict_files import predict_paths
 
+    env = dist.env_from_torchrun()
     predictor = _open_predictor(args.pretrained or args.model or args.checkpoint, args.device, args.output_stride,
-                                _inference_options(args, parse_crf_params(args.crf_params, args.crf)), args.runtime)
-    report = predict_paths(predictor, args.inputs, args.out, area_table=args.areas)
-    for path, reason in report.failed:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    print(f"wrote {len(report.written)} prediction(s) to {args.out}")
-    return 1 if report.failed and not report.written else 0
+                                _inference_options(args, parse_crf_params(args.crf_params, args.crf)), args.runtime,
+                                local_rank=env.local_rank)
+    with dist.process_group(env, predictor.device):  # under torchrun each process predicts its share
+        report = predict_paths(predictor, args.inputs, args.out, area_table=args.areas, progress=env.is_main,
+                               workers=args.workers, resume=args.resume, distributed=env.distributed)
+    if env.is_main:
+        for path, reason in report.failed:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+        if args.resume:
+            print(f"skipped {len(report.resumed)} image(s) whose outputs exist (--resume)")
+        print(f"wrote {len(report.written)} prediction(s) to {args.out} "
+              f"{_throughput(len(report.written), report.seconds, report.processes)}")
+    return 1 if report.failed and not (report.written or report.resumed) else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -281,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML config for the data and eval sections (e.g. "
                                                "configs/eval/tf_zoo_*.yaml; default: the checkpoint's own config)")
     p.add_argument("--json", type=Path, help="also write the metrics as JSON here")
+    p.epilog = ("several processes: torchrun --nproc-per-node N -m deeplab eval ... (each evaluates its shard of "
+                "the split; the same metrics; see docs/distributed.md)")
     _config_args(p, "eval")
 
     p = _command(commands, "predict", cmd_predict)
@@ -289,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     _inference_args(p)
     p.add_argument("--areas", action="store_true", help="write areas.csv with per-image class areas")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes decoding images, per predicting process (default 2 or the CPU count if "
+                        "smaller; 0: decode in the main thread)")
+    p.add_argument("--resume", action="store_true", help="skip images whose three outputs exist in --out")
+    p.epilog = ("several processes: torchrun --nproc-per-node N -m deeplab predict ... (each predicts its share of "
+                "the images; the same files; see docs/distributed.md)")
     p.add_argument("--crf", action="store_true", help="refine with the DenseCRF (pip install 'deeplab[crf]')")
     p.add_argument("--crf-params", metavar="KEY=VALUE,...",
                    help="CRF settings, implies --crf, e.g. w1=5,sigma_alpha=50,sigma_beta=3 (see deeplab crf-tune)")

@@ -1,17 +1,25 @@
-"""Files to masks: expand files, folders and globs into images, predict each, write index / colour / overlay PNGs."""
+"""Files to masks: expand files, folders and globs into images, predict each, write index / colour / overlay PNGs.
+
+Under ``torchrun`` (``distributed=True``) the inputs are shared out between the processes; every output name is
+decided on the whole ordered list first, so N processes write exactly the files one process writes.
+"""
 
 from __future__ import annotations
 
 import csv
 import glob
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .constants import Palette
+from .constants import Palette, default_workers
+from .engine import dist
+from .engine.workers import worker_options
 from .imageio import (
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -19,6 +27,7 @@ from .imageio import (
     colorize,
     overlay,
     read_image,
+    read_mask,
     save_index_png,
     save_rgb_png,
 )
@@ -27,11 +36,35 @@ from .inference import Predictor
 
 @dataclass
 class PredictionReport:
-    """What ``predict_paths`` did: the index masks written and the inputs skipped, with the reason."""
+    """What ``predict_paths`` did: the index masks written, the inputs skipped with the reason, the inputs whose
+    outputs were there already (``resume``), and how long it took on how many processes."""
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     areas_csv: Path | None = None
+    resumed: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+    processes: int = 1
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One input: its position in the ordered list of all inputs, its output stem, and whether its three
+    outputs exist already (``resume``: only its areas row is still wanted)."""
+
+    index: int
+    path: Path
+    stem: str
+    done: bool = False
+
+
+@dataclass
+class _Part:
+    """One process's share of the work, by job index (picklable, gathered on every process)."""
+
+    written: list[int] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    rows: dict[int, list[str]] = field(default_factory=dict)
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -84,6 +117,11 @@ def _claim_stem(stem: str, taken: set[str]) -> str:
     return candidate
 
 
+def default_loader_workers() -> int:
+    """Decoding processes per predicting process: 2, or fewer on a smaller machine."""
+    return min(2, default_workers())
+
+
 def predict_paths(
     predictor: Predictor,
     inputs: Sequence[str | Path],
@@ -91,45 +129,138 @@ def predict_paths(
     *,
     area_table: bool = False,
     progress: bool = True,
+    workers: int | None = None,
+    resume: bool = False,
+    distributed: bool = False,
 ) -> PredictionReport:
     """Predicts every image named by ``inputs`` (files, directories, glob patterns) into ``out_dir``.
 
     For each image it writes ``<stem>.png`` (palette PNG, pixel = class id), ``<stem>_color.png`` and
-    ``<stem>_overlay.png``; inputs sharing a stem get ``<stem>_1`` and so on. Inputs that cannot be
-    read are skipped and listed, with the reason, in the report's ``failed``. With ``area_table``, ``areas.csv``
-    gets one row per image with the fraction of its pixels predicted as each class.
+    ``<stem>_overlay.png``; inputs sharing a stem get ``<stem>_1`` and so on, in input order (an input that
+    turns out unreadable keeps its name reserved, so names never depend on which files decode). Inputs that
+    cannot be read are skipped and listed, with the reason, in the report's ``failed``. With ``area_table``,
+    ``areas.csv`` gets one row per image, in input order, with the fraction of its pixels predicted as each class.
+
+    Args:
+        workers: DataLoader processes that decode the images (default :func:`default_loader_workers`; 0: the
+            calling thread).
+        resume: skip an input whose three outputs exist already (listed in ``resumed``); its areas row, if
+            wanted, is read from its index mask.
+        distributed: every process of the current process group (torchrun) calls this with the same
+            arguments: rank 0 decides the names, each process predicts its share of the images, and every
+            process returns the report of the whole run. Rank 0 writes ``areas.csv`` and alone shows the
+            progress bar, over its own share.
     """
+    loader_workers = default_loader_workers() if workers is None else workers
+    if loader_workers < 0:
+        raise ValueError(f"workers must be 0 or more, got {loader_workers}")
+    started = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths, failed = expand_inputs(inputs)
-    report = PredictionReport()
-    for path, reason in failed:
-        _skip(report, path, reason)
-    taken: set[str] = set()
-    rows: list[list[str]] = []
-    for path in tqdm(paths, desc="predict", unit="image", disable=not progress):
-        try:
-            image = read_image(path)
-        except ImageReadError as err:
-            _skip(report, path, str(err.__cause__ or err))
-            continue
-        mask = predictor.predict(image)
-        stem = _claim_stem(path.stem, taken)
-        _write_outputs(predictor.palette, image, mask, out_dir, stem)
-        report.written.append(out_dir / f"{stem}.png")
-        fractions = torch.bincount(mask.flatten(), minlength=predictor.num_classes) / mask.numel()
-        rows.append([str(path), f"{stem}.png", *(f"{value:.6f}" for value in fractions.tolist())])
+    jobs, missing = dist.from_main(lambda: _plan(inputs, out_dir, resume)) if distributed else _plan(
+        inputs, out_dir, resume)
+    todo = [job for job in jobs if area_table or not job.done]
+    rank, size = dist.rank_and_size() if distributed else (0, 1)
+    share = [todo[i] for i in dist.shard(len(todo))] if distributed else todo
+    desc = "predict" if size == 1 else f"predict (rank 0's share, {size} processes)"
+
+    def work() -> _Part:
+        return _predict_share(predictor, share, out_dir, loader_workers,
+                              tqdm(total=len(share), desc=desc, unit="image", disable=not (progress and rank == 0)))
+
+    parts = dist.gather_results(work) if distributed else [work()]
+    report = _merge(jobs, missing, parts, out_dir)
     if area_table:
         report.areas_csv = out_dir / "areas.csv"
+    if area_table and rank == 0:
+        rows = {index: row for part in parts for index, row in part.rows.items()}
         with atomic_write(report.areas_csv, "w") as handle:
             writer = csv.writer(handle)
             writer.writerow(["image", "mask", *predictor.classes])
-            writer.writerows(rows)
+            writer.writerows(rows[index] for index in sorted(rows))
+    report.seconds, report.processes = time.perf_counter() - started, size
     return report
 
 
-def _skip(report: PredictionReport, path: Path, reason: str) -> None:
-    report.failed.append((path, reason))
+def _plan(inputs: Sequence[str | Path], out_dir: Path, resume: bool) -> tuple[list[_Job], list[tuple[Path, str]]]:
+    """Every input's output stem, decided on the whole ordered list, and whether its outputs exist already."""
+    paths, missing = expand_inputs(inputs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    jobs = []
+    for index, path in enumerate(paths):
+        stem = _claim_stem(path.stem, taken)
+        done = resume and all((out_dir / name).is_file() for name in _output_names(stem))
+        jobs.append(_Job(index, path, stem, done))
+    return jobs, missing
+
+
+class _Decoded(Dataset):
+    """``(job position, image, existing mask, failure reason)`` for each job, decoded in loader workers: the
+    image to predict, or for a job whose outputs exist (``resume``) its index mask; an image that cannot be
+    read gives the reason instead."""
+
+    def __init__(self, jobs: list[_Job], out_dir: Path, num_classes: int) -> None:
+        self.jobs, self.out_dir, self.num_classes = jobs, out_dir, num_classes
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, position: int) -> tuple[int, torch.Tensor | None, torch.Tensor | None, str | None]:
+        job = self.jobs[position]
+        if job.done:
+            mask = self._existing_mask(job)
+            if mask is not None:
+                return position, None, mask, None
+        try:
+            return position, read_image(job.path), None, None
+        except ImageReadError as err:
+            return position, None, None, str(err.__cause__ or err)
+
+    def _existing_mask(self, job: _Job) -> torch.Tensor | None:
+        """The index mask a previous run wrote, or None when it is unreadable or not this model's (then the
+        image is predicted again)."""
+        try:
+            mask = torch.from_numpy(read_mask(self.out_dir / _output_names(job.stem)[0])).long()
+        except (ImageReadError, ValueError):
+            return None
+        return mask if mask.numel() and int(mask.max()) < self.num_classes else None
+
+
+def _as_is(item):
+    return item
+
+
+def _predict_share(predictor: Predictor, share: list[_Job], out_dir: Path, workers: int, bar: tqdm) -> _Part:
+    """Predicts (or, for jobs done before, reads the areas of) this process's jobs; returns what it did."""
+    part = _Part()
+    loader = DataLoader(_Decoded(share, out_dir, predictor.num_classes), batch_size=None, collate_fn=_as_is,
+                        num_workers=workers, **worker_options(workers))
+    with bar:
+        for position, image, mask, reason in loader:
+            job = share[position]
+            bar.update(1)
+            if reason is not None:
+                part.failed.append((job.index, reason))
+                continue
+            if mask is None:
+                mask = predictor.predict(image)
+                _write_outputs(predictor.palette, image, mask, out_dir, job.stem)
+                part.written.append(job.index)
+            fractions = torch.bincount(mask.flatten(), minlength=predictor.num_classes) / mask.numel()
+            part.rows[job.index] = [str(job.path), f"{job.stem}.png", *(f"{value:.6f}" for value in fractions.tolist())]
+    return part
+
+
+def _merge(jobs: list[_Job], missing: list[tuple[Path, str]], parts: list[_Part], out_dir: Path) -> PredictionReport:
+    """The report of the whole run, in input order, from every process's part."""
+    written = sorted(index for part in parts for index in part.written)
+    failed = sorted((index, reason) for part in parts for index, reason in part.failed)
+    fresh = set(written)
+    return PredictionReport(
+        written=[out_dir / f"{jobs[index].stem}.png" for index in written],
+        failed=[*missing, *((jobs[index].path, reason) for index, reason in failed)],
+        resumed=[out_dir / f"{job.stem}.png" for job in jobs if job.done and job.index not in fresh],
+    )
 
 
 def _write_outputs(

@@ -1,5 +1,5 @@
-"""Distributed training helpers: the torchrun environment, one device per process, collectives that are
-no-ops in a single process, and BatchNorm synchronised over all processes (SyncBN).
+"""Distributed helpers for training, evaluation and prediction: the torchrun environment, one device per
+process, collectives that are no-ops in a single process, and BatchNorm synchronised over all processes (SyncBN).
 
 A process started by ``torchrun`` finds ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and the rendezvous
 address) in its environment; :func:`setup` joins the process group from them: NCCL on GPUs, gloo on
@@ -9,7 +9,8 @@ CPU. Without those variables everything here behaves as one process of a world o
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -58,24 +59,41 @@ def restart_count() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
 
 
-def setup(device_name: str) -> tuple[DistEnv, torch.device, bool]:
+def setup(device_name: str, *, option: str = "train.device") -> tuple[DistEnv, torch.device, bool]:
     """Joins the process group torchrun describes (if any) and picks this process's device.
+
+    ``option`` names the device setting in errors.
 
     Returns:
         The environment, the device, and whether this call created the process group (and so
         should destroy it, see :func:`teardown`).
     """
     env = env_from_torchrun()
-    device = resolve_device(device_name, env.local_rank, option="train.device")
+    device = resolve_device(device_name, env.local_rank, option=option)
+    return env, device, join(env, device)
+
+
+def join(env: DistEnv, device: torch.device) -> bool:
+    """Makes ``device`` this process's GPU (if it is one) and joins the process group of ``env`` when there
+    are several processes: NCCL on GPUs, gloo on CPU. Returns whether it created the group."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    created = False
-    if env.distributed and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=env.rank, world_size=env.world_size, store=_attempt_store(env),
-                                device_id=device if device.type == "cuda" else None)
-        created = True
-    return env, device, created
+    if not env.distributed or dist.is_initialized():
+        return False
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, rank=env.rank, world_size=env.world_size, store=_attempt_store(env),
+                            device_id=device if device.type == "cuda" else None)
+    return True
+
+
+@contextmanager
+def process_group(env: DistEnv, device: torch.device) -> Iterator[None]:
+    """:func:`join` for the duration of the block, then :func:`teardown`."""
+    created = join(env, device)
+    try:
+        yield
+    finally:
+        teardown(created)
 
 
 def _attempt_store(env: DistEnv) -> dist.Store | None:
@@ -105,6 +123,19 @@ def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def rank_and_size() -> tuple[int, int]:
+    """This process's rank and the number of processes in the current group; ``(0, 1)`` without one."""
+    return (dist.get_rank(), dist.get_world_size()) if _active() else (0, 1)
+
+
+def shard(count: int) -> range:
+    """This process's share of ``count`` items: every ``world_size``-th index from its rank (all of them alone).
+
+    Taking every N-th rather than a contiguous block spreads a sorted list's large and small items evenly."""
+    rank, size = rank_and_size()
+    return range(rank, count, size)
+
+
 def all_reduce_sum(tensor: Tensor) -> Tensor:
     """Sums ``tensor`` over all processes, in place; returns it (unchanged in a single process)."""
     if _active():
@@ -125,6 +156,11 @@ def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
             dist.broadcast(buffer, src)
 
 
+def _collective_device() -> torch.device:
+    """Where tensors of a collective live: NCCL reduces GPU tensors only."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def first_on_each_node(env: DistEnv, build: Callable[[], T]) -> T:
     """Runs ``build`` on local rank 0 first, then on the node's other processes.
 
@@ -134,8 +170,7 @@ def first_on_each_node(env: DistEnv, build: Callable[[], T]) -> T:
     """
     if not _active():
         return build()
-    # NCCL reduces GPU tensors only.
-    failed = torch.zeros(1, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    failed = torch.zeros(1, device=_collective_device())
     result = None
     if env.local_rank == 0:
         try:
@@ -148,6 +183,50 @@ def first_on_each_node(env: DistEnv, build: Callable[[], T]) -> T:
     if failed.item():
         raise RuntimeError("another process failed while preparing the data; see its error above")
     return result if env.local_rank == 0 else build()
+
+
+def from_main(build: Callable[[], T]) -> T:
+    """``build()`` run on rank 0 alone, its (picklable) result handed to every process.
+
+    For a decision all processes must share exactly (which files to work on, say). If it raises on rank 0,
+    every other process raises too, instead of waiting forever for the result.
+    """
+    if not _active():
+        return build()
+    payload: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            payload = [(build(), None)]
+        except Exception as err:
+            dist.broadcast_object_list([(None, f"{type(err).__name__}: {err}")], src=0)
+            raise
+    dist.broadcast_object_list(payload, src=0)
+    result, error = payload[0]
+    if error is not None:
+        raise RuntimeError(f"process 0 failed: {error}")
+    return result
+
+
+def gather_results(work: Callable[[], T]) -> list[T]:
+    """Runs ``work`` on every process and hands each the (picklable) results of all, in rank order.
+
+    If ``work`` raises on some process, that process re-raises its error and every other one raises a
+    ``RuntimeError`` naming it, once all have finished: no process is left waiting for a failed one.
+    """
+    if not _active():
+        return [work()]
+    try:
+        result, error = work(), None
+    except Exception as err:
+        result, error = None, err
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (result, None if error is None else f"{type(error).__name__}: {error}"))
+    if error is not None:
+        raise error
+    for rank, (_, message) in enumerate(gathered):
+        if message is not None:
+            raise RuntimeError(f"process {rank} failed: {message}")
+    return [item for item, _ in gathered]
 
 
 class _SumOverProcesses(torch.autograd.Function):

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ..config import Config
@@ -16,6 +16,7 @@ from ..inference import Predictor
 from ..metrics import confusion_matrix, segmentation_metrics
 from ..options import InferenceOptions
 from ..postprocess import CRFParams, refine_many
+from . import dist
 from .data import build_dataset
 from .workers import worker_options
 
@@ -23,7 +24,8 @@ from .workers import worker_options
 def evaluate(
     model: torch.nn.Module, dataset: SegmentationDataset, *, num_classes: int, ignore_index: int = 255,
     device: str | torch.device = "cpu", batch_size: int = 1, num_workers: int = 0, progress: bool = True,
-    fast: bool = True, crf_workers: int | None = None, options: InferenceOptions | None = None, **option_values: Any,
+    fast: bool = True, crf_workers: int | None = None, distributed: bool = False,
+    options: InferenceOptions | None = None, **option_values: Any,
 ) -> dict[str, Any]:
     """Accumulates one confusion matrix over ``dataset`` and returns :func:`segmentation_metrics` of it.
 
@@ -32,14 +34,16 @@ def evaluate(
     ``fast=False``; either way every module's train/eval mode is as it was afterwards. ``options`` (or the
     same by name: ``scales``, ``flip``, ``window``, ``precision``, ``crf``, ``pad_to``) say how each image is
     predicted; with a DenseCRF the softmax of every prediction is refined on the raw image
-    (``deeplab.postprocess``), in ``crf_workers`` processes (default: one per core).
+    (``deeplab.postprocess``), in ``crf_workers`` processes (default: one per core). ``distributed``: see
+    :func:`evaluate_predictor`.
     """
     modes = [module.training for module in model.modules()]
     try:
         predictor = Predictor(model, num_classes=num_classes, device=device, fast=fast, options=options,
                               **option_values)
         return evaluate_predictor(predictor, dataset, ignore_index=ignore_index, batch_size=batch_size,
-                                  num_workers=num_workers, progress=progress, crf_workers=crf_workers)
+                                  num_workers=num_workers, progress=progress, crf_workers=crf_workers,
+                                  distributed=distributed)
     finally:
         for module, training in zip(model.modules(), modes, strict=True):
             module.training = training
@@ -47,25 +51,44 @@ def evaluate(
 
 def evaluate_predictor(
     predictor: Predictor, dataset: SegmentationDataset, *, ignore_index: int = 255, batch_size: int = 1,
-    num_workers: int = 0, progress: bool = True, crf_workers: int | None = None,
+    num_workers: int = 0, progress: bool = True, crf_workers: int | None = None, distributed: bool = False,
 ) -> dict[str, Any]:
     """:func:`evaluate` for a ready :class:`Predictor` (any runner: eager, ONNX Runtime, TorchScript); its options
-    (the DenseCRF included) say how each image is predicted."""
-    num_classes = predictor.num_classes
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    if predictor.crf is None:
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                            **worker_options(num_workers))
-        for images, masks in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
-            pred = predictor.logits_for_batch(images).argmax(1).cpu()
-            cm += confusion_matrix(pred, masks, num_classes, ignore_index)
-    else:
-        for pred, mask in _crf_predictions(predictor, dataset, predictor.crf, batch_size=batch_size,
-                                           num_workers=num_workers, crf_workers=crf_workers, progress=progress):
-            cm += confusion_matrix(pred, mask, num_classes, ignore_index)
+    (the DenseCRF included) say how each image is predicted.
+
+    With ``distributed`` every process of the current process group (torchrun) must call it: each evaluates
+    its shard of ``dataset`` (:func:`deeplab.engine.dist.shard`) and the confusion matrices are summed, which
+    gives exactly the single-process metrics, on every process. ``images`` in the result counts the images
+    evaluated by all processes.
+    """
+    def confusion() -> torch.Tensor:
+        cm = torch.zeros(predictor.num_classes, predictor.num_classes, dtype=torch.long)
+        for pred, mask in _predictions(predictor, dataset, batch_size=batch_size, num_workers=num_workers,
+                                       crf_workers=crf_workers, progress=progress, distributed=distributed):
+            cm += confusion_matrix(pred, mask, predictor.num_classes, ignore_index)
+        return cm
+
+    cm = sum(dist.gather_results(confusion)) if distributed else confusion()
     metrics = segmentation_metrics(cm)
     metrics["confusion_matrix"] = cm.tolist()
+    metrics["images"] = len(dataset)
     return metrics
+
+
+def _predictions(predictor: Predictor, dataset: SegmentationDataset, *, batch_size: int, num_workers: int,
+                 crf_workers: int | None, progress: bool,
+                 distributed: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(class map, mask) batches of this process's share of ``dataset`` (all of it unless ``distributed``)."""
+    def share(samples: Dataset) -> Dataset:
+        return Subset(samples, dist.shard(len(dataset))) if distributed else samples
+
+    if predictor.crf is not None:
+        yield from _crf_predictions(predictor, share(WithRawImages(dataset)), predictor.crf, batch_size=batch_size,
+                                    num_workers=num_workers, crf_workers=crf_workers, progress=progress)
+        return
+    loader = DataLoader(share(dataset), batch_size=batch_size, num_workers=num_workers, **worker_options(num_workers))
+    for images, masks in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
+        yield predictor.logits_for_batch(images).argmax(1).cpu(), masks
 
 
 # ---------------------------------------------------------------- DenseCRF hook (v1/v2 post-processing)
@@ -90,31 +113,31 @@ class WithRawImages(Dataset):
         return x, target, image.as_subclass(torch.Tensor)
 
 
-def _crf_predictions(predictor: Predictor, dataset: SegmentationDataset, crf: CRFParams, *, batch_size: int,
-                     num_workers: int, crf_workers: int | None,
-                     progress: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(CRF-refined class map, mask) per image; the network runs here while worker processes refine."""
+def _crf_predictions(predictor: Predictor, samples: Dataset, crf: CRFParams, *, batch_size: int, num_workers: int,
+                     crf_workers: int | None, progress: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(CRF-refined class map, mask) per image of ``samples`` (:class:`WithRawImages` items); the network runs
+    here while worker processes refine."""
     masks: deque[torch.Tensor] = deque()
 
     def pairs():
-        loader = DataLoader(WithRawImages(dataset), batch_size=batch_size, num_workers=num_workers,
-                            **worker_options(num_workers))
+        loader = DataLoader(samples, batch_size=batch_size, num_workers=num_workers, **worker_options(num_workers))
         for images, batch_masks, raw in loader:
             probs = predictor.logits_for_batch(images).softmax(dim=1).cpu()
             for index in range(len(raw)):
                 masks.append(batch_masks[index])
                 yield raw[index], probs[index]
 
-    for refined in refine_many(pairs(), crf, workers=crf_workers, total=len(dataset), progress=progress):
+    for refined in refine_many(pairs(), crf, workers=crf_workers, total=len(samples), progress=progress):
         yield torch.from_numpy(refined.argmax(axis=0)), masks.popleft()
 
 
-def evaluate_on_config(predictor: Predictor, config: Config, source: str, *,
-                       progress: bool = True) -> tuple[dict[str, Any], list[str]]:
+def evaluate_on_config(predictor: Predictor, config: Config, source: str, *, progress: bool = True,
+                       distributed: bool = False) -> tuple[dict[str, Any], list[str]]:
     """``predictor`` on ``config.data``'s validation split, normalised as its spec says; ``source`` names it.
 
     The predictor carries the inference options (``InferenceOptions.from_eval_config(config.eval)`` gives
-    the config's); batch size, loader workers and CRF processes come from ``config``.
+    the config's); batch size, loader workers and CRF processes come from ``config``. ``distributed``: each
+    process of the group evaluates its shard (see :func:`evaluate_predictor`).
     """
     spec = predictor.spec
     dataset = build_dataset(config.data, config.data.val_split, eval_transforms(mean=spec.mean, std=spec.std))
@@ -123,5 +146,5 @@ def evaluate_on_config(predictor: Predictor, config: Config, source: str, *,
                          f"predicts {predictor.num_classes}")
     metrics = evaluate_predictor(predictor, dataset, ignore_index=dataset.ignore_index,
                                  batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
-                                 progress=progress, crf_workers=config.eval.crf_workers)
+                                 progress=progress, crf_workers=config.eval.crf_workers, distributed=distributed)
     return metrics, list(predictor.classes)

@@ -23,14 +23,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Subset
 from tqdm import tqdm
 
 from ..config import Config, save_config
 from ..deploy.precision import AMP_CHOICES, autocast_dtype
 from ..inference import Predictor
 from ..losses import labelled_pixels, segmentation_loss
-from ..metrics import segmentation_metrics
 from ..modelfile import read_checkpoint
 from ..models import Segmenter, build_from_spec
 from . import dist
@@ -391,13 +389,12 @@ def validate(model: Segmenter, dataset, cfg: Config, env: dist.DistEnv, device: 
     if protocol["output_stride"] != model.spec.output_stride:  # same weights, another dilation
         net = build_from_spec(model.spec.at_output_stride(protocol["output_stride"])).to(device)
         net.load_state_dict(model.state_dict())
-    shard = Subset(dataset, range(env.rank, len(dataset), env.world_size)) if env.distributed else dataset
-    metrics = evaluate(net, shard, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index, device=device,
-                       scales=protocol["scales"], flip=protocol["flip"], window=protocol["window"],
-                       batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, progress=False)
-    cm = dist.all_reduce_sum(torch.tensor(metrics["confusion_matrix"], dtype=torch.long, device=device)).cpu()
+    metrics = evaluate(net, dataset, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index,
+                       device=device, scales=protocol["scales"], flip=protocol["flip"], window=protocol["window"],
+                       batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, progress=False,
+                       distributed=env.distributed)
     set_train_mode(model, cfg.train.freeze_bn)
-    return {**segmentation_metrics(cm), "confusion_matrix": cm.tolist()}
+    return metrics
 
 
 def _evaluate_and_keep_best(state: TrainState, val_set, cfg: Config, env: dist.DistEnv, device: torch.device,

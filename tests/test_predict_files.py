@@ -1,0 +1,253 @@
+"""Files to masks at scale: names decided on the whole input list, --resume, and torchrun sharding (gloo on CPU).
+
+The torchrun runs go through the user's entry point, ``python -m torch.distributed.run ... -m deeplab predict``.
+"""
+
+import csv
+import shutil
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from deeplab import create_model
+from deeplab.cli import main
+from deeplab.config import Config, apply_overrides
+from deeplab.data import DemoDataset
+from deeplab.engine import evaluate
+from deeplab.engine.checkpoint import save_checkpoint
+from deeplab.inference import Predictor
+from deeplab.predict_files import predict_paths
+from tests.engine.launch import run_processes, torchrun_command
+from tests.fixtures import with_random_statistics
+
+needs_dist = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
+
+
+def _channel_predictor() -> Predictor:
+    # identity model on a zero-mean, unit-std input: the class is the strongest colour channel
+    return Predictor(nn.Identity(), num_classes=3, classes=["red", "green", "blue"],
+                     palette=[(1, 1, 1), (2, 2, 2), (3, 3, 3)], mean=(0, 0, 0), std=(1, 1, 1))
+
+
+def _random_image(path, seed, size=(5, 7)):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+
+
+def _tree(folder):
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_an_unreadable_input_keeps_its_name_reserved(tmp_path):
+    # The names are decided before any file is decoded (so that every process agrees on them).
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    _random_image(tmp_path / "x.png", 0)
+    report = predict_paths(_channel_predictor(), [tmp_path / "one" / "x.png", tmp_path / "x.png"], tmp_path / "out",
+                           progress=False, workers=0)
+    assert [path.name for path in report.written] == ["x_1.png"]
+    assert [path.name for path, _ in report.failed] == ["x.png"] and report.processes == 1
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["x_1.png", "x_1_color.png",
+                                                                          "x_1_overlay.png"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_skips_complete_outputs_and_rebuilds_the_same_area_table(tmp_path, workers):
+    for index in range(4):
+        _random_image(tmp_path / f"im{index}.png", index)
+    out = tmp_path / "out"
+    first = predict_paths(_channel_predictor(), [tmp_path], out, area_table=True, progress=False, workers=workers)
+    assert [path.name for path in first.written] == ["im0.png", "im1.png", "im2.png", "im3.png"]
+    reference = _tree(out)
+    (out / "im1_overlay.png").unlink()  # an interrupted image: redone
+    (out / "im3.png").write_bytes((out / "im3.png").read_bytes()[:20])  # a truncated mask: redone
+    Image.fromarray(np.full((5, 7), 9, np.uint8)).save(out / "im2.png")  # class 9: not this model's, redone
+    (out / "areas.csv").unlink()
+    untouched = (out / "im0_color.png").stat().st_mtime_ns
+    again = predict_paths(_channel_predictor(), [tmp_path], out, area_table=True, progress=False, workers=workers,
+                          resume=True)
+    assert [path.name for path in again.written] == ["im1.png", "im2.png", "im3.png"]
+    assert [path.name for path in again.resumed] == ["im0.png"] and again.failed == []
+    assert _tree(out) == reference
+    assert (out / "im0_color.png").stat().st_mtime_ns == untouched
+    without = predict_paths(_channel_predictor(), [tmp_path], out, progress=False, workers=workers, resume=True)
+    assert without.written == [] and len(without.resumed) == 4 and without.areas_csv is None
+
+
+def test_negative_workers_is_a_clear_error(tmp_path):
+    _random_image(tmp_path / "a.png", 0)
+    with pytest.raises(ValueError, match="workers must be 0 or more, got -1"):
+        predict_paths(_channel_predictor(), [tmp_path / "a.png"], tmp_path / "out", workers=-1)
+
+
+# --- several processes: torchrun ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """A checkpoint (demo classes, demo val split of 5 images at 65 px in its config) and 8 demo images of
+    65-97 px in two folders, two stems in both, plus an unreadable file."""
+    root = tmp_path_factory.mktemp("scene")
+    torch.manual_seed(0)
+    model = with_random_statistics(create_model("deeplabv3plus_mobilenetv2", num_classes=len(DemoDataset.classes)))
+    config = apply_overrides(Config(), ["model.name=deeplabv3plus_mobilenetv2", "data.name=demo",
+                                        "data.image_size=65", "data.num_images=5", "data.num_workers=0"])
+    save_checkpoint(root / "ck.pt", model=model, optimizer=None, step=1, best_miou=0.0, config=config,
+                    classes=list(DemoDataset.classes), palette=list(DemoDataset.palette))
+    first, second = root / "first", root / "second"
+    first.mkdir()
+    second.mkdir()
+    for index, size in enumerate((65, 81, 97, 65, 81, 97, 65, 81)):
+        image = DemoDataset(split="val", image_size=size, num_images=8).load(index)[0]
+        folder, name = (first, f"img{index}") if index < 5 else (second, f"img{index - 5}")
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{name}.png")
+    (first / "broken.png").write_bytes(b"not an image at all")
+    inputs = [str(first), str(second / "*.png")]
+    return root, inputs
+
+
+def _predict_args(scene, out, *extra):
+    root, inputs = scene
+    return ["predict", "--checkpoint", str(root / "ck.pt"), *inputs, "--out", str(out), "--areas",
+            "--device", "cpu", *extra]
+
+
+@pytest.fixture(scope="module")
+def single(scene, tmp_path_factory):
+    """One process, one thread (as each torchrun process here), so that the arithmetic is the same."""
+    out = tmp_path_factory.mktemp("single")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(_predict_args(scene, out, "--workers", "0")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _check(result):
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+@needs_dist
+def test_two_processes_write_each_mask_once_as_one_process_does(scene, single, tmp_path):
+    out = tmp_path / "out"
+    result = _check(run_processes(torchrun_command("-m", "deeplab", *_predict_args(scene, out))))
+    expected = {f"{stem}{suffix}.png" for stem in ("img0", "img1", "img2", "img3", "img4", "img0_1", "img1_1",
+                                                   "img2_1") for suffix in ("", "_color", "_overlay")}
+    assert set(_tree(single)) == expected | {"areas.csv"}
+    assert _tree(out) == _tree(single)  # byte for byte, areas.csv (one row per image, input order) included
+    with open(out / "areas.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert [row[1] for row in rows[1:]] == ["img0.png", "img1.png", "img2.png", "img3.png", "img4.png",
+                                            "img0_1.png", "img1_1.png", "img2_1.png"]
+    # Every image predicted by exactly one process (the gathered count), said once, by rank 0.
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("wrote ")]
+    assert line.startswith(f"wrote 8 prediction(s) to {out} in ") and line.endswith(" images/s over 2 processes)")
+    (skipped,) = [line for line in result.stderr.splitlines() if "broken.png" in line]
+    assert skipped.startswith(f"skipped {scene[1][0]}/broken.png: ")
+
+
+@needs_dist
+def test_two_processes_resume_what_one_process_left(scene, single, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(single, out)
+    for name in ("img3.png", "img3_color.png", "img3_overlay.png", "img1_1_overlay.png", "areas.csv"):
+        (out / name).unlink()
+    before = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
+    result = _check(run_processes(torchrun_command("-m", "deeplab", *_predict_args(scene, out, "--resume"))))
+    assert "skipped 6 image(s) whose outputs exist (--resume)" in result.stdout
+    assert f"wrote 2 prediction(s) to {out} in " in result.stdout
+    assert _tree(out) == _tree(single)
+    assert all(path.stat().st_mtime_ns == before[path.name] for path in out.iterdir() if path.name in before
+               and not path.name.startswith("img1_1"))
+
+
+FAILING_WORKER = """
+import os
+import sys
+from deeplab import predict_files
+from deeplab.cli import main
+
+
+def full_disk(*args):
+    raise OSError("No space left on device")
+
+
+if os.environ["RANK"] == "1":  # rank 0 keeps going, then must learn of it instead of waiting
+    predict_files._write_outputs = full_disk
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@needs_dist
+def test_a_process_that_fails_stops_the_others_instead_of_leaving_them_waiting(scene, tmp_path):
+    (tmp_path / "worker.py").write_text(textwrap.dedent(FAILING_WORKER))
+    result = run_processes(torchrun_command(str(tmp_path / "worker.py"), *_predict_args(scene, tmp_path / "out")),
+                           timeout=120)
+    assert result.returncode != 0
+    assert "error: No space left on device" in result.stderr
+    assert "error: process 1 failed: OSError: No space left on device" in result.stderr
+    assert "wrote " not in result.stdout and not (tmp_path / "out" / "areas.csv").exists()
+
+
+EVAL_WORKER = """
+import sys
+import torch
+from deeplab.cli import main
+from deeplab.engine import evaluate
+
+plain = evaluate.evaluate_predictor
+
+
+def recording(*args, **kwargs):
+    metrics = plain(*args, **kwargs)
+    torch.save(metrics["confusion_matrix"], sys.argv[1] + str(torch.distributed.get_rank()))
+    return metrics
+
+
+evaluate.evaluate_predictor = recording
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@needs_dist
+def test_two_processes_evaluate_like_one(scene, tmp_path, monkeypatch, capsys):
+    root, _ = scene
+    args = ["eval", "--checkpoint", str(root / "ck.pt"), "--set", "train.device=cpu"]
+    (tmp_path / "worker.py").write_text(textwrap.dedent(EVAL_WORKER))
+    result = _check(run_processes(torchrun_command(str(tmp_path / "worker.py"), str(tmp_path / "cm"), *args,
+                                                   "--json", str(tmp_path / "two.json"))))
+    recorded = {}
+    plain = evaluate.evaluate_predictor
+
+    def recording(*a, **k):
+        recorded.update(plain(*a, **k))
+        return recorded
+
+    monkeypatch.setattr(evaluate, "evaluate_predictor", recording)
+    assert main([*args, "--json", str(tmp_path / "one.json")]) == 0
+    alone = capsys.readouterr().out
+    both = [torch.load(tmp_path / f"cm{rank}") for rank in range(2)]
+    assert both[0] == both[1] == recorded["confusion_matrix"]  # summed over the shards, on every process
+    val = DemoDataset(split="val", image_size=65, num_images=5)
+    assert sum(map(sum, recorded["confusion_matrix"])) == sum(int((val.load(i)[1] != 255).sum()) for i in range(5))
+    assert (tmp_path / "two.json").read_text() == (tmp_path / "one.json").read_text()
+    def table(stdout):
+        return [line for line in stdout.splitlines() if not line.startswith(("evaluated ", "wrote "))]
+
+    assert table(result.stdout) == table(alone) and len(table(alone)) > 3  # printed once, by rank 0
+    assert "evaluated 5 image(s) in " in alone and result.stdout.count("evaluated 5 image(s) in ") == 1
+    assert "images/s over 2 processes)" in result.stdout and "images/s over 1 process)" in alone
+
+
+def test_the_demo_val_split_used_above_has_pixels_of_several_classes():
+    # Otherwise the equal confusion matrices above would compare little.
+    mask = torch.cat([DemoDataset(split="val", image_size=65, num_images=5).load(i)[1].flatten() for i in range(5)])
+    assert len(torch.unique(mask)) >= 3
+
