@@ -92,7 +92,7 @@ def test_recipe_trains_on_fixture_data_with_its_settings(recipe, roots, tmp_path
     checkpoint = read_checkpoint(tmp_path / "run" / "last.pt")
     assert result.step == checkpoint.step == 2 and [s.step for s in steps] == [1, 2]
     assert len(checkpoint.classes) == CLASSES[config.data.name]
-    # The recipe's model: name, output stride, v1's multi-scale features, v2's multi-scale inputs, dropout.
+    # The recipe's model: name, output stride, v1's multi-scale features, v2's multi-scale inputs.
     model, m = built["model"], recipe_config.model
     assert checkpoint.spec.name == m.name and model.spec == checkpoint.spec
     assert model.spec.output_stride == (m.output_stride or 16)
