@@ -14,14 +14,3 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 def _private_verify_cache(tmp_path_factory, monkeypatch):
     """Each test gets its own empty verification cache (deeplab.data.verify), never the user's ~/.cache."""
     monkeypatch.setenv("DEEPLAB_CACHE", str(tmp_path_factory.mktemp("deeplab-cache")))
-
-
-@pytest.fixture(autouse=True)
-def _private_verify_cache(tmp_path_factory, monkeypatch):
-    """Each test gets its own empty verification cache (deeplab.data.verify), never the user's ~/.cache."""
-    monkeypatch.setenv("DEEPLAB_CACHE", str(tmp_path_factory.mktemp("deeplab-cache")))
-
-
-def pytest_configure(config):
-    # pytest-xdist registers it too; registered here as well, so a run without xdist raises no unknown-mark warning
-    config.addinivalue_line("markers", "xdist_group(name): run these tests on one pytest-xdist worker")
