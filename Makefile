@@ -14,9 +14,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# One pytest-xdist worker per core (tests/conftest.py gives each one torch thread). --dist loadfile: a module's tests
+# share one worker, so a module-scoped fixture (a trained model, torchrun runs) is built once, not once per worker
+# (--dist loadgroup would allow finer groups, but pytest-xdist 3.8's groups do not reach pytest 9's node ids).
 test: install
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 demo: install
 	$(BIN)/deeplab train --config configs/demo.yaml

@@ -71,7 +71,6 @@ def test_low_layers_do_not_pull_in_the_dataset_package_or_the_engine(module):
 
 def test_constants_import_nothing_of_ours():
     import ast
-    from pathlib import Path
 
     tree = ast.parse(Path(deeplab.__file__).with_name("constants.py").read_text())
     imports = [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
@@ -81,38 +80,10 @@ def test_constants_import_nothing_of_ours():
         assert getattr(node, "level", 0) == 0 and not any(n.startswith("deeplab") for n in names), ast.dump(node)
 
 
-def _imported_modules(path: Path) -> set[str]:
-    """Every deeplab module a file imports, at the top or inside a function, as an absolute name."""
-    import ast
-
-    package = ["deeplab", *path.relative_to(Path(deeplab.__file__).parent).parent.parts]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = package[: len(package) - node.level + 1] if node.level else []
-            found.add(".".join([*base, *([node.module] if node.module else [])]))
-    return {name for name in found if name.startswith("deeplab")}
-
-
-def test_the_dataset_package_imports_nothing_above_it():
-    """data/ sits below the engine, inference, deploy and the command line; not even a function reaches up."""
-    above = ("deeplab.engine", "deeplab.cli", "deeplab.serve", "deeplab.inference", "deeplab.export",
-             "deeplab.runtime", "deeplab.quantize", "deeplab.benchmark")
-    files = sorted((Path(deeplab.__file__).parent / "data").glob("*.py"))
-    assert len(files) > 10
-    for path in files:
-        imported = _imported_modules(path)
-        assert not [name for name in imported if name.startswith(above)], (path.name, imported)
-    assert "deeplab.data.verify" in _imported_modules(Path(deeplab.__file__).parent / "cli_data.py")
-
-
 def test_the_layer_contract_holds_and_catches_an_upward_import_inside_a_function(tmp_path):
     """`lint-imports` (run by `make test`) passes on the package, and fails once a model module imports the
     engine from inside a function, the kind of arrow a module-level check cannot see."""
     import shutil
-    from pathlib import Path
 
     lint = Path(sys.executable).with_name("lint-imports")
     if not lint.exists():
