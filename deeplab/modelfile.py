@@ -174,8 +174,7 @@ def read_model(source: str | Path) -> ModelFile:
     kind = detect_format(path)
     if kind in ("onnx", "torchscript"):
         return _export(path)
-    raw = read_torch_file(path, what="checkpoint", expected="a .pt file written by deeplab train, or an export "
-                          "from deeplab export")
+    raw = read_torch_file(path, what="checkpoint", expected="a .pt file written by deeplab train")
     if raw.get("format") in (CHECKPOINT_FORMAT, LEGACY_CHECKPOINT_FORMAT):
         checkpoint = checkpoint_from_raw(raw, path)
         return _weights_file(checkpoint.card(path), raw["model"])

@@ -102,11 +102,14 @@ def open_with_runtime(runner: Runner, card: ModelCard, *, runtime: str | None = 
         ValueError: an unknown runtime, one that cannot run this model at this precision, or one that disagrees
             with the reference.
     """
-    runtime = runtime or default_runtime()
-    if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r}; valid choices: {', '.join(RUNTIMES)}")
     device = torch.device(device)
     precision = card.precision if card.is_export else precision
+    if runtime is None:
+        runtime = default_runtime()
+        if card.is_export and runtime != "auto" and runtime_problem(runtime, card, precision, device):
+            runtime = "torch" if card.format == "torchscript" else "onnxruntime"  # a pin that cannot run this file
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; valid choices: {', '.join(RUNTIMES)}")
     if runtime != "auto":
         problem = runtime_problem(runtime, card, precision, device)
         if problem:
@@ -114,6 +117,8 @@ def open_with_runtime(runner: Runner, card: ModelCard, *, runtime: str | None = 
         if runtime == "torch":  # the fast path checks its own BatchNorm folding (deploy.fastpath)
             return runner, RuntimeChoice(runtime, precision, probe_size=probe_size)
         candidate = runtime_runner(runtime, runner, card, precision, device, log)
+        if card.format == "onnx" and runtime == "onnxruntime":  # the reference itself (verified at export)
+            return candidate, RuntimeChoice(runtime, precision, probe_size=probe_size)
         problem = _disagreement(candidate, _reference(runner, card), precision, runtime, tolerance)
         if problem:
             raise ValueError(f"--runtime {runtime} disagrees with the fp32 reference on this model ({problem}); "

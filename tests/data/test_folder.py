@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from deeplab import inference
+from deeplab import predict_files
 from deeplab.data.folder import DatasetError, FolderDataset, parse_classes_file
 from deeplab.imageio import IMAGE_EXTENSIONS
 from deeplab.palettes import default_palette, palette_to_flat, voc_palette
@@ -314,7 +314,7 @@ def test_every_image_extension_predict_reads_pairs_too(tmp_path):
     for index in range(len(dataset)):
         image, mask = dataset.load(index)
         assert image.shape == (3, H, W) and mask.shape == (H, W)
-    assert set(IMAGE_EXTENSIONS) >= {s.lower() for s in suffixes} and inference.IMAGE_EXTENSIONS is IMAGE_EXTENSIONS
+    assert set(IMAGE_EXTENSIONS) >= {s.lower() for s in suffixes} and predict_files.IMAGE_EXTENSIONS is IMAGE_EXTENSIONS
 
 
 def test_a_new_extension_makes_a_duplicate_stem_not_a_silent_choice(tmp_path):
