@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from deeplab import quantize
+from deeplab.deploy import quantize
 from deeplab.deploy.quantize import QuantizationSettings, fp32_nodes, quantize_onnx
 
 onnx = pytest.importorskip("onnx", reason="the deploy extra (onnx, onnxruntime) is not installed")

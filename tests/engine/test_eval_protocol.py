@@ -11,8 +11,10 @@ import math
 import pytest
 import torch
 
+from deeplab import inference as inference_module
 from deeplab.cli import main
 from deeplab.engine import evaluate as evaluate_module
+from deeplab.engine import train as train_module
 from deeplab.inference import Predictor
 from deeplab.modelfile import read_checkpoint
 
@@ -41,7 +43,9 @@ def passes(monkeypatch):
 
             self.model.backbone.register_forward_hook(deepest)
 
-    monkeypatch.setattr(evaluate_module, "Predictor", Recording)
+    monkeypatch.setattr(evaluate_module, "Predictor", Recording)  # training's evaluation
+    monkeypatch.setattr(inference_module, "Predictor", Recording)  # deeplab eval's (the CLI opens the model)
+    monkeypatch.setattr(train_module, "Predictor", Predictor)  # the run's preview images are no evaluation
     return predictors
 
 

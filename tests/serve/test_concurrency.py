@@ -27,16 +27,16 @@ class Gated:
         self.release, self.started = threading.Event(), threading.Event()
         self.batches: list[int] = []
 
-    def __getattr__(self, name):  # classes, palette, num_classes, preprocess
+    def __getattr__(self, name):  # classes, palette, num_classes
         return getattr(self.inner, name)
 
     def predict(self, image: torch.Tensor) -> torch.Tensor:
         self._gate(image.unsqueeze(0))
         return self.inner.predict(image)
 
-    def logits_for_batch(self, batch: torch.Tensor) -> torch.Tensor:
-        self._gate(batch)
-        return self.inner.logits_for_batch(batch)
+    def predict_batch(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        self._gate(torch.stack(images))
+        return self.inner.predict_batch(images)
 
     def _gate(self, batch: torch.Tensor) -> None:
         self.batches.append(len(batch))
