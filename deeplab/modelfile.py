@@ -374,22 +374,12 @@ def read_weights(weights: WeightsLike, model_name: str) -> Mapping[str, Any]:
 
 def create_model(name: str, *, weights: WeightsLike | None = None, pretrained_backbone: bool | str = False,
                  **options: Any) -> Segmenter:
-    """Builds a registered model by name, with its weights.
+    """Builds a registered model by name, with its weights: :func:`deeplab.models.build_model` (see it for
+    ``pretrained_backbone`` and the architecture ``options``), reading ``weights`` first.
 
-    Args:
-        name: one of :func:`deeplab.list_models`.
-        weights: a state dict, a checkpoint / ``.pt`` / ``.safetensors`` path, torchvision's DeepLabV3
-            state dict, or a published weights name (see ``deeplab.models.published``). Weights that
-            imply an architecture (torchvision's head layout at output stride 8, a checkpoint's spec)
-            set the defaults; explicit ``options`` still win.
-        pretrained_backbone: True for the backbone's ImageNet weights, a local path / URL, or the name of
-            a TF model-zoo ImageNet checkpoint (``deeplab.models.published.TF_BACKBONES``).
-        **options: the model's architecture arguments (``num_classes``, ``output_stride``,
-            ``atrous_rates``, ...; see each builder), plus ``mean``/``std`` for the input normalisation.
-            A key the model does not take is an error that lists the ones it does.
-
-    Returns:
-        The model in training mode, with its resolved :class:`ModelSpec` as ``model.spec``.
+    ``weights``: a state dict, a checkpoint / ``.pt`` / ``.safetensors`` path, torchvision's DeepLabV3 state dict,
+    or a published weights name (see ``deeplab.models.published``); weights that imply an architecture set the
+    defaults, explicit ``options`` still win. Returns the model in training mode, its spec as ``model.spec``.
     """
     loaded = None if weights is None else read_weights(weights, name)
     return build_model(name, weights=loaded, pretrained_backbone=pretrained_backbone, **options)

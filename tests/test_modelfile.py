@@ -13,26 +13,17 @@ from deeplab.inference import Predictor
 from deeplab.modelfile import ModelCard, open_model, read_model
 from deeplab.models import build_from_spec
 from deeplab.models.tf_import import tf_spec, tf_variables
+from tests.fixtures import with_random_statistics
 from tests.tfbundle import write_bundle
 
 CLASSES = ["sky", "sea", "boat"]
 PALETTE = [(0, 0, 255), (0, 128, 255), (255, 0, 0)]
 
 
-def _calibrated(model: torch.nn.Module) -> torch.nn.Module:
-    """Random BatchNorm statistics, so that logits are O(1) and comparisons mean something."""
-    generator = torch.Generator().manual_seed(3)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.copy_(torch.rand(module.num_features, generator=generator) * 0.2 - 0.1)
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
-    model = _calibrated(create_model("deeplabv3plus_mobilenetv2", num_classes=3))
+    model = with_random_statistics(create_model("deeplabv3plus_mobilenetv2", num_classes=3)).eval()
     path = tmp_path_factory.mktemp("modelfile") / "ck.pt"
     save_checkpoint(path, model=model, optimizer=None, step=11, best_miou=0.5, config=Config(), classes=CLASSES,
                     palette=PALETTE)
@@ -110,7 +101,8 @@ def test_a_model_in_memory_exports_and_opens_with_its_card(checkpoint, tmp_path)
 
 def test_a_tf_checkpoint_opens_as_the_model_it_holds(tmp_path):
     torch.manual_seed(0)
-    model = _calibrated(build_from_spec(tf_spec("deeplabv3_mobilenetv2", num_classes=21, atrous_rates=())))
+    spec = tf_spec("deeplabv3_mobilenetv2", num_classes=21, atrous_rates=())
+    model = with_random_statistics(build_from_spec(spec)).eval()
     prefix = write_bundle(tmp_path / "train" / "model.ckpt-30000", tf_variables(model))
     predictor = Predictor.from_file(prefix)
     assert predictor.spec == model.spec and predictor.classes[15] == "person"  # 21 classes: VOC's names

@@ -208,7 +208,7 @@ def _write_torchscript(model: nn.Module, path: Path, info: ModelCard) -> None:
     """The folded model traced and frozen; the metadata goes in an extra file."""
     folded: nn.Module = fast_copy(model, "cpu", channels_last=False)
     if info.precision == "bf16":
-        folded = _CastTo(folded, torch.bfloat16).eval()
+        folded = _CastTo(folded, PRECISIONS["bf16"].dtype).eval()
     with quiet_exporters(), torch.no_grad():
         traced = torch.jit.freeze(torch.jit.trace(folded, trace_input(), check_trace=False))
         torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": info.to_json()})

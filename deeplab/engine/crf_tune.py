@@ -23,6 +23,7 @@ from ..config import Config
 from ..data import eval_transforms
 from ..inference import Predictor
 from ..metrics import confusion_matrix, segmentation_metrics
+from ..options import InferenceOptions
 from ..postprocess import CRF_SEARCH_GRID, CRFParams, dense_crf, map_in_processes
 from .data import build_dataset
 
@@ -79,7 +80,7 @@ def tune_crf(checkpoint: str | Path, config: Config, *, images: int = 100, grid:
     grid = list(grid) if grid is not None else crf_grid()
     e = config.eval
     predictor = Predictor.from_file(checkpoint, output_stride=e.output_stride or config.model.output_stride,
-                                    device=device, scales=e.scales, flip=e.flip, window=e.window)
+                                    device=device, options=InferenceOptions.from_eval_config(e, crf=None))
     spec, num_classes = predictor.spec, predictor.num_classes
     dataset = build_dataset(config.data, config.data.val_split, eval_transforms(mean=spec.mean, std=spec.std))
     if dataset.num_classes != num_classes:

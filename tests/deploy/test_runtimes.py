@@ -10,24 +10,16 @@ from deeplab.config import Config
 from deeplab.engine.checkpoint import save_checkpoint
 from deeplab.imageio import read_image, save_rgb_png
 from deeplab.inference import Predictor
+from tests.fixtures import with_random_statistics
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
 
 
-def _calibrated(model: torch.nn.Module) -> torch.nn.Module:
-    generator = torch.Generator().manual_seed(3)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.copy_(torch.rand(module.num_features, generator=generator) * 0.2 - 0.1)
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
-    model = _calibrated(create_model("deeplabv3_mobilenetv2", num_classes=3))
+    model = with_random_statistics(create_model("deeplabv3_mobilenetv2", num_classes=3)).eval()
     path = tmp_path_factory.mktemp("runtimes") / "ck.pt"
     save_checkpoint(path, model=model, optimizer=None, step=1, best_miou=0.0, config=Config(),
                     classes=["a", "b", "c"], palette=[(0, 0, 0), (9, 9, 9), (99, 99, 99)])
