@@ -7,6 +7,7 @@ with an error that names the extra to install.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -80,6 +81,19 @@ def load_torchscript(path: str | Path, device: str | torch.device = "cpu") -> nn
             raise ValueError(f"{path} is not a loadable TorchScript file ({err})") from err
 
 
+@functools.cache
+def openvino_core():
+    """The process's one OpenVINO ``Core``, kept for the life of the process.
+
+    OpenVINO's CPU plugin points the main thread's alternate signal stack at memory of its own when a ``Core``
+    creates it, and when it is destroyed puts back the stack it found. With two ``Core``s alive and released in
+    the order they were made, the stack left in place is the freed one, and the next signal delivered on it (a
+    SIGTERM to a training run, whose handler Python installs with SA_ONSTACK) kills the process with SIGSEGV.
+    One ``Core`` that is never released creates the plugin once and never tears it down.
+    """
+    return require_openvino().Core()
+
+
 class OpenVinoRunner:
     """Runs an ONNX model with OpenVINO on the CPU as a tensor -> tensor function.
 
@@ -89,13 +103,13 @@ class OpenVinoRunner:
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None,
                  precision: str = "fp32") -> None:
-        ov = require_openvino()
+        core = openvino_core()
         if torch.device(device).type != "cpu":
             raise ValueError(f"{path}: the OpenVINO runtime here runs on the CPU only (got device {device})")
         config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                   "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
         try:
-            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+            self.compiled = core.compile_model(str(path), "CPU", config)
         except Exception as err:  # OpenVINO raises its own exception types
             raise ValueError(f"OpenVINO cannot load {path} ({type(err).__name__}: {err})") from err
         self.path = Path(path)
