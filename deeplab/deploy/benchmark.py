@@ -36,7 +36,7 @@ from ..models import build_model
 from ..models.weights import TORCHVISION_LAYOUT
 from ..palettes import default_palette
 from .export import export_model
-from .precision import check_precision, cpu_has_bf16, cpu_kind
+from .precision import INT8_REFUSAL, check_precision, cpu_has_bf16, cpu_has_int8, cpu_kind
 from .runtimes import runtime_problem, runtime_runner
 
 # The README table: v3+ on the three backbones at OS 16 (MobileNetV2 full and light), and v3 ResNet-101 in
@@ -72,6 +72,7 @@ class Timing:
     times: list[float] = field(default_factory=list)
     peak_mb: float | None = None
     note: str = ""
+    agreement: float | None = None  # share of pixels whose argmax class equals the eager fp32 path's
 
     @property
     def median(self) -> float:
@@ -153,6 +154,10 @@ def build_paths(name: str, model: torch.nn.Module, workdir: Path, size: int, ski
     paths["fast fp32"] = Predictor(model, num_classes=NUM_CLASSES).logits_for_batch
     calibration = _calibration_folder(workdir / "calibration", size)
     for label, (fmt, precision, suffix) in _EXPORTS.items():
+        if precision == "int8" and not cpu_has_int8():
+            skipped.append(f"{name}: int8 not measured ({INT8_REFUSAL})")
+            bar.update()
+            continue
         _doing(bar, f"{name}: export {label}")
         out = workdir / f"{name}.{suffix}"
         export_model(model, out, format=fmt, precision=precision, calibration=calibration, calibration_images=4,
@@ -179,7 +184,10 @@ def _file_path(workdir: Path, name: str, label: str) -> Run:
     """``label``'s runner on its export file, without the load-time check (random weights fail the bf16/int8
     agreement check that trained models pass; the benchmark measures speed)."""
     suffix, runtime, precision = _FILE_PATHS[label]
-    model_file = read_model(workdir / f"{name}.{suffix}")
+    path = workdir / f"{name}.{suffix}"
+    if not path.exists():
+        raise ValueError(f"{path.name} was not exported")
+    model_file = read_model(path)
     card = model_file.card
     if precision == "bf16":  # OpenVINO's bf16 hint on the fp32 file
         card = dataclasses.replace(card, precision="bf16")
@@ -233,12 +241,17 @@ def run_benchmark(models: list[str], *, size: int = 513, batch: int = 1, runs: i
                     for run in paths.values():
                         run(x)
                     bar.update()
+                reference = None
                 for round_ in range(runs):
                     _doing(bar, f"{name}: round {round_ + 1}/{runs}")
                     for label, run in paths.items():
                         start = time.perf_counter()
-                        run(x)
+                        logits = run(x)
                         rows[label].times.append(time.perf_counter() - start)
+                        if round_ == 0:  # eager fp32 runs first: it is the reference
+                            classes = logits.float().argmax(1)
+                            reference = classes if reference is None else reference
+                            rows[label].agreement = (classes == reference).float().mean().item()
                     bar.update()
             del paths
             if memory:
@@ -309,15 +322,17 @@ def format_report(result: BenchmarkResult, targets: Callable[[BenchmarkResult], 
     then the int8 target and whatever ``targets`` adds, and anything that was skipped."""
     lines = [*([result.cpu] if result.cpu else []),
              f"1x3x{result.size}x{result.size} (batch {result.batch}), CPU, {result.threads} threads, "
-             f"median/min of {result.runs} interleaved runs; peak memory above an idle interpreter",
+             f"median/min of {result.runs} interleaved runs; argmax = eager: pixels of the first run whose class "
+             "is the eager fp32 path's; peak memory above an idle interpreter",
              "",
-             "| model | path | median (s) | min (s) | speed-up vs eager | peak memory (MB) |",
-             "|---|---|---|---|---|---|"]
+             "| model | path | median (s) | min (s) | speed-up vs eager | argmax = eager | peak memory (MB) |",
+             "|---|---|---|---|---|---|---|"]
     eager = {t.model: t.median for t in result.timings if t.path == "eager fp32"}
     for t in result.timings:
         memory = "" if t.peak_mb is None else f"{t.peak_mb:.0f}"
+        agreement = "" if t.agreement is None else f"{100 * t.agreement:.2f}%"
         lines.append(f"| {t.model} | {t.path} | {t.median:.3f} | {t.min:.3f} | {eager[t.model] / t.median:.2f}x "
-                     f"| {memory} |")
+                     f"| {agreement} | {memory} |")
     lines += ["", *int8_targets(result), *(targets(result) if targets else [])]
     lines += [f"skipped: {note}" for note in result.skipped]
     return "\n".join(lines)

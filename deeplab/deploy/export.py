@@ -37,7 +37,7 @@ from ..palettes import default_palette
 from ..predict_files import expand_inputs
 from .fastpath import fast_copy
 from .onnxfile import quiet_exporters, set_onnx_metadata, trace_input, write_onnx
-from .precision import EXPORT_PRECISIONS, PRECISIONS
+from .precision import EXPORT_PRECISIONS, PRECISIONS, check_int8
 from .quantize import QuantizationSettings, quantize_onnx
 from .runners import require_onnx, require_onnxruntime
 
@@ -132,6 +132,8 @@ def export_model(
                          "use --format torchscript --precision bf16, or --precision int8")
     if format not in PRECISIONS[precision].exports:
         raise ValueError("int8 exports use ONNX Runtime's quantization: use --format onnx --precision int8")
+    if precision == "int8":
+        check_int8()
     if format == "onnx":
         require_onnx(), require_onnxruntime()
     out = Path(out)

@@ -122,6 +122,30 @@ def cpu_has_vnni() -> bool:
     return bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
 
 
+# 8-bit integer multiply-add in hardware: 8-bit dot products (VNNI, AMX), AVX2's 8-bit multiply-add (the int8
+# export then keeps weights to 7 bits so its 16-bit sums cannot saturate), ARM's dot-product and matrix extensions.
+INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "avx2", "asimddp", "i8mm"})
+INT8_REFUSAL = ("int8 needs a CPU with 8-bit integer multiply-add instructions (AVX2, AVX512-VNNI, AVX-VNNI or AMX "
+                "on x86; the dot-product extension on ARM), which this one lacks: int8 would be emulated and slower "
+                "than fp32. Use fp32 (the default)")
+
+
+def cpu_has_int8() -> bool:
+    """True where ONNX Runtime's and OpenVINO's int8 kernels run on 8-bit integer instructions (:data:`INT8_FLAGS`)
+    rather than emulating them."""
+    flags = cpu_flags()
+    if flags:
+        return bool(flags & INT8_FLAGS)
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")()
+    return capability in ("AVX2", "AVX512") or platform.machine().lower() in ("arm64", "aarch64")
+
+
+def check_int8() -> None:
+    """Raises ``ValueError`` (:data:`INT8_REFUSAL`) where the CPU has no 8-bit integer instructions."""
+    if not cpu_has_int8():
+        raise ValueError(INT8_REFUSAL)
+
+
 def check_precision(precision: str, device: str | torch.device) -> str:
     """Validates an eager-model precision for ``device``; returns it.
 

@@ -26,7 +26,7 @@ from ..imageio import atomic_write
 from ..modelfile import ModelCard, Runner
 from .fastpath import fast_copy
 from .onnxfile import write_onnx
-from .precision import autocast_dtype, check_precision, cpu_flags, cpu_has_bf16
+from .precision import INT8_REFUSAL, autocast_dtype, check_precision, cpu_flags, cpu_has_bf16, cpu_has_int8
 from .runners import OnnxRunner, OpenVinoRunner, load_torchscript
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
@@ -139,6 +139,8 @@ def runtime_problem(runtime: str, card: ModelCard, precision: str, device: torch
         return f"{runtime} does not run {precision} (it runs {', '.join(_PRECISIONS[runtime])})"
     if runtime == "openvino" and precision == "bf16" and not cpu_has_bf16():
         return "bf16 needs a CPU with AVX512-BF16 or AMX, which this one lacks"
+    if precision == "int8" and not cpu_has_int8():
+        return INT8_REFUSAL
     try:
         if runtime == "onnxruntime":
             import onnxruntime  # noqa: F401

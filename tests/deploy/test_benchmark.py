@@ -13,7 +13,7 @@ from deeplab.deploy.precision import cpu_has_bf16, cpu_kind
 
 def _result() -> BenchmarkResult:
     rows = [Timing("deeplabv3_resnet101", "eager fp32", [2.0, 2.2, 1.8]),
-            Timing("deeplabv3_resnet101", "fast fp32", [1.5, 1.6, 1.4], peak_mb=612.4),
+            Timing("deeplabv3_resnet101", "fast fp32", [1.5, 1.6, 1.4], peak_mb=612.4, agreement=0.99996),
             Timing("deeplabv3_resnet101", "ONNX Runtime int8", [0.6, 0.5, 0.4]),
             Timing("deeplabv3_resnet101", "torchvision eager", [2.0, 2.1, 1.9]),
             Timing("deeplabv3plus_mobilenetv2", "eager fp32", [0.4, 0.4, 0.4]),
@@ -25,8 +25,8 @@ def _result() -> BenchmarkResult:
 def test_report_gives_speed_ups_against_the_same_models_eager_run_and_judges_the_targets():
     report = format_report(_result())
     assert report.splitlines()[0] == "CPU: Test CPU, 2 cores, 2 torch threads; AVX2 (no AMX); torch CPU capability AVX2"
-    assert "| deeplabv3_resnet101 | fast fp32 | 1.500 | 1.400 | 1.33x | 612 |" in report
-    assert "| deeplabv3plus_mobilenetv2 | ONNX Runtime int8 | 0.100 | 0.100 | 4.00x |  |" in report
+    assert "| deeplabv3_resnet101 | fast fp32 | 1.500 | 1.400 | 1.33x | 100.00% | 612 |" in report
+    assert "| deeplabv3plus_mobilenetv2 | ONNX Runtime int8 | 0.100 | 0.100 | 4.00x |  |  |" in report
     assert "target: fast fp32" not in report  # the peer target is benchmarks/peers.py's (tests/benchmarks)
     assert "int8 >= 4x plain eager fp32 (deeplabv3_resnet101): 4.00x [met]" in report
     assert "skipped: x: bf16 not measured" in report
@@ -44,6 +44,9 @@ def test_benchmark_command_runs_every_path_of_a_small_model_showing_progress(cap
         paths += ["OpenVINO fp32", "OpenVINO int8"] + (["OpenVINO bf16"] if cpu_has_bf16() else [])
     for path in paths:
         assert f"| deeplabv3_mobilenetv2 | {path} |" in out
+    eager_row = next(line for line in out.splitlines() if "| eager fp32 |" in line)
+    assert "| 1.00x | 100.00% |" in eager_row  # the reference agrees with itself; the others are measured too
+    assert all(line.count("%") == 1 for line in out.splitlines() if line.startswith("| deeplabv3_mobilenetv2 |"))
     assert "int8 >= 4x plain eager fp32 (deeplabv3_mobilenetv2)" in out
     assert out.splitlines()[0] == err.splitlines()[0] == cpu_kind()
     for step in ("building", "export TorchScript fp32", "export ONNX Runtime fp32", "export ONNX Runtime int8",

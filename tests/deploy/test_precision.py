@@ -46,3 +46,22 @@ def test_model_name_and_flags_come_from_cpuinfo(monkeypatch):
     monkeypatch.setattr(precision, "_cpuinfo_lines", lambda: ())
     monkeypatch.setattr(precision.platform, "processor", lambda: "")
     assert precision.cpu_model_name() == "unknown CPU" and precision.cpu_flags() == frozenset()
+
+
+@pytest.mark.parametrize(("flags", "has"), [
+    (SAPPHIRE_RAPIDS, True),
+    ({"sse4_2", "avx", "avx2", "fma"}, True),  # AVX2's 8-bit multiply-add (7-bit weights)
+    ({"avx2", "avx_vnni"}, True),
+    ({"fp", "asimd", "asimddp"}, True),  # ARM's dot product
+    ({"sse4_2", "avx", "fma"}, False),
+    ({"fp", "asimd"}, False),
+])
+def test_int8_needs_8_bit_integer_instructions(machine, flags, has):
+    machine(flags)
+    assert precision.cpu_has_int8() is has
+    if has:
+        precision.check_int8()
+    else:
+        with pytest.raises(ValueError, match=r"int8 needs a CPU with 8-bit integer multiply-add instructions "
+                                             r"\(AVX2, AVX512-VNNI, AVX-VNNI or AMX on x86.*emulated"):
+            precision.check_int8()
