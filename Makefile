@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-parallel demo lint models clean conformance conformance-reference
+.PHONY: install test demo lint models clean conformance conformance-reference
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,15 +14,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# One pytest-xdist worker per core (tests/conftest.py gives each one torch thread); --dist loadfile keeps a module's
+# tests on one worker, so a module-scoped fixture is built once. `.venv/bin/python -m pytest` runs it in one process.
 test: install
-	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
-
-# The same on one pytest-xdist worker per core (tests/conftest.py gives each one torch thread): 9 min 12 s instead of
-# about 11 on 2 cores. Not the default: in 2 of 3 full runs a worker died near the end of the suite ("node down: Not
-# properly terminated") and the run then hung. --dist loadfile keeps a module's tests on one worker, so a
-# module-scoped fixture is built once (pytest-xdist 3.8's loadgroup does not reach pytest 9's node ids).
-test-parallel: install
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n auto --dist loadfile
 

@@ -61,12 +61,34 @@ def test_a_circular_import_is_caught(tmp_path):
     assert set(errors) == {"deeplab.a", "deeplab.b"} and "circular import" in errors["deeplab.a"]
 
 
-@pytest.mark.parametrize("module", ["deeplab.constants", "deeplab.palettes", "deeplab.imageio", "deeplab.metrics",
-                                    "deeplab.losses", "deeplab.inference"])
-def test_low_layers_do_not_pull_in_the_dataset_package_or_the_engine(module):
-    code = (f"import sys, {module}; "
-            "print(sorted(m for m in sys.modules if m.startswith(('deeplab.data', 'deeplab.engine'))))")
-    assert _fresh(code).strip() == "[]"
+LOW_LAYERS = ["deeplab.constants", "deeplab.palettes", "deeplab.imageio", "deeplab.metrics", "deeplab.losses",
+              "deeplab.inference"]
+# As _IMPORT_EACH: each module imported with none of ours loaded, then the dataset and engine modules it pulled in.
+_PULLED_IN = """
+import importlib, json, sys
+pulled = {}
+for name in json.loads(sys.argv[1]):
+    for loaded in [m for m in sys.modules if m == "deeplab" or m.startswith("deeplab.")]:
+        del sys.modules[loaded]
+    importlib.import_module(name)
+    pulled[name] = sorted(m for m in sys.modules if m.startswith(("deeplab.data", "deeplab.engine")))
+print(json.dumps(pulled))
+"""
+
+
+@pytest.fixture(scope="module")
+def pulled_in() -> dict[str, list[str]]:
+    names = [*LOW_LAYERS, "deeplab.deploy.export"]  # the last: a higher layer, which does pull them in
+    return json.loads(_fresh(_PULLED_IN.replace("sys.argv[1]", repr(json.dumps(names)))).splitlines()[-1])
+
+
+@pytest.mark.parametrize("module", LOW_LAYERS)
+def test_low_layers_do_not_pull_in_the_dataset_package_or_the_engine(module, pulled_in):
+    assert pulled_in[module] == []
+
+
+def test_the_low_layer_check_sees_what_a_module_pulls_in(pulled_in):
+    assert "deeplab.data.demo" in pulled_in["deeplab.deploy.export"]
 
 
 def test_constants_import_nothing_of_ours():
