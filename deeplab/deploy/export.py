@@ -302,7 +302,8 @@ def _verify_accuracy(model: nn.Module, config: Config | None, candidate: Path, r
     report.eval_images = len(dataset)
     ignore = config.data.ignore_index
     reference = Predictor(model, num_classes=model.spec.num_classes)
-    exported = Predictor.from_file(candidate, precision=report.precision)
+    # on the runtime the quantization is made for (an int8 file on another runtime is checked against it at load)
+    exported = Predictor.from_file(candidate, precision=report.precision, runtime="onnxruntime")
     report.reference_miou = evaluate_predictor(reference, dataset, ignore_index=ignore, progress=progress)["miou"]
     report.miou = evaluate_predictor(exported, dataset, ignore_index=ignore, progress=progress)["miou"]
     drop = 100 * (report.reference_miou - report.miou)

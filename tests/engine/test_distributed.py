@@ -170,11 +170,10 @@ def test_sigterm_to_one_rank_stops_both_and_a_torchrun_restart_resumes_exactly(t
 
 
 # The stop matrix: SIGTERM and SIGINT, to torchrun (which forwards it to each training process's whole process
-# group: loader workers too) and to one rank, with and without loader workers; each run is resumed and must end
-# bit for bit where one uninterrupted run (shared by the matrix) ends. Two runs take each choice once: SIGTERM to
-# torchrun with workers (what SLURM, systemd and Kubernetes do) and Ctrl-C's SIGINT to one rank without. SIGTERM
-# to one rank without workers is the test above; SIGINT to a process whose workers get it too is
-# tests/engine/test_resume_faults.py's (one process: the same handler, the same workers).
+# group: loader workers too) and to one rank, with 0 and 2 loader workers; each run is resumed and must end
+# bit for bit where one uninterrupted run (shared by the matrix) ends. Four runs cover every pair of the three
+# choices (each signal to each target, each target and each signal with and without workers), as the eight of the
+# full product would: the code paths differ by target, by signal and by workers, and none by all three at once.
 STOP = ["model.name=deeplabv3plus_mobilenetv2", "data.name=demo", "data.image_size=65", "data.num_images=4",
         "data.crop_size=65", "train.batch_size=4", "train.iterations=6", "train.eval_every=4", "train.log_every=1",
         "train.lr=0.01", "train.progress=false"]
@@ -211,9 +210,9 @@ def _interrupt(settings: list[str], run, target: str, signum: int) -> tuple[subp
     return launcher, out, err
 
 
-@pytest.mark.parametrize(("target", "signum", "workers"),
-                         [("torchrun", signal.SIGTERM, 2), ("rank1", signal.SIGINT, 0)],
-                         ids=["torchrun-SIGTERM-2", "rank1-SIGINT-0"])
+@pytest.mark.parametrize(("target", "signum", "workers"), [
+    ("torchrun", signal.SIGTERM, 2), ("torchrun", signal.SIGINT, 0), ("rank1", signal.SIGTERM, 0),
+    ("rank1", signal.SIGINT, 2)], ids=["torchrun-SIGTERM-2", "torchrun-SIGINT-0", "rank1-SIGTERM-0", "rank1-SIGINT-2"])
 def test_a_stop_signal_saves_and_the_resumed_run_equals_the_uninterrupted_one(uninterrupted, tmp_path, target,
                                                                               signum, workers):
     run = tmp_path / "run"
