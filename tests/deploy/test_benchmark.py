@@ -81,3 +81,18 @@ def test_no_progress_writes_nothing_to_stderr(monkeypatch, capsys):
     monkeypatch.setattr(benchmark, "build_paths", _fake_paths)
     run_benchmark(["a"], size=9, runs=1, warmup=0, memory=False, build=lambda name: torch.nn.Identity())
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_int8_is_not_measured_on_a_cpu_without_8_bit_integer_instructions(monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(benchmark, "cpu_has_int8", lambda: False)
+    monkeypatch.setattr(benchmark, "_auto_path", lambda model: model)  # auto's 513 px probe is not the subject
+    skipped = []
+    paths = benchmark.build_paths("deeplabv3_mobilenetv2", benchmark.benchmark_model("deeplabv3_mobilenetv2"),
+                                  tmp_path, 33, skipped)
+    assert "ONNX Runtime fp32" in paths and not any("int8" in label for label in paths)
+    assert not list(tmp_path.glob("*int8*"))
+    assert "deeplabv3_mobilenetv2: int8 not measured (int8 needs a CPU with 8-bit integer multiply-add" in skipped[0]
+    assert "deeplabv3_mobilenetv2: ONNX Runtime int8 not measured (deeplabv3_mobilenetv2.int8.onnx was not " \
+           "exported)" in skipped
