@@ -13,8 +13,8 @@ import deeplab
 MODULES = sorted(m.name for m in pkgutil.walk_packages(deeplab.__path__, "deeplab."))
 
 
-def _fresh(code: str) -> str:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+def _fresh(code: str, *args: str) -> str:
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True).stdout
 
 
 # One interpreter imports each of our modules as if it were the first: before each import every deeplab
@@ -79,7 +79,7 @@ print(json.dumps(pulled))
 @pytest.fixture(scope="module")
 def pulled_in() -> dict[str, list[str]]:
     names = [*LOW_LAYERS, "deeplab.deploy.export"]  # the last: a higher layer, which does pull them in
-    return json.loads(_fresh(_PULLED_IN.replace("sys.argv[1]", repr(json.dumps(names)))).splitlines()[-1])
+    return json.loads(_fresh(_PULLED_IN, json.dumps(names)).splitlines()[-1])
 
 
 @pytest.mark.parametrize("module", LOW_LAYERS)

@@ -248,9 +248,10 @@ def run_benchmark(models: list[str], *, size: int = 513, batch: int = 1, runs: i
                         start = time.perf_counter()
                         logits = run(x)
                         rows[label].times.append(time.perf_counter() - start)
-                        if round_ == 0:  # eager fp32 runs first: it is the reference
+                        if round_ == 0:
                             classes = logits.float().argmax(1)
-                            reference = classes if reference is None else reference
+                            if reference is None:  # eager fp32 runs first: it is the reference
+                                reference = classes
                             rows[label].agreement = (classes == reference).float().mean().item()
                     bar.update()
             del paths

@@ -65,3 +65,12 @@ def test_int8_needs_8_bit_integer_instructions(machine, flags, has):
         with pytest.raises(ValueError, match=r"int8 needs a CPU with 8-bit integer multiply-add instructions "
                                              r"\(AVX2, AVX512-VNNI, AVX-VNNI or AMX on x86.*emulated"):
             precision.check_int8()
+
+
+@pytest.mark.parametrize(("capability", "machine_name", "has"), [
+    ("AVX2", "x86_64", True), ("AVX512", "x86_64", True), ("DEFAULT", "x86_64", False), ("DEFAULT", "arm64", True)])
+def test_int8_without_cpuinfo_goes_by_torchs_capability_and_the_machine(monkeypatch, capability, machine_name, has):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset())  # no /proc/cpuinfo (macOS, Windows)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(precision.platform, "machine", lambda: machine_name)
+    assert precision.cpu_has_int8() is has
