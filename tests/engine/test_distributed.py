@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -33,11 +32,6 @@ EQUAL = ["model.name=deeplabv3plus_mobilenetv2", "model.dropout=0", "data.name=d
          "data.num_images=5", "data.crop_size=65", "data.num_workers=0", "train.batch_size=4",
          "train.iterations=4", "train.eval_every=2", "train.log_every=1", "train.lr=0.002",
          "train.backbone_lr_mult=0", "train.progress=false"]
-# Dropout on (each process its own stream), the whole network learning: runs of the same world size
-# must agree bit for bit.
-LONG = ["model.name=deeplabv3plus_mobilenetv2", "data.name=demo", "data.image_size=65", "data.num_images=4",
-        "data.crop_size=65", "data.num_workers=0", "train.batch_size=4", "train.iterations=12",
-        "train.eval_every=5", "train.log_every=1", "train.lr=0.01", "train.progress=false"]
 
 
 def _weights(run_dir):
@@ -90,9 +84,15 @@ def test_distributed_evaluation_equals_single_process(pair, tmp_path):
     run, _ = pair
     during = [r for r in _log(run) if "miou" in r][-1]
     assert during["step"] == 4
-    # The same checkpoint, the same protocol (training output stride, one scale), one process, one thread.
-    _check(run_processes([sys.executable, "-m", "deeplab", "eval", "--checkpoint", str(run / "last.pt"),
-                          "--json", str(tmp_path / "m.json"), "--set", "eval.output_stride=null"]))
+    # The same checkpoint, the same protocol (training output stride, one scale), one process, one thread (as
+    # each torchrun process).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["eval", "--checkpoint", str(run / "last.pt"), "--json", str(tmp_path / "m.json"), "--set",
+                     "eval.output_stride=null"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     alone = json.loads((tmp_path / "m.json").read_text())
     assert (during["miou"], during["pixel_accuracy"]) == (alone["miou"], alone["pixel_accuracy"])
     val = DemoDataset(split="val", image_size=65, num_images=5)
@@ -115,14 +115,27 @@ def test_resume_under_torchrun_with_another_world_size(single, tmp_path):
     assert _max_difference(_weights(single), _weights(run)) < 1e-4
 
 
+# The stops: SIGTERM and SIGINT, to torchrun (which forwards it to each training process's whole process group:
+# loader workers too) and to one rank, with 0 and 2 loader workers; each stopped run is resumed and must end bit for
+# bit where one uninterrupted run ends. Dropout is on (each process its own stream) and the whole network learns.
+# Four runs cover every pair of the three choices (each signal to each target, each target and each signal with and
+# without workers), as the eight of the full product would: the code paths differ by target, by signal and by
+# workers, and none by all three at once. One of the four is resumed by torchrun's own restart, the others by
+# --resume.
+STOP = ["model.name=deeplabv3plus_mobilenetv2", "data.name=demo", "data.image_size=65", "data.num_images=4",
+        "data.crop_size=65", "train.batch_size=4", "train.iterations=6", "train.eval_every=4", "train.log_every=1",
+        "train.lr=0.01", "train.progress=false"]
+
+
 @pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory):
-    """Two torchrun launches (one process each) meeting through a c10d rendezvous on 127.0.0.1."""
-    run = tmp_path_factory.mktemp("two_nodes")
+def uninterrupted(tmp_path_factory):
+    """The stops' reference run: two torchrun launches (one process each) meeting through a c10d rendezvous on
+    127.0.0.1, so that two nodes must also train bit for bit as two processes on one node do."""
+    run = tmp_path_factory.mktemp("uninterrupted")
     launcher = ("--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
                 "--rdzv-id", "two-nodes-test")
-    command = torchrun_command("-m", "deeplab", "train", "--set", *LONG, f"train.run_dir={run}", nproc=1,
-                               launcher=launcher)
+    command = torchrun_command("-m", "deeplab", "train", "--set", *STOP, "data.num_workers=0",
+                               f"train.run_dir={run}", nproc=1, launcher=launcher)
     nodes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=process_env()) for _ in range(2)]
     outputs = [node.communicate(timeout=300) for node in nodes]
@@ -131,66 +144,21 @@ def two_nodes(tmp_path_factory):
     return run, [out for out, _ in outputs]
 
 
-def test_two_torchrun_launches_train_together(two_nodes):
-    run, stdouts = two_nodes
-    assert sorted(out.count("finished at step 12") for out in stdouts) == [0, 1]  # rank 0's node alone reports
-    assert read_checkpoint(run / "last.pt").raw["world_size"] == 2 and read_checkpoint(run / "last.pt").step == 12
-    assert [r["step"] for r in _log(run) if "loss" in r] == list(range(1, 13))
+def test_two_torchrun_launches_train_together(uninterrupted):
+    run, stdouts = uninterrupted
+    assert sorted(out.count("finished at step 6") for out in stdouts) == [0, 1]  # rank 0's node alone reports
+    assert read_checkpoint(run / "last.pt").raw["world_size"] == 2 and read_checkpoint(run / "last.pt").step == 6
+    assert [r["step"] for r in _log(run) if "loss" in r] == list(range(1, 7))
     assert sorted(p.name for p in run.glob("*.pt")) == ["best.pt", "last.pt"]
 
 
-def test_sigterm_to_one_rank_stops_both_and_a_torchrun_restart_resumes_exactly(two_nodes, tmp_path):
-    reference, _ = two_nodes
-    run = tmp_path / "run"
-    command = torchrun_command("--max-restarts", "1", "-m", "deeplab", "train", "--set", *LONG,
-                               f"train.run_dir={run}")
+def _interrupt(settings: list[str], run, target: str, signum: int,
+               restarts: int = 0) -> tuple[subprocess.Popen, str, str]:
+    """Starts a torchrun run (that torchrun restarts up to ``restarts`` times), signals ``target`` after step 2;
+    returns the ended launcher and its output."""
+    command = torchrun_command("--max-restarts", str(restarts), "-m", "deeplab", "train", "--set", *settings)
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=process_env())
-    try:
-        deadline = time.monotonic() + 240
-        while not (run / "log.jsonl").is_file() or not any(r.get("step", 0) >= 3 for r in _log(run)):
-            assert launcher.poll() is None and time.monotonic() < deadline, "the run ended before the signal"
-            time.sleep(0.05)
-        pids = worker_pids(launcher.pid)
-        if pids is None:
-            pytest.skip("this system does not list a process's children in /proc")
-        assert set(pids) == {0, 1}, pids
-        os.kill(pids[1], signal.SIGTERM)  # rank 1: it does not write checkpoints, rank 0 must learn of it
-        out, err = launcher.communicate(timeout=300)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-    assert launcher.returncode == 0, out[-2000:] + err[-4000:]
-    stop = next(line for line in out.splitlines() if "SIGTERM received" in line)
-    assert stop.startswith("SIGTERM received by 1 of 2 process(es): saved") and out.count("SIGTERM received") == 1
-    stopped_at = int(stop.split("at step ")[1].split(";")[0])
-    assert 3 <= stopped_at < 12 and f"resuming from step {stopped_at} (saved by 2 process(es))" in out
-    ours, theirs = _weights(run), _weights(reference)
-    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
-
-
-# The stop matrix: SIGTERM and SIGINT, to torchrun (which forwards it to each training process's whole process
-# group: loader workers too) and to one rank, with 0 and 2 loader workers; each run is resumed and must end
-# bit for bit where one uninterrupted run (shared by the matrix) ends. Four runs cover every pair of the three
-# choices (each signal to each target, each target and each signal with and without workers), as the eight of the
-# full product would: the code paths differ by target, by signal and by workers, and none by all three at once.
-STOP = ["model.name=deeplabv3plus_mobilenetv2", "data.name=demo", "data.image_size=65", "data.num_images=4",
-        "data.crop_size=65", "train.batch_size=4", "train.iterations=6", "train.eval_every=4", "train.log_every=1",
-        "train.lr=0.01", "train.progress=false"]
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    run = tmp_path_factory.mktemp("uninterrupted")
-    _check(run_processes(torchrun_command("-m", "deeplab", "train", "--set", *STOP, "data.num_workers=0",
-                                          f"train.run_dir={run}")))
-    return run
-
-
-def _interrupt(settings: list[str], run, target: str, signum: int) -> tuple[subprocess.Popen, str, str]:
-    """Starts a torchrun run, signals ``target`` after step 2; returns the ended launcher and its output."""
-    launcher = subprocess.Popen(torchrun_command("-m", "deeplab", "train", "--set", *settings),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=process_env())
     try:
         deadline = time.monotonic() + 240
         while not (run / "log.jsonl").is_file() or not any(r.get("step", 0) >= 2 for r in _log(run)):
@@ -202,6 +170,7 @@ def _interrupt(settings: list[str], run, target: str, signum: int) -> tuple[subp
             pids = worker_pids(launcher.pid)
             if pids is None:
                 pytest.skip("this system does not list a process's children in /proc")
+            assert set(pids) == {0, 1}, pids
             os.kill(pids[1], signum)  # rank 1: it does not write checkpoints, rank 0 must learn of it
         out, err = launcher.communicate(timeout=240)
     finally:
@@ -210,9 +179,14 @@ def _interrupt(settings: list[str], run, target: str, signum: int) -> tuple[subp
     return launcher, out, err
 
 
+def _equal_to(run, uninterrupted) -> bool:
+    ours, theirs = _weights(run), _weights(uninterrupted[0])
+    return all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
 @pytest.mark.parametrize(("target", "signum", "workers"), [
-    ("torchrun", signal.SIGTERM, 2), ("torchrun", signal.SIGINT, 0), ("rank1", signal.SIGTERM, 0),
-    ("rank1", signal.SIGINT, 2)], ids=["torchrun-SIGTERM-2", "torchrun-SIGINT-0", "rank1-SIGTERM-0", "rank1-SIGINT-2"])
+    ("torchrun", signal.SIGTERM, 2), ("torchrun", signal.SIGINT, 0), ("rank1", signal.SIGINT, 2)],
+    ids=["torchrun-SIGTERM-2", "torchrun-SIGINT-0", "rank1-SIGINT-2"])
 def test_a_stop_signal_saves_and_the_resumed_run_equals_the_uninterrupted_one(uninterrupted, tmp_path, target,
                                                                               signum, workers):
     run = tmp_path / "run"
@@ -235,7 +209,21 @@ def test_a_stop_signal_saves_and_the_resumed_run_equals_the_uninterrupted_one(un
         assert "ChildFailedError" in err and f"exitcode  : {128 + signum} (pid: " in err
     resumed = _check(run_processes(torchrun_command("-m", "deeplab", "train", "--resume", "--set", *settings)))
     assert f"resuming from step {saved} (saved by 2 process(es))" in resumed.stdout
-    ours, theirs = _weights(run), _weights(uninterrupted)
-    equal = all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    equal = _equal_to(run, uninterrupted)
     print(f"stop matrix: {target} {name} workers={workers}: saved at step {saved}, resumed == uninterrupted: {equal}")
     assert equal
+
+
+def test_sigterm_to_one_rank_stops_both_and_a_torchrun_restart_resumes_exactly(uninterrupted, tmp_path):
+    """The fourth stop (rank 1, SIGTERM, no loader workers), resumed by torchrun's restart (--max-restarts 1)."""
+    run = tmp_path / "run"
+    launcher, out, err = _interrupt([*STOP, "data.num_workers=0", f"train.run_dir={run}"], run, "rank1",
+                                    signal.SIGTERM, restarts=1)
+    assert launcher.returncode == 0, out[-2000:] + err[-4000:]
+    stop = next(line for line in out.splitlines() if "SIGTERM received" in line)
+    assert stop.startswith(f"SIGTERM received by 1 of 2 process(es): saved {run / 'last.pt'} at step ")
+    assert out.count("SIGTERM received") == 1 and "error:" not in err and "DataLoader worker" not in err
+    stopped_at = int(stop.split("at step ")[1].split(";")[0])
+    assert 2 <= stopped_at < 6 and f"resuming from step {stopped_at} (saved by 2 process(es))" in out
+    assert out.count("finished at step 6") == 1 and read_checkpoint(run / "last.pt").step == 6
+    assert _equal_to(run, uninterrupted)
