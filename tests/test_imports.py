@@ -20,10 +20,10 @@ def _fresh(code: str, *args: str) -> str:
 # One interpreter imports each of our modules as if it were the first: before each import every deeplab
 # module is dropped from sys.modules, so our package starts fresh (a circular import among our modules
 # fails exactly as in a new process) while torch & co., which cannot take part in such a cycle, load once
-# rather than 65 times (6 s each).
+# rather than 65 times (5 s each). It also records which of the dataset and engine modules each import pulled in.
 _IMPORT_EACH = """
 import importlib, json, sys, traceback
-errors = {}
+errors, pulled = {}, {}
 for name in json.loads(sys.argv[1]):
     for loaded in [m for m in sys.modules if m == "deeplab" or m.startswith("deeplab.")]:
         del sys.modules[loaded]
@@ -31,15 +31,25 @@ for name in json.loads(sys.argv[1]):
         importlib.import_module(name)
     except BaseException:
         errors[name] = traceback.format_exc()
-print(json.dumps(errors))
+    pulled[name] = sorted(m for m in sys.modules if m.startswith(("deeplab.data", "deeplab.engine")))
+print(json.dumps([errors, pulled]))
 """
 
 
 @pytest.fixture(scope="module")
-def import_errors() -> dict[str, str]:
-    result = subprocess.run([sys.executable, "-c", _IMPORT_EACH, json.dumps(MODULES)], capture_output=True,
-                            text=True, check=True)
-    return json.loads(result.stdout.splitlines()[-1])
+def fresh_imports() -> tuple[dict[str, str], dict[str, list[str]]]:
+    """(the traceback of each module that fails to import, the dataset and engine modules each one pulls in)."""
+    return json.loads(_fresh(_IMPORT_EACH, json.dumps(["deeplab", *MODULES])).splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def import_errors(fresh_imports) -> dict[str, str]:
+    return fresh_imports[0]
+
+
+@pytest.fixture(scope="module")
+def pulled_in(fresh_imports) -> dict[str, list[str]]:
+    return fresh_imports[1]
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -57,38 +67,29 @@ def test_a_circular_import_is_caught(tmp_path):
     result = subprocess.run([sys.executable, "-c", _IMPORT_EACH, json.dumps(["deeplab.b", "deeplab.a"])],
                             capture_output=True, text=True, check=True, cwd=tmp_path,
                             env={"PYTHONPATH": str(tmp_path), "PATH": ""})
-    errors = json.loads(result.stdout.splitlines()[-1])
+    errors = json.loads(result.stdout.splitlines()[-1])[0]
     assert set(errors) == {"deeplab.a", "deeplab.b"} and "circular import" in errors["deeplab.a"]
 
 
 LOW_LAYERS = ["deeplab.constants", "deeplab.palettes", "deeplab.imageio", "deeplab.metrics", "deeplab.losses",
               "deeplab.inference"]
-# As _IMPORT_EACH: each module imported with none of ours loaded, then the dataset and engine modules it pulled in.
-_PULLED_IN = """
-import importlib, json, sys
-pulled = {}
-for name in json.loads(sys.argv[1]):
-    for loaded in [m for m in sys.modules if m == "deeplab" or m.startswith("deeplab.")]:
-        del sys.modules[loaded]
-    importlib.import_module(name)
-    pulled[name] = sorted(m for m in sys.modules if m.startswith(("deeplab.data", "deeplab.engine")))
-print(json.dumps(pulled))
-"""
-
-
-@pytest.fixture(scope="module")
-def pulled_in() -> dict[str, list[str]]:
-    names = [*LOW_LAYERS, "deeplab.deploy.export"]  # the last: a higher layer, which does pull them in
-    return json.loads(_fresh(_PULLED_IN, json.dumps(names)).splitlines()[-1])
-
-
 @pytest.mark.parametrize("module", LOW_LAYERS)
 def test_low_layers_do_not_pull_in_the_dataset_package_or_the_engine(module, pulled_in):
     assert pulled_in[module] == []
 
 
 def test_the_low_layer_check_sees_what_a_module_pulls_in(pulled_in):
-    assert "deeplab.data.demo" in pulled_in["deeplab.deploy.export"]
+    assert "deeplab.data.demo" in pulled_in["deeplab.deploy.export"]  # a higher layer, which does pull them in
+
+
+def test_importing_the_package_does_not_import_the_training_stack(pulled_in):
+    """``import deeplab`` (the model API) loads neither the training loop nor the datasets."""
+    assert "deeplab.engine.train" not in pulled_in["deeplab"] and "deeplab.data.demo" not in pulled_in["deeplab"]
+
+
+def test_the_app_does_not_depend_on_how_the_predictor_is_built(pulled_in):
+    """create_app takes any predictor: importing it pulls in neither the training engine nor the datasets."""
+    assert pulled_in["deeplab.serve.app"] == []
 
 
 def test_constants_import_nothing_of_ours():

@@ -242,17 +242,6 @@ def test_same_masks_as_deeplab_predict_command(checkpoint, tmp_path):
             assert response.content == (tmp_path / "out" / path.name).read_bytes(), path.name
 
 
-def test_the_app_does_not_depend_on_how_the_predictor_is_built():
-    """create_app takes any predictor: importing it pulls in neither the training engine nor the datasets."""
-    import subprocess
-    import sys
-
-    code = ("import sys, deeplab.serve.app; "
-            "print(sorted(m for m in sys.modules if m.startswith(('deeplab.engine', 'deeplab.data'))))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
-
-
 def test_favicon_is_served_and_linked_from_the_page(client):
     icon = client.get("/favicon.ico")
     assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
