@@ -29,7 +29,7 @@ from .config import Config, from_dict
 from .constants import IMAGENET_MEAN, IMAGENET_STD, Colour
 from .deploy.onnxfile import METADATA_KEY
 from .deploy.runners import OnnxRunner, load_torchscript, require_onnx
-from .models import ModelSpec, Segmenter, build_from_spec, build_model, load_weights, resolve_spec
+from .models import ModelSpec, Segmenter, build_model, build_with_weights, resolve_spec
 from .models.published import PUBLISHED_WEIGHTS, fetch_published, published_weights
 from .models.weights import weights_and_implied
 from .torchfile import read_torch_file
@@ -222,12 +222,11 @@ def is_tf_checkpoint(path: Path) -> bool:
 
 def _weights_file(card: ModelCard, state: Mapping[str, Tensor]) -> ModelFile:
     def opener(output_stride: int | None, device: torch.device) -> Runner:
-        model = build_from_spec(card.spec.at_output_stride(output_stride))
         try:
-            load_weights(model, state)
+            model = build_with_weights(card.spec.at_output_stride(output_stride), state, device=device)
         except ValueError as err:
             raise ValueError(f"{card.source}: {err}") from err
-        return model.to(device).eval()
+        return model.eval()
 
     return ModelFile(card, opener)
 

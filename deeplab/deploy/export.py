@@ -32,7 +32,7 @@ from ..engine.evaluate import evaluate_predictor
 from ..imageio import ImageReadError, atomic_write, normalize_image, read_image
 from ..inference import Predictor
 from ..modelfile import METADATA_KEY, ModelCard, read_model
-from ..models import Segmenter, build_from_spec
+from ..models import Segmenter, build_with_weights
 from ..palettes import default_palette
 from ..predict_files import expand_inputs
 from .fastpath import fast_copy
@@ -176,8 +176,7 @@ def _source(checkpoint: str | Path | Segmenter, output_stride: int | None, class
             raise ValueError("the model has no .spec; build it with deeplab.create_model or deeplab.load_checkpoint")
         model = checkpoint
         if output_stride is not None and output_stride != spec.output_stride:
-            model = build_from_spec(spec.at_output_stride(output_stride))
-            model.load_state_dict(checkpoint.state_dict())
+            model = build_with_weights(spec.at_output_stride(output_stride), checkpoint.state_dict())
         model = model.eval()
         names = list(classes) if classes is not None else [f"class_{i}" for i in range(spec.num_classes)]
         colours = list(palette) if palette is not None else default_palette(spec.num_classes)

@@ -30,7 +30,7 @@ from ..deploy.precision import AMP_CHOICES, autocast_dtype
 from ..inference import Predictor
 from ..losses import labelled_pixels, segmentation_loss
 from ..modelfile import read_checkpoint
-from ..models import Segmenter, build_from_spec
+from ..models import Segmenter, build_with_weights
 from . import dist
 from .checkpoint import model_from_config, save_checkpoint
 from .data import attach_transforms, build_train_val, check_global_batch, train_loader
@@ -387,8 +387,8 @@ def validate(model: Segmenter, dataset, cfg: Config, env: dist.DistEnv, device: 
     dist.broadcast_buffers(model)  # BN statistics as rank 0 has them (differ without SyncBN)
     net = model
     if protocol["output_stride"] != model.spec.output_stride:  # same weights, another dilation
-        net = build_from_spec(model.spec.at_output_stride(protocol["output_stride"])).to(device)
-        net.load_state_dict(model.state_dict())
+        net = build_with_weights(model.spec.at_output_stride(protocol["output_stride"]), model.state_dict(),
+                                 device=device)
     metrics = evaluate(net, dataset, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index,
                        device=device, scales=protocol["scales"], flip=protocol["flip"], window=protocol["window"],
                        batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, progress=False,

@@ -143,3 +143,45 @@ def test_xception_pretrained_backbone_from_local_file(tmp_path):
     assert torch.equal(model.backbone.body.state_dict()["stem_0.conv.weight"], reference.stem[0].conv.weight)
     assert torch.equal(model.backbone.body.state_dict()["blocks_20.stack.conv3.conv_pw.weight"],
                        reference.blocks[20].stack.conv3.conv_pw.weight)
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_every_model_keeps_all_its_state_in_its_state_dict(name):
+    """So build_with_weights never has to fall back to a randomly initialised build (structure only, on meta)."""
+    with torch.device("meta"):
+        model = zoo.build_from_spec(zoo.resolve_spec(name, {"num_classes": 3}))
+    saved = set(model.state_dict())
+    assert {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()} <= saved
+
+
+def test_build_with_weights_skips_the_random_initialisation_and_equals_the_source(monkeypatch):
+    torch.manual_seed(0)
+    source = create_model("deeplabv3plus_mobilenetv2", num_classes=3)
+    _randomise_batchnorm(source)
+    initialised = []
+    for name in ("kaiming_uniform_", "kaiming_normal_", "normal_", "uniform_", "zeros_", "ones_"):
+        plain = getattr(torch.nn.init, name)
+        monkeypatch.setattr(torch.nn.init, name, lambda tensor, *a, plain=plain, **k: initialised.append(
+            tensor.device.type) or plain(tensor, *a, **k))
+    model = zoo.build_with_weights(source.spec, source.state_dict())
+    assert initialised and set(initialised) == {"meta"}  # the layers' initialisers ran on no memory
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()]) and model.spec == source.spec
+    x = torch.randn(1, 3, 65, 81)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), source.eval()(x))
+
+
+def test_build_with_weights_builds_normally_where_a_buffer_is_not_saved(monkeypatch):
+    """A non-persistent buffer would be left as empty memory: such a model is initialised the ordinary way."""
+    plain = zoo.build_from_spec
+
+    def with_unsaved_buffer(spec, **kwargs):
+        model = plain(spec, **kwargs)
+        model.register_buffer("scale", torch.full((1,), 2.0), persistent=False)
+        return model
+
+    monkeypatch.setattr(zoo, "build_from_spec", with_unsaved_buffer)
+    source = create_model("deeplabv3plus_mobilenetv2", num_classes=3)
+    model = zoo.build_with_weights(source.spec, source.state_dict())
+    assert model.scale.item() == 2.0 and torch.equal(model.state_dict()["head.classifier.weight"],
+                                                     source.state_dict()["head.classifier.weight"])
