@@ -15,10 +15,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 # One pytest-xdist worker per core (tests/conftest.py gives each one torch thread); --dist loadfile keeps a module's
-# tests on one worker, so a module-scoped fixture is built once. `.venv/bin/python -m pytest` runs it in one process.
+# tests on one worker, so a module-scoped fixture is built once, and --no-loadscope-reorder hands the modules out
+# longest first (the order tests/conftest.py gives them). `.venv/bin/python -m pytest` runs it in one process.
 test: install
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -n auto --dist loadfile
+	$(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 demo: install
 	$(BIN)/deeplab train --config configs/demo.yaml
