@@ -206,7 +206,6 @@ def build_from_spec(spec: ModelSpec, *, pretrained_backbone: bool | str = False)
     return model
 
 
-
 def build_with_weights(spec: ModelSpec, weights: Mapping[str, Tensor], *,
                        device: str | torch.device = "cpu") -> Segmenter:
     """The network ``spec`` describes on ``device``, holding ``weights`` (loaded strictly by :func:`load_weights`).
@@ -224,6 +223,7 @@ def build_with_weights(spec: ModelSpec, weights: Mapping[str, Tensor], *,
         model = build_from_spec(spec).to(device)
     load_weights(model, weights)
     return model
+
 
 def _pretrain(backbone: nn.Module, key: str, pretrained_backbone: bool | str) -> None:
     if pretrained_backbone:
