@@ -13,10 +13,14 @@ rebuilding: see :meth:`ModelSpec.at_output_stride`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2
+# Versions this deeplab reads: 1 had no task or input channels (multiclass, 3 channels).
+READABLE_SPEC_VERSIONS = (1, 2)
+# What the logits mean: one softmax over classes, one sigmoid (foreground), or one sigmoid per class.
+TASKS = ("multiclass", "binary", "multilabel")
 
 # Options whose values scale with the output stride (the papers double the rates when they halve it).
 RATE_OPTIONS = ("atrous_rates", "atrous_rate")
@@ -52,6 +56,9 @@ class ModelSpec:
             "default", except where ``None`` itself is the choice, e.g. ``multi_grid=None``).
         mean: per-channel input mean on the 0..1 scale, as the weights expect.
         std: per-channel input standard deviation.
+        task: ``"multiclass"`` (softmax over ``num_classes`` logits), ``"binary"`` (one logit, sigmoid;
+            ``num_classes`` is 1) or ``"multilabel"`` (one sigmoid per class).
+        in_channels: input image channels (3 for RGB; ``mean`` and ``std`` have this length).
     """
 
     name: str
@@ -60,11 +67,23 @@ class ModelSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    task: str = "multiclass"
+    in_channels: int = 3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", {k: _frozen(v) for k, v in dict(self.options).items()})
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "in_channels", int(self.in_channels))
+        if self.task not in TASKS:
+            raise ValueError(f"model task {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.in_channels < 1:
+            raise ValueError(f"in_channels must be at least 1, got {self.in_channels}")
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            raise ValueError(f"mean and std need one value per input channel ({self.in_channels}); got "
+                             f"{len(self.mean)} and {len(self.std)}")
+        if self.task == "binary" and self.num_classes != 1:
+            raise ValueError(f"a binary model has one output (num_classes=1), got num_classes={self.num_classes}")
 
     def builder_arguments(self) -> dict[str, Any]:
         """The keyword arguments of the model's constructor."""
@@ -81,7 +100,7 @@ class ModelSpec:
                 options[key] = scaled_rates(value, self.output_stride, output_stride)
             elif isinstance(value, int):
                 options[key] = scaled_rates((value,), self.output_stride, output_stride)[0]
-        return ModelSpec(self.name, self.num_classes, output_stride, options, self.mean, self.std)
+        return replace(self, output_stride=output_stride, options=options)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (lists, numbers, strings), safe for ``weights_only`` loading, JSON and YAML."""
@@ -93,6 +112,8 @@ class ModelSpec:
             "options": {k: _plain(v) for k, v in self.options.items()},
             "mean": list(self.mean),
             "std": list(self.std),
+            "task": self.task,
+            "in_channels": self.in_channels,
         }
 
     @classmethod
@@ -101,10 +122,12 @@ class ModelSpec:
         if not isinstance(data, Mapping):
             raise ValueError(f"a model spec must be a mapping, got {type(data).__name__}")
         version = data.get("spec_version")
-        if version != SPEC_VERSION:
-            raise ValueError(f"model spec version {version!r} is not supported (this deeplab reads {SPEC_VERSION})")
+        if version not in READABLE_SPEC_VERSIONS:
+            raise ValueError(f"model spec version {version!r} is not supported (this deeplab reads "
+                             f"{', '.join(map(str, READABLE_SPEC_VERSIONS))})")
         missing = [k for k in ("name", "num_classes", "output_stride", "options", "mean", "std") if k not in data]
         if missing:
             raise ValueError(f"model spec lacks {', '.join(missing)}")
         return cls(str(data["name"]), int(data["num_classes"]), int(data["output_stride"]), dict(data["options"]),
-                   tuple(data["mean"]), tuple(data["std"]))
+                   tuple(data["mean"]), tuple(data["std"]), str(data.get("task", "multiclass")),
+                   int(data.get("in_channels", 3)))

@@ -96,3 +96,19 @@ def test_spec_from_a_newer_or_damaged_file_is_a_clear_error():
         ModelSpec.from_dict({**data, "spec_version": 99})
     with pytest.raises(ValueError, match="model spec lacks options"):
         ModelSpec.from_dict({k: v for k, v in data.items() if k != "options"})
+
+
+def test_spec_carries_task_and_input_channels_and_reads_version_1():
+    spec = ModelSpec("deeplabv3plus_resnet50", 1, 16, {}, (0.5,) * 4, (0.25,) * 4, task="binary", in_channels=4)
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    assert spec.at_output_stride(8).task == "binary" and spec.at_output_stride(8).in_channels == 4
+    old = {k: v for k, v in ModelSpec("deeplabv3_resnet50", 21, 16).to_dict().items()
+           if k not in ("task", "in_channels")}
+    old = ModelSpec.from_dict({**old, "spec_version": 1})
+    assert (old.task, old.in_channels) == ("multiclass", 3)
+    with pytest.raises(ValueError, match="task 'segment' is not one of multiclass, binary, multilabel"):
+        ModelSpec("deeplabv3_resnet50", 21, 16, task="segment")
+    with pytest.raises(ValueError, match="one value per input channel \\(4\\); got 3 and 3"):
+        ModelSpec("deeplabv3_resnet50", 21, 16, in_channels=4)
+    with pytest.raises(ValueError, match="binary model has one output"):
+        ModelSpec("deeplabv3_resnet50", 2, 16, task="binary")
