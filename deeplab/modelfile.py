@@ -368,7 +368,22 @@ def read_weights(weights: WeightsLike, model_name: str) -> Mapping[str, Any]:
         if published.model != model_name:
             raise ValueError(f"published weights {weights!r} are for {published.model}, not {model_name}")
         return fetch_published(published)
+    path = Path(weights)
+    if path.is_file() and detect_format(path) in ("onnx", "torchscript"):
+        return read_torch_file(export_source_checkpoint(path))
     return read_torch_file(weights)
+
+
+def export_source_checkpoint(path: str | Path) -> Path:
+    """The checkpoint an export was made from (recorded in it by name, looked for beside it): the weights to
+    fine-tune, as an export's own weights are folded and possibly quantised."""
+    path = Path(path)
+    name = read_export(path).extra.get("source")
+    if not name or not (path.parent / name).is_file():
+        what = f"its source checkpoint {name!r}" if name else "it does not name its source checkpoint and"
+        raise ValueError(f"{path} is an export; to start from its weights, deeplab needs {what} beside it "
+                         "(pass that checkpoint as the weights instead)")
+    return path.parent / name
 
 
 def create_model(name: str, *, weights: WeightsLike | None = None, pretrained_backbone: bool | str = False,
@@ -376,9 +391,13 @@ def create_model(name: str, *, weights: WeightsLike | None = None, pretrained_ba
     """Builds a registered model by name, with its weights: :func:`deeplab.models.build_model` (see it for
     ``pretrained_backbone`` and the architecture ``options``), reading ``weights`` first.
 
-    ``weights``: a state dict, a checkpoint / ``.pt`` / ``.safetensors`` path, torchvision's DeepLabV3 state dict,
-    or a published weights name (see ``deeplab.models.published``); weights that imply an architecture set the
-    defaults, explicit ``options`` still win. Returns the model in training mode, its spec as ``model.spec``.
+    ``weights``: a state dict, a checkpoint / ``.pt`` / ``.safetensors`` path (an imported TF checkpoint too),
+    torchvision's DeepLabV3 state dict, an export (its source checkpoint, found beside it) or a published weights
+    name (see ``deeplab.models.published``); weights that imply an architecture set the defaults (the TF numerics
+    of an imported model included), explicit ``options`` still win. Fine-tuning: with another ``num_classes``,
+    ``task`` or ``in_channels`` than the weights', the classifier layers start afresh or the first convolution is
+    adapted, and ``model.init_notes`` says which tensors did not come from the weights as they were; anything else
+    that does not fit is a ``ValueError``. Returns the model in training mode, its spec as ``model.spec``.
     """
     loaded = None if weights is None else read_weights(weights, name)
     return build_model(name, weights=loaded, pretrained_backbone=pretrained_backbone, **options)

@@ -40,6 +40,8 @@ def model_options(model: ModelConfig) -> dict[str, Any]:
 def model_from_config(config: Config, num_classes: int) -> Segmenter:
     """The model a config describes, initialised as it says (ImageNet backbone, initial weights)."""
     m = config.model
+    if m.task == "binary":
+        num_classes = 1  # one logit, for the foreground, whatever the dataset counts (background + foreground)
     return create_model(m.name, num_classes=num_classes, weights=m.weights, pretrained_backbone=m.pretrained_backbone,
                         **model_options(m))
 

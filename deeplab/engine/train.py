@@ -422,10 +422,11 @@ def _announce(bar: tqdm, log: RunLog, cfg: Config, state: TrainState, env: dist.
              f"(train.eval_protocol={cfg.train.eval_protocol})"]
     if state.resumed_from:
         lines.append(f"resuming from step {state.resumed_from[0]} (saved by {state.resumed_from[1]} process(es))")
-    for line in lines:
+    init = [] if state.resumed_from else list(getattr(state.model, "init_notes", []))  # fine-tuning, adapted convs
+    for line in lines + init:
         bar.write(line)
     log.write({"step": state.step, "world_size": env.world_size, "global_batch": cfg.train.batch_size,
-               "eval_protocol": {"name": cfg.train.eval_protocol, **p}})
+               "eval_protocol": {"name": cfg.train.eval_protocol, **p}, **({"initial_weights": init} if init else {})})
 
 
 def _stop(bar: tqdm, run_dir: Path, state: TrainState, meta: dict[str, Any], env: dist.DistEnv,

@@ -6,7 +6,7 @@ Files are read by :mod:`deeplab.torchfile` (never unpickled); which file becomes
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -41,7 +41,8 @@ def weights_and_implied(raw: Mapping[str, Any], model_name: str) -> tuple[dict[s
         from .spec import ModelSpec
 
         spec = ModelSpec.from_dict(spec)
-        return state, {**spec.builder_arguments(), "mean": spec.mean, "std": spec.std}
+        return state, {**spec.builder_arguments(), "mean": spec.mean, "std": spec.std, "task": spec.task,
+                       "in_channels": spec.in_channels}
     if is_torchvision_deeplab(state):
         classifier = state.get("classifier.4.weight")
         classes = {} if classifier is None else {"num_classes": int(classifier.shape[0])}
@@ -66,15 +67,21 @@ def from_torchvision(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return renamed
 
 
-def load_weights(model: nn.Module, weights: Mapping[str, Tensor]) -> None:
-    """Loads a whole-model state dict (or a checkpoint's dict) strictly, with an error that says what does not fit."""
+def _model_state(model: nn.Module, weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The state dict in ``weights`` with our key names; an aux head's tensors dropped if the model has none."""
     state = dict(weights["model"]) if isinstance(weights.get("model"), Mapping) else dict(weights)
     if is_torchvision_deeplab(state):
         state = from_torchvision(state)
     if getattr(model, "aux_head", None) is None:
         state = {k: v for k, v in state.items() if not k.startswith("aux_head.")}
+    return state
+
+
+def _check_fit(model: nn.Module, state: Mapping[str, Tensor], left_out: set[str] = frozenset()) -> None:
+    """Raises ``ValueError`` listing every key of ``state`` that does not fit ``model``, and every key the model
+    has that ``state`` lacks (except ``left_out``, the tensors the caller initialises itself)."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(set(own) - set(state) - set(left_out))
     unexpected = sorted(set(state) - set(own))
     mismatched = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
                   for k in own if k in state and state[k].shape != own[k].shape]
@@ -84,7 +91,60 @@ def load_weights(model: nn.Module, weights: Mapping[str, Tensor]) -> None:
             + _listing("missing keys", missing) + _listing("unexpected keys", unexpected)
             + _listing("shape mismatches (weights vs model; is num_classes right?)", mismatched)
         )
+
+
+def load_weights(model: nn.Module, weights: Mapping[str, Tensor]) -> None:
+    """Loads a whole-model state dict (or a checkpoint's dict) strictly, with an error that says what does not fit."""
+    state = _model_state(model, weights)
+    _check_fit(model, state)
     model.load_state_dict(state, strict=True)
+
+
+def refit_weights(model: nn.Module, weights: Mapping[str, Tensor], *, source_task: str,
+                  classifier: Sequence[str]) -> list[str]:
+    """Loads another model's weights for fine-tuning: ``model`` may differ in class count, task or input channels.
+
+    Every tensor that fits loads strictly. The classifier layers (``classifier``: their keys, main and aux) keep
+    ``model``'s fresh initialisation only when the class count or the task differs (``source_task`` is the
+    weights' task); the convolutions that read the image are adapted from 3 channels only when the input
+    channels differ (:func:`deeplab.models.channels.adapt_input_weight`). Anything else that does not fit is a
+    ``ValueError``, as with :func:`load_weights`.
+
+    Returns:
+        One line saying which tensors did not come from the weights as they were (empty when all did).
+    """
+    from .channels import adapt_input_weight, adaptation_rule, input_convolutions
+
+    spec = model.spec
+    state = _model_state(model, weights)
+    own = model.state_dict()
+    notes: list[str] = []
+    weight_keys = [key for key in classifier if key.endswith("weight") and key in state]
+    source_classes = int(state[weight_keys[0]].shape[0]) if weight_keys else spec.num_classes
+    left_out: set[str] = set()
+    if source_classes != spec.num_classes or source_task != spec.task:
+        left_out = {key for key in classifier if key in own}
+        state = {k: v for k, v in state.items() if k not in left_out}
+        notes.append(f"re-initialised the classifier ({source_classes} {source_task} -> {spec.num_classes} "
+                     f"{spec.task}): {', '.join(sorted(left_out))}")
+    adapted = []
+    if spec.in_channels != 3:
+        for name in input_convolutions(model, spec.in_channels):
+            key = f"{name}.weight"
+            if key in state and key in own and state[key].shape[1] != own[key].shape[1]:
+                if state[key].shape[1] != 3:
+                    raise ValueError(f"weights do not fit this model: {key} reads {state[key].shape[1]} channels and "
+                                     f"the model {own[key].shape[1]}; only 3-channel weights adapt to other counts")
+                state[key] = adapt_input_weight(state[key], own[key].shape[1])
+                adapted.append(key)
+    if adapted:
+        notes.append(f"adapted to {spec.in_channels} input channels ({adaptation_rule(spec.in_channels)}): "
+                     f"{', '.join(adapted)}")
+    _check_fit(model, state, left_out)
+    loaded = len(state) - len(adapted)
+    model.load_state_dict({**state, **{key: own[key] for key in left_out}}, strict=True)
+    line = f"initial weights: {loaded} of {len(own)} tensors loaded as they were"
+    return [f"{line}; {'; '.join(notes)}"] if notes else [line]
 
 
 def _listing(title: str, items: list[str], most: int = 5) -> str:

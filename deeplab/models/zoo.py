@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -21,13 +22,16 @@ from torch import Tensor, nn
 from torchvision import models as tvm
 
 from ..constants import NORMALIZATIONS, check_normalization
+from .channels import adaptation_rule, set_input_channels
 from .backbones import MobileNetV2Backbone, ResNetBackbone, VGG16Backbone, XceptionBackbone
 from .heads import AuxHead, DeepLabV2Head, DeepLabV3Head, DeepLabV3PlusHead, LargeFOVHead, LargeFOVMScHead
 from .msc import MSCSegmenter, check_scales
 from .resnet_beta import ResNetV1BetaBackbone
 from .segmenter import Segmenter
-from .spec import RATE_OPTIONS, ModelSpec, scaled_rates
-from .weights import load_backbone_weights, load_weights, weights_and_implied
+from .spec import RATE_OPTIONS, TASKS, ModelSpec, scaled_rates
+from .weights import load_backbone_weights, load_weights, refit_weights, weights_and_implied
+
+logger = logging.getLogger(__name__)
 
 # ImageNet weights published by torchvision, fetched through torch.hub's download path and cache.
 IMAGENET_URLS = {
@@ -43,6 +47,9 @@ INIT_ARGUMENTS = ("weights", "pretrained_backbone")
 # its constructor, with their defaults. ``msc_scales``: v2's multi-scale input fusion (MSCSegmenter);
 # off (None, or an empty list) unless set. A spec records it only when it is on.
 GENERIC_OPTIONS: dict[str, Any] = {"msc_scales": None}
+# Arguments every model takes that are spec fields of their own, not constructor options, with their defaults:
+# what the logits mean (``deeplab.models.spec.TASKS``) and how many channels the input image has.
+SPEC_FIELDS: dict[str, Any] = {"task": "multiclass", "in_channels": 3}
 # Options where ``None`` is a real choice rather than "use the default" (``msc_scales=None`` turns
 # off the fusion that weights from an MSC checkpoint would bring).
 _NONE_IS_A_CHOICE = frozenset({"multi_grid", "msc_scales"})
@@ -128,8 +135,8 @@ def build_model(name: str, *, weights: Mapping[str, Tensor] | None = None, pretr
                         "for a file or a published name use deeplab.create_model(name, weights=...)")
     state, implied = weights_and_implied(weights, name) if weights is not None else (None, {})
     spec = resolve_spec(name, options, implied)
-    if state is not None:
-        return build_with_weights(spec, state)  # the weights replace any ImageNet backbone anyway
+    if state is not None:  # the weights replace any ImageNet backbone anyway
+        return build_with_weights(spec, state, source_task=implied.get("task", "multiclass"))
     return build_from_spec(spec, pretrained_backbone=pretrained_backbone)
 
 
@@ -140,7 +147,7 @@ def resolve_spec(name: str, options: Mapping[str, Any], implied: Mapping[str, An
     rates are rescaled when ``options`` ask for another output stride.
     """
     entry = model_entry(name)
-    defaults = {**entry.options(), **GENERIC_OPTIONS}
+    defaults = {**entry.options(), **GENERIC_OPTIONS, **SPEC_FIELDS}
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         keys = ", ".join(repr(k) for k in unknown)
@@ -155,7 +162,25 @@ def resolve_spec(name: str, options: Mapping[str, Any], implied: Mapping[str, An
         if key in values and values[key] is None:
             rates = scaled_rates(entry.paper_rates, entry.rates_stride, values["output_stride"])
             values[key] = rates[0] if key == "atrous_rate" else rates
+    if values["task"] == "binary" and "num_classes" not in given:
+        values["num_classes"] = 1  # one logit, whatever the weights' class count
+    for key in ("mean", "std"):  # the weights' (or the model's) 3-channel normalisation, spread over N channels
+        if key not in given:
+            values[key] = spread_normalization(values[key], values["in_channels"])
     return _checked_spec(name, values)
+
+
+def spread_normalization(values: Sequence[float], in_channels: Any) -> tuple[float, ...]:
+    """A 3-channel mean or std for ``in_channels`` inputs: the average for one (grey) channel, else repeated
+    cyclically. Values that already have one number per channel are kept."""
+    values = tuple(float(v) for v in values)
+    if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
+        raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+    if len(values) == in_channels or len(values) != 3:
+        return values
+    if in_channels == 1:
+        return (sum(values) / 3,)
+    return tuple(values[i % 3] for i in range(in_channels))
 
 
 def _rescale_rates(arguments: Mapping[str, Any], output_stride: int) -> dict[str, Any]:
@@ -167,11 +192,14 @@ def _rescale_rates(arguments: Mapping[str, Any], output_stride: int) -> dict[str
 def _checked_spec(name: str, values: dict[str, Any]) -> ModelSpec:
     num_classes, output_stride = values.pop("num_classes"), values.pop("output_stride")
     mean, std = values.pop("mean"), values.pop("std")
+    task, in_channels = values.pop("task"), values.pop("in_channels")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if isinstance(output_stride, bool) or not isinstance(output_stride, int):
         raise ValueError(f"output_stride must be an int (8, 16 or 32), got {output_stride!r}")
-    check_normalization(mean, std)
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    check_normalization(mean, std, in_channels)
     dropout = values.get("dropout")
     if dropout is not None and not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
@@ -184,7 +212,7 @@ def _checked_spec(name: str, values: dict[str, Any]) -> ModelSpec:
     scales = () if scales is None else check_scales(scales)
     if scales:  # recorded only when on, so a plain model's spec is the same as before MSC existed
         values["msc_scales"] = scales
-    return ModelSpec(name, num_classes, output_stride, values, tuple(mean), tuple(std))
+    return ModelSpec(name, num_classes, output_stride, values, tuple(mean), tuple(std), task, in_channels)
 
 
 def build_from_spec(spec: ModelSpec, *, pretrained_backbone: bool | str = False) -> Segmenter:
@@ -196,24 +224,55 @@ def build_from_spec(spec: ModelSpec, *, pretrained_backbone: bool | str = False)
     tf_backbone = TF_BACKBONES.get(pretrained_backbone) if isinstance(pretrained_backbone, str) else None
     model = model_entry(spec.name).construct(**arguments,
                                              pretrained_backbone=False if tf_backbone else pretrained_backbone)
-    if generic["msc_scales"]:
-        model = MSCSegmenter.from_segmenter(model, generic["msc_scales"])
     model.spec = spec
+    notes: list[str] = []
     if tf_backbone is not None:  # a TF model-zoo ImageNet checkpoint, by name
         from .tf_hub import load_tf_backbone
 
         load_tf_backbone(model, tf_backbone)
+    if spec.in_channels != 3:
+        adapted = set_input_channels(model, spec.in_channels, adapt=bool(pretrained_backbone))
+        if pretrained_backbone:
+            notes.append(f"input: {', '.join(adapted)} adapted from the pretrained backbone's 3 channels to "
+                         f"{spec.in_channels} ({adaptation_rule(spec.in_channels)})")
+    if generic["msc_scales"]:
+        model = MSCSegmenter.from_segmenter(model, generic["msc_scales"])
+        model.spec = spec
+    model.in_channels = spec.in_channels
+    model.init_notes = notes
+    for note in notes:
+        logger.info(note)
     return model
 
 
+def classifier_keys(spec: ModelSpec) -> list[str]:
+    """State-dict keys of the model's classifier layers (main and aux): those whose shape follows the class count
+    (found by building the network with one class more, on the meta device)."""
+    with torch.device("meta"):
+        own = build_from_spec(spec).state_dict()
+        other = build_from_spec(replace(spec, task="multiclass", num_classes=spec.num_classes + 1)).state_dict()
+    return [key for key, value in own.items() if value.shape != other[key].shape]
+
+
 def build_with_weights(spec: ModelSpec, weights: Mapping[str, Tensor], *,
-                       device: str | torch.device = "cpu") -> Segmenter:
+                       device: str | torch.device = "cpu", source_task: str | None = None) -> Segmenter:
     """The network ``spec`` describes on ``device``, holding ``weights`` (loaded strictly by :func:`load_weights`).
 
     The layers are made on the meta device and get their memory empty, so the random initialisation that the
     weights would overwrite never runs (a ResNet-101 opens about 0.5 s sooner). A model with a buffer that no
     state dict carries (a non-persistent one) is built the ordinary way instead, so nothing is left unset.
+
+    ``source_task``: fine-tune: the weights are another model's (this task, e.g. ``"multiclass"``), which may
+    differ in class count, task or input channels; see :func:`refit_weights`. The lines saying what did not come
+    from the weights are in ``model.init_notes``.
     """
+    if source_task is not None:
+        model = build_from_spec(spec).to(device)
+        notes = refit_weights(model, weights, source_task=source_task, classifier=classifier_keys(spec))
+        model.init_notes = [*model.init_notes, *notes]
+        for note in notes:
+            logger.info(note)
+        return model
     with torch.device("meta"):
         model = build_from_spec(spec)
     saved = set(model.state_dict())

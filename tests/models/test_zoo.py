@@ -9,6 +9,7 @@ from deeplab.engine.checkpoint import save_checkpoint
 from deeplab.models import list_models, model_entry
 from deeplab.models.aspp import ImagePooling
 from deeplab.models.layers import ConvBNReLU, SeparableConv2d
+from deeplab.models.weights import load_weights
 
 ALL = list_models()
 
@@ -117,8 +118,11 @@ def test_bad_input_shape_is_a_clear_error(shape):
 def test_weights_with_other_num_classes_say_so():
     source = create_model("deeplabv3plus_mobilenetv2", num_classes=21).state_dict()
     expected = r"is num_classes right\?\): head.classifier.weight: \(21, 256, 1, 1\) vs \(5, 256, 1, 1\)"
-    with pytest.raises(ValueError, match=expected):
-        create_model("deeplabv3plus_mobilenetv2", num_classes=5, weights=source)
+    with pytest.raises(ValueError, match=expected):  # the strict loader (reloading a checkpoint) refuses
+        load_weights(create_model("deeplabv3plus_mobilenetv2", num_classes=5), source)
+    # create_model fine-tunes: the classifier starts afresh, and says so (tests/models/test_finetune.py)
+    tuned = create_model("deeplabv3plus_mobilenetv2", num_classes=5, weights=source)
+    assert "re-initialised the classifier (21 multiclass -> 5 multiclass)" in tuned.init_notes[0]
 
 
 def test_light_mobilenetv2_is_the_reference_configuration_and_the_full_model_is_unchanged():
