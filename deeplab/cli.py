@@ -153,7 +153,8 @@ def _note(line: str) -> None:
 def _inference_options(args: argparse.Namespace, crf=None):
     from .options import InferenceOptions
 
-    return InferenceOptions(scales=args.scales, flip=args.flip, window=args.window, precision=args.precision, crf=crf)
+    return InferenceOptions(scales=args.scales, flip=args.flip, window=args.window, precision=args.precision, crf=crf,
+                            threshold=args.threshold)
 
 
 def parse_crf_params(text: str | None, enabled: bool):
@@ -174,7 +175,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                 local_rank=env.local_rank)
     with dist.process_group(env, predictor.device):  # under torchrun each process predicts its share
         report = predict_paths(predictor, args.inputs, args.out, area_table=args.areas, progress=env.is_main,
-                               workers=args.workers, resume=args.resume, distributed=env.distributed)
+                               workers=args.workers, resume=args.resume, distributed=env.distributed,
+                               save_probs=args.save_probs)
     if env.is_main:
         for path, reason in report.failed:
             print(f"skipped {path}: {reason}", file=sys.stderr)
@@ -284,6 +286,8 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale inference, e.g. 0.75 1 1.25")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
     p.add_argument("--window", type=int, default=None, help="sliding-window side for large images")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="binary and multilabel models: a pixel holds a class where its probability exceeds this")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -322,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes decoding images, per predicting process (default 2 or the CPU count if "
                         "smaller; 0: decode in the main thread)")
     p.add_argument("--resume", action="store_true", help="skip images whose three outputs exist in --out")
+    p.add_argument("--save-probs", action="store_true",
+                   help="also write <stem>_probs.npy: float16 C x H x W probabilities (softmax; binary and multilabel: "
+                        "each output's sigmoid)")
     p.epilog = ("several processes: torchrun --nproc-per-node N -m deeplab predict ... (each predicts its share of "
                 "the images; the same files; see docs/distributed.md)")
     p.add_argument("--crf", action="store_true", help="refine with the DenseCRF (pip install 'deeplab[crf]')")

@@ -75,14 +75,22 @@ class Predictor:
         self.options = (options or InferenceOptions()).replace(**option_values)
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
-        self.classes = list(classes) if classes is not None else [f"class_{i}" for i in range(num_classes)]
-        self.palette = list(palette) if palette is not None else default_palette(num_classes)
-        if len(self.classes) != num_classes:
+        self.spec = spec if spec is not None else getattr(model, "spec", None)
+        self.task = getattr(self.spec, "task", "multiclass")
+        self.in_channels = getattr(self.spec, "in_channels", 3)
+        if self.task == "binary" and num_classes != 1:
+            raise ValueError(f"a binary model has one output (num_classes=1), got num_classes={num_classes}")
+        if self.task == "multilabel" and self.crf is not None:
+            raise ValueError("the DenseCRF needs one class per pixel; a multilabel model's pixels may hold several")
+        names = map_classes(self.task, num_classes)  # classes of the predicted map (binary: background, foreground)
+        self.classes = _binary_names(classes) if self.task == "binary" else (
+            list(classes) if classes is not None else [f"class_{i}" for i in range(names)])
+        self.palette = list(palette) if palette is not None else default_palette(names)
+        if len(self.classes) != names:
             raise ValueError(f"{len(self.classes)} class names for num_classes={num_classes}")
-        if len(self.palette) < num_classes:
+        if len(self.palette) < names:
             raise ValueError(f"palette has {len(self.palette)} colours for num_classes={num_classes}")
         self.device = torch.device(device)
-        self.spec = spec if spec is not None else getattr(model, "spec", None)
         self._autocast = None
         self._channels_last = False
         if isinstance(model, nn.Module) and not isinstance(model, torch.jit.ScriptModule):
@@ -105,6 +113,7 @@ class Predictor:
     precision = property(lambda self: self.options.precision)
     crf = property(lambda self: self.options.crf)
     pad_to = property(lambda self: self.options.pad_to)
+    threshold = property(lambda self: self.options.threshold)
 
     @property
     def output_stride(self) -> int | None:
@@ -161,21 +170,37 @@ class Predictor:
         return predictor
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
-        """Converts a uint8 ``3 x H x W`` RGB image to a normalised float ``1 x 3 x H x W`` batch."""
-        if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+        """Converts a uint8 ``C x H x W`` image (RGB, or the model's ``in_channels`` bands) to a normalised float
+        ``1 x C x H x W`` batch."""
+        if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != self.in_channels:
             raise TypeError(
-                f"expected a uint8 3 x H x W image, got {image.dtype} {tuple(image.shape)}; "
+                f"expected a uint8 {self.in_channels} x H x W image, got {image.dtype} {tuple(image.shape)}; "
                 "pass normalised float batches to logits_for_batch instead"
             )
         return normalize_image(image.to(self.device).unsqueeze(0), self.mean, self.std)
+
+    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        """Probabilities from scores (``N x C x H x W`` or ``C x H x W``): the softmax over classes for a multiclass
+        model, each channel's sigmoid for a binary (the foreground's) or multilabel one."""
+        return scores.softmax(dim=-3) if self.task == "multiclass" else scores.sigmoid()
+
+    def decide(self, scores: torch.Tensor) -> torch.Tensor:
+        """The prediction from scores (``N x C x H x W`` or ``C x H x W``), int64: multiclass, the class map
+        (argmax, ``N x H x W``); binary, the foreground map (sigmoid > ``threshold``, 0/1, ``N x H x W``);
+        multilabel, one 0/1 map per class (``N x C x H x W``)."""
+        if self.task == "multiclass":
+            return scores.argmax(dim=-3)
+        above = (scores.sigmoid() > self.threshold).long()
+        return above.squeeze(-3) if self.task == "binary" else above
 
     @torch.inference_mode()
     def logits_for_batch(self, x: torch.Tensor) -> torch.Tensor:
         """Scores for a normalised float ``N x 3 x H x W`` batch, as ``N x C x H x W`` on ``device``.
 
         With one pass (one scale, no flip) these are the model's logits. With several they are the
-        log of the averaged softmax probabilities, so in both cases ``softmax(dim=1)`` of the result
-        gives the prediction's class probabilities and ``argmax(dim=1)`` its class map.
+        log of the averaged softmax probabilities (binary and multilabel models: the logit of the averaged
+        sigmoid probabilities), so in both cases :meth:`probabilities` of the result gives the prediction's
+        probabilities and :meth:`decide` its prediction.
         """
         x = x.to(self.device)
         height, width = x.shape[-2:]
@@ -185,8 +210,10 @@ class Predictor:
         passes = [(scale, flipped) for scale in self.scales for flipped in flips]
         if len(passes) == 1:
             return self._pass(x, *passes[0])[..., :height, :width]
-        probs = sum(self._pass(x, scale, flipped).softmax(dim=1) for scale, flipped in passes)
+        probs = sum(self.probabilities(self._pass(x, scale, flipped)) for scale, flipped in passes)
         probs = probs / len(passes)
+        if self.task != "multiclass":
+            return torch.logit(probs, eps=1e-7)[..., :height, :width]
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()[..., :height, :width]
 
     def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
@@ -194,22 +221,28 @@ class Predictor:
         return self.logits_for_batch(self.preprocess(image))[0].cpu()
 
     def predict(self, image: torch.Tensor) -> torch.Tensor:
-        """Class map (int64 ``H x W``, on CPU) for a uint8 ``3 x H x W`` RGB image (CRF-refined with ``crf``)."""
+        """The prediction (int64, on CPU; see :meth:`decide`: ``H x W``, or ``C x H x W`` for multilabel) for a uint8
+        ``C x H x W`` image (CRF-refined with ``crf``)."""
         logits = self.logits_for_batch(self.preprocess(image))[0]
-        if self.crf is not None:  # DenseCRF hook: softmax probabilities + the uint8 image
-            return dense_crf(image, logits.softmax(dim=0).cpu(), self.crf).argmax(dim=0)
-        return logits.argmax(dim=0).cpu()
+        if self.crf is not None:  # DenseCRF hook: per-class probabilities + the uint8 image
+            return dense_crf(image, self._class_probabilities(logits).cpu(), self.crf).argmax(dim=0)
+        return self.decide(logits).cpu()
 
     def predict_batch(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Class maps of several uint8 ``3 x H x W`` images of one size, the network run once on the batch; each
+        """Predictions of several uint8 ``C x H x W`` images of one size, the network run once on the batch; each
         refined by the DenseCRF when the options ask for it (as :meth:`predict`)."""
         if len(images) == 1:
             return [self.predict(images[0])]
         logits = self.logits_for_batch(torch.cat([self.preprocess(image) for image in images]))
         if self.crf is None:
-            return list(logits.argmax(dim=1).cpu())
-        probs = logits.softmax(dim=1).cpu()
+            return list(self.decide(logits).cpu())
+        probs = self._class_probabilities(logits).cpu()
         return [dense_crf(image, prob, self.crf).argmax(dim=0) for image, prob in zip(images, probs, strict=True)]
+
+    def _class_probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        """One probability per class of the map and pixel (binary: background and foreground), for the CRF."""
+        probs = self.probabilities(scores)
+        return torch.cat([1 - probs, probs], dim=-3) if self.task == "binary" else probs
 
     def _pass(self, x: torch.Tensor, scale: float, flipped: bool) -> torch.Tensor:
         """Logits of one (scale, flip) pass, resized back to the input's size."""
@@ -264,6 +297,18 @@ class Predictor:
                 f"{expected} (num_classes={self.num_classes}, at the input's size)"
             )
         return logits.float()
+
+
+def map_classes(task: str, num_classes: int) -> int:
+    """Classes of a model's predicted map: its outputs, except binary models' (background and foreground)."""
+    return 2 if task == "binary" else num_classes
+
+
+def _binary_names(classes: Sequence[str] | None) -> list[str]:
+    """A binary model's two map classes from the names it was given: none, the foreground's, or both."""
+    if classes is None or len(classes) == 0:
+        return ["background", "foreground"]
+    return ["background", classes[0]] if len(classes) == 1 else list(classes)
 
 
 def _tile_starts(size: int, tile: int, overlap: float) -> list[int]:

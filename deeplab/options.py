@@ -40,6 +40,7 @@ class InferenceOptions:
         pad_to: pad each input at its bottom and right to at least ``(h, w)`` (an int for a square)
             with the mean pixel (zero once normalised) before any scaling, and crop the scores back:
             the TF reference's evaluation, which feeds VOC images padded to 513 x 513.
+        threshold: binary and multilabel models: a pixel holds a class where its sigmoid probability exceeds this.
     """
 
     scales: tuple[float, ...] = (1.0,)
@@ -49,6 +50,7 @@ class InferenceOptions:
     precision: str = "fp32"
     crf: CRFParams | None = None
     pad_to: tuple[int, int] | None = None
+    threshold: float = 0.5
 
     def __post_init__(self) -> None:
         scales = tuple(float(scale) for scale in self.scales)
@@ -57,6 +59,8 @@ class InferenceOptions:
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         precision_entry(self.precision)
+        if not 0.0 < float(self.threshold) < 1.0:
+            raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {self.threshold}")
         if self.crf is not None and not isinstance(self.crf, CRFParams):
             raise TypeError(f"crf must be CRFParams or None, got {type(self.crf).__name__}")
         object.__setattr__(self, "scales", scales)

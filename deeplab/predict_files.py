@@ -1,5 +1,13 @@
 """Files to masks: expand files, folders and globs into images, predict each, write index / colour / overlay PNGs.
 
+What is written per image depends on the model's task:
+- multiclass: ``<stem>.png`` (palette PNG, pixel = class id), ``<stem>_color.png``, ``<stem>_overlay.png``;
+- binary: ``<stem>.png`` (greyscale, 255 = foreground, 0 = background: sigmoid > threshold) and ``<stem>_overlay.png``;
+- multilabel: ``<stem>/<class name>.png`` (one 0/255 mask per class, the layout the folder dataset reads) and
+  ``<stem>_overlay.png``.
+With ``save_probs`` also ``<stem>_probs.npy``: a float16 ``C x H x W`` NumPy array of probabilities (multiclass: the
+softmax over the C classes; binary: C = 1, the foreground's sigmoid; multilabel: each class's sigmoid).
+
 Under ``torchrun`` (``distributed=True``) the inputs are shared out between the processes; every output name is
 decided on the whole ordered list first, so N processes write exactly the files one process writes.
 """
@@ -7,17 +15,21 @@ decided on the whole ordered list first, so N processes write exactly the files 
 from __future__ import annotations
 
 import csv
+import functools
 import glob
+import io
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .constants import Palette, default_workers
+from .constants import default_workers
 from .engine import dist
 from .engine.workers import worker_options
 from .imageio import (
@@ -107,6 +119,14 @@ def _output_names(stem: str) -> tuple[str, str, str]:
     return f"{stem}.png", f"{stem}_color.png", f"{stem}_overlay.png"
 
 
+def _expected_outputs(stem: str, task: str, classes: Sequence[str], save_probs: bool) -> list[str]:
+    """The files (relative to the output folder) one image's prediction writes for a model of ``task``."""
+    index, color, overlay_name = _output_names(stem)
+    names = {"multiclass": [index, color, overlay_name], "binary": [index, overlay_name],
+             "multilabel": [*(f"{stem}/{name}.png" for name in classes), overlay_name]}[task]
+    return names + ([f"{stem}_probs.npy"] if save_probs else [])
+
+
 def _claim_stem(stem: str, taken: set[str]) -> str:
     """First of ``stem``, ``stem_1``, ... whose output names are still free (case-insensitively)."""
     candidate, counter = stem, 0
@@ -132,6 +152,7 @@ def predict_paths(
     workers: int | None = None,
     resume: bool = False,
     distributed: bool = False,
+    save_probs: bool = False,
 ) -> PredictionReport:
     """Predicts every image named by ``inputs`` (files, directories, glob patterns) into ``out_dir``.
 
@@ -150,25 +171,30 @@ def predict_paths(
             arguments: rank 0 decides the names, each process predicts its share of the images, and every
             process returns the report of the whole run. Rank 0 writes ``areas.csv`` and alone shows the
             progress bar, over its own share.
+        save_probs: also write ``<stem>_probs.npy`` (see the module's docstring for the format).
+
+    The outputs of binary and multilabel models differ (0/255 masks; see the module's docstring).
     """
     loader_workers = default_loader_workers() if workers is None else workers
     if loader_workers < 0:
         raise ValueError(f"workers must be 0 or more, got {loader_workers}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    jobs, missing = dist.from_main(lambda: _plan(inputs, out_dir, resume)) if distributed else _plan(
-        inputs, out_dir, resume)
+    expected = functools.partial(_expected_outputs, task=predictor.task, classes=predictor.classes,
+                                 save_probs=save_probs)
+    jobs, missing = dist.from_main(lambda: _plan(inputs, out_dir, resume, expected)) if distributed else _plan(
+        inputs, out_dir, resume, expected)
     todo = [job for job in jobs if area_table or not job.done]
     rank, size = dist.rank_and_size() if distributed else (0, 1)
     share = [todo[i] for i in dist.shard(len(todo))] if distributed else todo
     desc = "predict" if size == 1 else f"predict (rank 0's share, {size} processes)"
 
     def work() -> _Part:
-        return _predict_share(predictor, share, out_dir, loader_workers,
+        return _predict_share(predictor, share, out_dir, loader_workers, save_probs,
                               tqdm(total=len(share), desc=desc, unit="image", disable=not (progress and rank == 0)))
 
     parts = dist.gather_results(work) if distributed else [work()]
-    report = _merge(jobs, missing, parts, out_dir)
+    report = _merge(jobs, missing, parts, out_dir, predictor.task)
     if area_table:
         report.areas_csv = out_dir / "areas.csv"
     if area_table and rank == 0:
@@ -181,7 +207,8 @@ def predict_paths(
     return report
 
 
-def _plan(inputs: Sequence[str | Path], out_dir: Path, resume: bool) -> tuple[list[_Job], list[tuple[Path, str]]]:
+def _plan(inputs: Sequence[str | Path], out_dir: Path, resume: bool, expected: Callable[[str], list[str]]
+          ) -> tuple[list[_Job], list[tuple[Path, str]]]:
     """Every input's output stem, decided on the whole ordered list, and whether its outputs exist already."""
     paths, missing = expand_inputs(inputs)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -189,7 +216,7 @@ def _plan(inputs: Sequence[str | Path], out_dir: Path, resume: bool) -> tuple[li
     jobs = []
     for index, path in enumerate(paths):
         stem = _claim_stem(path.stem, taken)
-        done = resume and all((out_dir / name).is_file() for name in _output_names(stem))
+        done = resume and all((out_dir / name).is_file() for name in expected(stem))
         jobs.append(_Job(index, path, stem, done))
     return jobs, missing
 
@@ -199,8 +226,10 @@ class _Decoded(Dataset):
     image to predict, or for a job whose outputs exist (``resume``) its index mask; an image that cannot be
     read gives the reason instead."""
 
-    def __init__(self, jobs: list[_Job], out_dir: Path, num_classes: int) -> None:
+    def __init__(self, jobs: list[_Job], out_dir: Path, num_classes: int, task: str = "multiclass",
+                 classes: Sequence[str] = (), in_channels: int = 3) -> None:
         self.jobs, self.out_dir, self.num_classes = jobs, out_dir, num_classes
+        self.task, self.classes, self.in_channels = task, list(classes), in_channels
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -212,7 +241,7 @@ class _Decoded(Dataset):
             if mask is not None:
                 return position, None, mask, None
         try:
-            return position, read_image(job.path), None, None
+            return position, _read_input(job.path, self.in_channels), None, None
         except ImageReadError as err:
             return position, None, None, str(err.__cause__ or err)
 
@@ -220,9 +249,14 @@ class _Decoded(Dataset):
         """The index mask a previous run wrote, or None when it is unreadable or not this model's (then the
         image is predicted again)."""
         try:
+            if self.task == "multilabel":
+                return torch.stack([torch.from_numpy(read_mask(self.out_dir / job.stem / f"{name}.png")).long() // 255
+                                    for name in self.classes])
             mask = torch.from_numpy(read_mask(self.out_dir / _output_names(job.stem)[0])).long()
-        except (ImageReadError, ValueError):
+        except (ImageReadError, ValueError, RuntimeError):
             return None
+        if self.task == "binary":
+            return mask // 255 if mask.numel() and set(mask.unique().tolist()) <= {0, 255} else None
         return mask if mask.numel() and int(mask.max()) < self.num_classes else None
 
 
@@ -230,11 +264,13 @@ def _as_is(item):
     return item
 
 
-def _predict_share(predictor: Predictor, share: list[_Job], out_dir: Path, workers: int, bar: tqdm) -> _Part:
+def _predict_share(predictor: Predictor, share: list[_Job], out_dir: Path, workers: int, save_probs: bool,
+                   bar: tqdm) -> _Part:
     """Predicts (or, for jobs done before, reads the areas of) this process's jobs; returns what it did."""
     part = _Part()
-    loader = DataLoader(_Decoded(share, out_dir, predictor.num_classes), batch_size=None, collate_fn=_as_is,
-                        num_workers=workers, **worker_options(workers))
+    decoded = _Decoded(share, out_dir, predictor.num_classes, predictor.task, predictor.classes,
+                       predictor.in_channels)
+    loader = DataLoader(decoded, batch_size=None, collate_fn=_as_is, num_workers=workers, **worker_options(workers))
     with bar:
         for position, image, mask, reason in loader:
             job = share[position]
@@ -243,30 +279,99 @@ def _predict_share(predictor: Predictor, share: list[_Job], out_dir: Path, worke
                 part.failed.append((job.index, reason))
                 continue
             if mask is None:
-                mask = predictor.predict(image)
-                _write_outputs(predictor.palette, image, mask, out_dir, job.stem)
+                if save_probs or predictor.task != "multiclass":
+                    scores = predictor.logits_for_batch(predictor.preprocess(image))[0]
+                    mask = predictor.decide(scores).cpu() if predictor.crf is None else predictor.predict(image)
+                    if save_probs:
+                        _save_probs(predictor.probabilities(scores).cpu(), out_dir / f"{job.stem}_probs.npy")
+                else:
+                    mask = predictor.predict(image)
+                _write_outputs(predictor, _displayable(image), mask, out_dir, job.stem)
                 part.written.append(job.index)
-            fractions = torch.bincount(mask.flatten(), minlength=predictor.num_classes) / mask.numel()
+            if predictor.task == "multilabel":
+                fractions = mask.flatten(1).float().mean(dim=1)
+            else:
+                fractions = torch.bincount(mask.flatten(), minlength=len(predictor.classes)) / mask.numel()
             part.rows[job.index] = [str(job.path), f"{job.stem}.png", *(f"{value:.6f}" for value in fractions.tolist())]
     return part
 
 
-def _merge(jobs: list[_Job], missing: list[tuple[Path, str]], parts: list[_Part], out_dir: Path) -> PredictionReport:
-    """The report of the whole run, in input order, from every process's part."""
+def _merge(jobs: list[_Job], missing: list[tuple[Path, str]], parts: list[_Part], out_dir: Path,
+           task: str = "multiclass") -> PredictionReport:
+    """The report of the whole run, in input order, from every process's part (a multilabel image's masks: its
+    folder)."""
     written = sorted(index for part in parts for index in part.written)
     failed = sorted((index, reason) for part in parts for index, reason in part.failed)
     fresh = set(written)
+    suffix = "" if task == "multilabel" else ".png"
     return PredictionReport(
-        written=[out_dir / f"{jobs[index].stem}.png" for index in written],
+        written=[out_dir / f"{jobs[index].stem}{suffix}" for index in written],
         failed=[*missing, *((jobs[index].path, reason) for index, reason in failed)],
-        resumed=[out_dir / f"{job.stem}.png" for job in jobs if job.done and job.index not in fresh],
+        resumed=[out_dir / f"{job.stem}{suffix}" for job in jobs if job.done and job.index not in fresh],
     )
 
 
-def _write_outputs(
-    palette: Palette, image: torch.Tensor, mask: torch.Tensor, out_dir: Path, stem: str
-) -> None:
+def _write_outputs(predictor: Predictor, image: torch.Tensor, mask: torch.Tensor, out_dir: Path, stem: str) -> None:
     index_name, color_name, overlay_name = _output_names(stem)
-    save_index_png(mask, out_dir / index_name, palette)
-    save_rgb_png(colorize(mask, palette), out_dir / color_name)
-    save_rgb_png(overlay(image, mask, palette), out_dir / overlay_name)
+    palette = predictor.palette
+    if predictor.task == "multiclass":
+        save_index_png(mask, out_dir / index_name, palette)
+        save_rgb_png(colorize(mask, palette), out_dir / color_name)
+        save_rgb_png(overlay(image, mask, palette), out_dir / overlay_name)
+    elif predictor.task == "binary":
+        save_grey_png(mask * 255, out_dir / index_name)
+        save_rgb_png(overlay(image, torch.where(mask == 1, 1, 255), palette), out_dir / overlay_name)
+    else:
+        (out_dir / stem).mkdir(exist_ok=True)
+        blended = image
+        for index, name in enumerate(predictor.classes):
+            save_grey_png(mask[index] * 255, out_dir / stem / f"{name}.png")
+            blended = overlay(blended, torch.where(mask[index] == 1, index, 255), palette).permute(2, 0, 1)
+        save_rgb_png(blended.permute(1, 2, 0), out_dir / overlay_name)
+
+
+def save_grey_png(mask: torch.Tensor, path: Path) -> None:
+    """An ``H x W`` 0..255 map as an 8-bit greyscale PNG, written atomically."""
+    buffer = io.BytesIO()
+    Image.fromarray(mask.to(torch.uint8).numpy(), mode="L").save(buffer, format="PNG")
+    with atomic_write(path) as handle:
+        handle.write(buffer.getvalue())
+
+
+def _save_probs(probs: torch.Tensor, path: Path) -> None:
+    with atomic_write(path) as handle:
+        np.save(handle, probs.to(torch.float16).numpy())
+
+
+def _displayable(image: torch.Tensor) -> torch.Tensor:
+    """A 3-channel picture of an input for the overlay: its first three bands, or its first band in grey."""
+    if image.shape[0] >= 3:
+        return image[:3]
+    return image[:1].expand(3, *image.shape[1:])
+
+
+def _read_input(path: Path, channels: int) -> torch.Tensor:
+    """An input image as uint8 ``channels x H x W``: RGB through :func:`read_image`; other band counts from a
+    ``.npy`` array or a multi-band TIFF (``H x W x C`` or ``C x H x W``; 16-bit values scaled by 1/257)."""
+    if channels == 3:
+        return read_image(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            array = np.load(path, allow_pickle=False)
+        else:
+            import tifffile
+
+            array = tifffile.imread(path)
+    except (OSError, ValueError, ImportError) as err:
+        raise ImageReadError(f"cannot read {str(path)!r} as a {channels}-band image: {err}") from err
+    if array.ndim == 2:
+        array = array[None]
+    elif array.ndim == 3 and array.shape[-1] == channels and array.shape[0] != channels:
+        array = array.transpose(2, 0, 1)
+    if array.ndim != 3 or array.shape[0] != channels:
+        raise ImageReadError(f"{path} holds an array of shape {array.shape}; the model reads {channels} bands")
+    if array.dtype == np.uint16:
+        array = (array.astype(np.float32) / 257).round()
+    elif array.dtype != np.uint8:
+        raise ImageReadError(f"{path} holds {array.dtype} values; expected uint8 or uint16")
+    return torch.from_numpy(np.ascontiguousarray(array.astype(np.uint8)))

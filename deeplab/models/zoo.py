@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from torchvision import models as tvm
 
 from ..constants import NORMALIZATIONS, check_normalization
-from .channels import adaptation_rule, set_input_channels
 from .backbones import MobileNetV2Backbone, ResNetBackbone, VGG16Backbone, XceptionBackbone
+from .channels import adaptation_rule, set_input_channels
 from .heads import AuxHead, DeepLabV2Head, DeepLabV3Head, DeepLabV3PlusHead, LargeFOVHead, LargeFOVMScHead
 from .msc import MSCSegmenter, check_scales
 from .resnet_beta import ResNetV1BetaBackbone

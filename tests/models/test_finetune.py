@@ -129,3 +129,44 @@ def test_adapt_rule():
     rgb_weight = torch.randn(4, 3, 3, 3)
     assert torch.allclose(conv(grey.expand(1, 3, 9, 9), rgb_weight), conv(grey, adapt_input_weight(rgb_weight, 1)),
                           atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "options", "first"), [
+    ("deeplabv1_vgg16", {"multiscale_features": True}, ["backbone.features.0", "head.multiscale.branches.image.0"]),
+    ("deeplabv3plus_resnet50_beta", {}, ["backbone.stem.0.0"]),
+    ("deeplabv3plus_xception41", {}, ["backbone.body.stem_0.conv"]),
+    ("deeplabv3_resnet50", {"aux_loss": True}, ["backbone.conv1"]),
+])
+def test_every_backbone_takes_n_channels_and_every_task(name, options, first):
+    model = create_model(name, num_classes=2, in_channels=5, task="multilabel", **options).eval()
+    assert input_convolutions(model, 5) == first
+    assert all(model.get_submodule(conv).in_channels == 5 for conv in first)
+    with torch.no_grad():
+        assert model(torch.randn(1, 5, 33, 33)).shape == (1, 2, 33, 33)
+    with pytest.raises(ValueError, match=r"expected an N x 5 x H x W image batch, got shape \(1, 3, 33, 33\)"):
+        model(torch.randn(1, 3, 33, 33))
+
+
+def test_pretrained_backbone_adapts_to_one_channel(tmp_path):
+    rgb = create_model("deeplabv3plus_mobilenetv2", num_classes=2)
+    torch.save(rgb.backbone.state_dict(), tmp_path / "imagenet.pth")
+    grey = create_model("deeplabv3plus_mobilenetv2", num_classes=2, in_channels=1,
+                        pretrained_backbone=str(tmp_path / "imagenet.pth"))
+    weight = rgb.backbone.features[0][0].weight
+    assert torch.equal(grey.backbone.features[0][0].weight, weight.sum(1, keepdim=True))
+    assert grey.spec.mean == (pytest.approx(0.449),) and grey.spec.std == (pytest.approx(0.226),)
+    assert grey.init_notes == ["input: backbone.features.0.0 adapted from the pretrained backbone's 3 channels to 1 "
+                               "(summed over the 3 RGB channels)"]
+    image = torch.rand(1, 1, 33, 33)
+    with torch.no_grad():  # a grey image: the same features as the RGB backbone's for it in every channel
+        ours, theirs = grey.eval().backbone(image)["out"], rgb.eval().backbone(image.expand(1, 3, 33, 33))["out"]
+        assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_spec_fields_are_checked():
+    with pytest.raises(ValueError, match="task must be one of multiclass, binary, multilabel, got 'segment'"):
+        create_model("deeplabv3plus_mobilenetv2", task="segment")
+    with pytest.raises(ValueError, match="mean and std must be 4 numbers"):
+        create_model("deeplabv3plus_mobilenetv2", in_channels=4, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2, 0.2))
+    with pytest.raises(ValueError, match="a binary model has one output"):
+        create_model("deeplabv3plus_mobilenetv2", task="binary", num_classes=2)

@@ -1,0 +1,93 @@
+"""Binary, multilabel and N-channel models through the Predictor and `predict`: thresholds, 0/255 masks, the
+per-class mask folders, --save-probs."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deeplab import create_model
+from deeplab.imageio import read_mask
+from deeplab.inference import Predictor
+from deeplab.predict_files import predict_paths
+from tests.fixtures import with_random_statistics
+
+
+def _model(**options):
+    torch.manual_seed(0)
+    return with_random_statistics(create_model("deeplabv3_mobilenetv2", dropout=0.0, **options)).eval()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for index in range(2):
+        Image.fromarray(rng.integers(0, 256, (33, 41, 3), dtype=np.uint8)).save(folder / f"im{index}.png")
+    np.save(folder / "bands.npy", rng.integers(0, 65536, (4, 33, 41), dtype=np.uint16))
+    return folder
+
+
+def _logits(predictor: Predictor, image: torch.Tensor) -> torch.Tensor:
+    return predictor.logits_for_batch(predictor.preprocess(image))[0]
+
+
+def test_binary_predict_writes_0_255_masks_at_the_threshold_and_probabilities(images, tmp_path):
+    model = _model(task="binary")
+    image = torch.from_numpy(np.array(Image.open(images / "im0.png"))).permute(2, 0, 1)
+    probs = _logits(Predictor(model, num_classes=1, fast=False), image).sigmoid()
+    threshold = float(probs.median())  # a random model: a threshold that splits its pixels
+    predictor = Predictor(model, num_classes=1, classes=["road"], fast=False, threshold=threshold)
+    assert predictor.classes == ["background", "road"] and predictor.task == "binary"
+    report = predict_paths(predictor, [images / "im0.png"], tmp_path, workers=0, progress=False, save_probs=True,
+                           area_table=True)
+    assert report.written == [tmp_path / "im0.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["areas.csv", "im0.png", "im0_overlay.png", "im0_probs.npy"]
+    mask = read_mask(tmp_path / "im0.png")
+    assert set(np.unique(mask)) == {0, 255}
+    assert np.array_equal(mask == 255, (probs[0] > threshold).numpy())
+    saved = np.load(tmp_path / "im0_probs.npy")
+    assert saved.dtype == np.float16 and saved.shape == (1, 33, 41)
+    assert np.allclose(saved, probs.numpy(), atol=1e-3)
+    row = (tmp_path / "areas.csv").read_text().splitlines()
+    assert row[0] == "image,mask,background,road" and row[1].endswith(f"{(mask == 255).mean():.6f}")
+
+
+def test_binary_multi_scale_averages_sigmoids(images):
+    predictor = Predictor(_model(task="binary"), num_classes=1, fast=False, scales=(0.75, 1.0), flip=True)
+    image = torch.from_numpy(np.array(Image.open(images / "im1.png"))).permute(2, 0, 1)
+    batch = predictor.preprocess(image)
+    passes = [predictor._pass(batch, s, f).sigmoid() for s in (0.75, 1.0) for f in (False, True)]
+    expected = torch.stack(passes).mean(0)[0]
+    assert torch.allclose(_logits(predictor, image).sigmoid(), expected, atol=1e-5)
+    assert torch.equal(predictor.predict(image), (expected[0] > 0.5).long())
+
+
+def test_multilabel_predict_writes_one_mask_per_class_in_the_dataset_layout(images, tmp_path):
+    classes = ["sky", "tree", "car"]
+    predictor = Predictor(_model(task="multilabel", num_classes=3), num_classes=3, classes=classes, fast=False)
+    report = predict_paths(predictor, [images / "im0.png", images / "im1.png"], tmp_path, workers=0, progress=False,
+                           save_probs=True)
+    assert report.written == [tmp_path / "im0", tmp_path / "im1"]
+    image = torch.from_numpy(np.array(Image.open(images / "im1.png"))).permute(2, 0, 1)
+    probs = _logits(predictor, image).sigmoid()
+    for index, name in enumerate(classes):
+        mask = read_mask(tmp_path / "im1" / f"{name}.png")
+        assert np.array_equal(mask == 255, (probs[index] > 0.5).numpy()) and set(np.unique(mask)) <= {0, 255}
+    assert np.load(tmp_path / "im1_probs.npy").shape == (3, 33, 41)
+    assert (tmp_path / "im1_overlay.png").is_file()
+    again = predict_paths(predictor, [images / "im0.png", images / "im1.png"], tmp_path, workers=0, progress=False,
+                          save_probs=True, resume=True)
+    assert again.written == [] and again.resumed == [tmp_path / "im0", tmp_path / "im1"]
+
+
+def test_four_band_binary_model_predicts_from_npy(images, tmp_path):
+    model = _model(task="binary", in_channels=4)
+    predictor = Predictor(model, num_classes=1, fast=False)
+    report = predict_paths(predictor, [images / "bands.npy"], tmp_path, workers=0, progress=False, save_probs=True)
+    assert report.failed == [] and report.written == [tmp_path / "bands.png"]
+    bands = torch.from_numpy((np.load(images / "bands.npy") / 257).round().astype(np.uint8))
+    probs = np.load(tmp_path / "bands_probs.npy")
+    assert np.allclose(probs, _logits(predictor, bands).sigmoid().numpy(), atol=1e-3)
+    with pytest.raises(TypeError, match="expected a uint8 4 x H x W image"):
+        predictor.preprocess(bands[:3])
