@@ -36,7 +36,7 @@ class ModelConfig:
     std: list[float] | None = None
     pretrained_backbone: bool | str = False  # True: torchvision/timm ImageNet weights; or a local path / URL
     weights: str | None = None  # initial weights: a checkpoint, torchvision's DeepLabV3 state dict, or a name
-    task: str | None = None  # multiclass (softmax, default) | binary (one logit, sigmoid) | multilabel (sigmoid per class)
+    task: str | None = None  # multiclass (softmax; default) | binary (one logit) | multilabel (a sigmoid per class)
     in_channels: int | None = None  # input image channels (default 3); mean/std then need one value per channel
 
 

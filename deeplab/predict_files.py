@@ -112,7 +112,7 @@ def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[
 
 
 def _is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+    return path.is_file() and path.suffix.lower() in (*IMAGE_EXTENSIONS, ".npy")  # .npy: multi-band inputs
 
 
 def _output_names(stem: str) -> tuple[str, str, str]:
@@ -241,7 +241,7 @@ class _Decoded(Dataset):
             if mask is not None:
                 return position, None, mask, None
         try:
-            return position, _read_input(job.path, self.in_channels), None, None
+            return position, read_input(job.path, self.in_channels), None, None
         except ImageReadError as err:
             return position, None, None, str(err.__cause__ or err)
 
@@ -350,7 +350,7 @@ def _displayable(image: torch.Tensor) -> torch.Tensor:
     return image[:1].expand(3, *image.shape[1:])
 
 
-def _read_input(path: Path, channels: int) -> torch.Tensor:
+def read_input(path: Path, channels: int) -> torch.Tensor:
     """An input image as uint8 ``channels x H x W``: RGB through :func:`read_image`; other band counts from a
     ``.npy`` array or a multi-band TIFF (``H x W x C`` or ``C x H x W``; 16-bit values scaled by 1/257)."""
     if channels == 3:

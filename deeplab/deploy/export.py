@@ -29,12 +29,12 @@ from ..config import Config, from_dict
 from ..data import eval_transforms
 from ..engine.data import build_dataset
 from ..engine.evaluate import evaluate_predictor
-from ..imageio import ImageReadError, atomic_write, normalize_image, read_image
+from ..imageio import ImageReadError, atomic_write, normalize_image
 from ..inference import Predictor
 from ..modelfile import METADATA_KEY, ModelCard, read_model
 from ..models import Segmenter, build_with_weights
 from ..palettes import default_palette
-from ..predict_files import expand_inputs
+from ..predict_files import expand_inputs, read_input
 from .fastpath import fast_copy
 from .onnxfile import quiet_exporters, set_onnx_metadata, trace_input, write_onnx
 from .precision import EXPORT_PRECISIONS, PRECISIONS, check_int8
@@ -211,7 +211,7 @@ def _write_torchscript(model: nn.Module, path: Path, info: ModelCard) -> None:
     if info.precision == "bf16":
         folded = _CastTo(folded, PRECISIONS["bf16"].dtype).eval()
     with quiet_exporters(), torch.no_grad():
-        traced = torch.jit.freeze(torch.jit.trace(folded, trace_input(), check_trace=False))
+        traced = torch.jit.freeze(torch.jit.trace(folded, trace_input(model.spec.in_channels), check_trace=False))
         torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": info.to_json()})
 
 
@@ -220,7 +220,8 @@ def _verify_logits(model: nn.Module, candidate: Path, report: ExportReport, tole
     runner = read_model(candidate).open()
     generator = torch.Generator().manual_seed(1)
     worst, same, total = 0.0, 0, 0
-    for shape in VERIFY_SHAPES:
+    for batch, _, height, width in VERIFY_SHAPES:
+        shape = (batch, model.spec.in_channels, height, width)
         x = torch.randn(*shape, generator=generator)
         with torch.inference_mode(), quiet_exporters():
             expected, got = model(x), runner(x).float()
@@ -252,7 +253,7 @@ def calibration_inputs(config: Config | None, mean: Sequence[float], std: Sequen
         images = []
         for path in _spread(paths, count):
             try:
-                images.append(normalize_image(read_image(path), mean, std).unsqueeze(0))
+                images.append(normalize_image(read_input(path, len(mean)), mean, std).unsqueeze(0))
             except ImageReadError as err:
                 warnings.warn(f"calibration: skipped {path}: {err}", stacklevel=2)
         return images

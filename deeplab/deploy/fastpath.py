@@ -43,7 +43,8 @@ def _eval_copy(model: nn.Module, device: torch.device) -> nn.Module:
 
 def _fold_batchnorms(model: nn.Module, device: torch.device) -> bool:
     """Folds the conv -> BN pairs a probe pass finds, in place; False if that changed the model's output."""
-    probe = torch.randn(1, 3, _PROBE_SIZE, _PROBE_SIZE, generator=torch.Generator().manual_seed(0)).to(device)
+    channels = getattr(model, "in_channels", 3)
+    probe = torch.randn(1, channels, _PROBE_SIZE, _PROBE_SIZE, generator=torch.Generator().manual_seed(0)).to(device)
     try:
         pairs, reference = conv_bn_pairs(model, probe)
     except Exception:  # a model that cannot run the probe input is served as it is

@@ -32,9 +32,10 @@ def quiet_exporters() -> Iterator[None]:
         yield
 
 
-def trace_input() -> torch.Tensor:
-    """The example input the exporters trace with (any size works: the exports' sizes are free)."""
-    return torch.randn(1, 3, 97, 97, generator=torch.Generator().manual_seed(0))
+def trace_input(channels: int = 3) -> torch.Tensor:
+    """The example input the exporters trace with (any size works: the exports' sizes are free; the channels are
+    the model's ``in_channels``)."""
+    return torch.randn(1, channels, 97, 97, generator=torch.Generator().manual_seed(0))
 
 
 def write_onnx(model: nn.Module, path: str | Path, metadata: str | None = None) -> None:
@@ -42,8 +43,9 @@ def write_onnx(model: nn.Module, path: str | Path, metadata: str | None = None) 
     folded = fast_copy(model, "cpu", channels_last=False)
     # The TorchScript-based exporter: with dynamic_axes it handles free height and width in seconds,
     # where the torch.export-based one takes minutes per model on a small CPU for the same graph.
+    example = trace_input(getattr(model, "in_channels", 3))
     with quiet_exporters(), torch.no_grad():
-        torch.onnx.export(folded, (trace_input(),), str(path), dynamo=False, opset_version=ONNX_OPSET,
+        torch.onnx.export(folded, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
                           input_names=["images"], output_names=["logits"],
                           dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
                                         "logits": {0: "batch", 2: "height", 3: "width"}})

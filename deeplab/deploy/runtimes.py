@@ -119,7 +119,8 @@ def open_with_runtime(runner: Runner, card: ModelCard, *, runtime: str | None = 
         candidate = runtime_runner(runtime, runner, card, precision, device, log)
         if card.format == "onnx" and runtime == "onnxruntime":  # the reference itself (verified at export)
             return candidate, RuntimeChoice(runtime, precision, probe_size=probe_size)
-        problem = _disagreement(candidate, _reference(runner, card), precision, runtime, tolerance)
+        problem = _disagreement(candidate, _reference(runner, card), precision, runtime, tolerance,
+                                card.spec.in_channels)
         if problem:
             raise ValueError(f"--runtime {runtime} disagrees with the fp32 reference on this model ({problem}); "
                              "use --runtime torch")
@@ -200,9 +201,9 @@ def _as_used(candidate: Runner, runtime: str, precision: str) -> Callable[[torch
 
 
 def _disagreement(candidate: Runner, reference: Callable[[torch.Tensor], torch.Tensor], precision: str,
-                  runtime: str = "", tolerance: float = FP32_TOLERANCE) -> str | None:
-    """Why ``candidate`` fails the check against ``reference``, or None."""
-    x = torch.randn(*_VERIFY_SHAPE, generator=torch.Generator().manual_seed(0))
+                  runtime: str = "", tolerance: float = FP32_TOLERANCE, channels: int = 3) -> str | None:
+    """Why ``candidate`` fails the check against ``reference`` (on ``channels``-channel inputs), or None."""
+    x = torch.randn(_VERIFY_SHAPE[0], channels, *_VERIFY_SHAPE[2:], generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = reference(x).float()
         got = _as_used(candidate, runtime, precision)(x).float()
@@ -211,7 +212,10 @@ def _disagreement(candidate: Runner, reference: Callable[[torch.Tensor], torch.T
     if precision == "fp32":
         ratio = ((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
         return None if ratio <= tolerance else f"max |d logits| = {ratio:.1e} of the largest, > {tolerance:g}"
-    agreement = (got.argmax(1) == expected.argmax(1)).float().mean().item()
+    if expected.shape[1] == 1:  # one logit (binary): the same side of the 0.5 probability
+        agreement = ((got > 0) == (expected > 0)).float().mean().item()
+    else:
+        agreement = (got.argmax(1) == expected.argmax(1)).float().mean().item()
     return None if agreement >= REDUCED_AGREEMENT else (f"same class on {100 * agreement:.2f}% of pixels, "
                                                          f"< {100 * REDUCED_AGREEMENT:.1f}%")
 
@@ -228,7 +232,8 @@ def _auto(runner: Runner, card: ModelCard, precision: str, device: torch.device,
     cached = _cached_choice(key)
     if cached is not None and cached["runtime"] in names:
         candidate = runtime_runner(cached["runtime"], runner, card, precision, device, log, digest)
-        if _disagreement(candidate, _reference(runner, card), precision, cached["runtime"], tolerance) is None:
+        if _disagreement(candidate, _reference(runner, card), precision, cached["runtime"], tolerance,
+                         card.spec.in_channels) is None:
             return candidate, RuntimeChoice(cached["runtime"], precision, dict(cached["seconds"]),
                                             dict(cached.get("refused", {})), probe_size, cached=True)
     reference = _reference(runner, card)
@@ -237,7 +242,8 @@ def _auto(runner: Runner, card: ModelCard, precision: str, device: torch.device,
         candidate = runtime_runner(name, runner, card, precision, device, log, digest)
         # the torch runtime at fp32 is the fast path, which checks its own BatchNorm folding (the fallback)
         problem = None if (name, precision) == ("torch", "fp32") else _disagreement(candidate, reference, precision,
-                                                                                   name, tolerance)
+                                                                                   name, tolerance,
+                                                                                   card.spec.in_channels)
         if problem:
             refused[name] = f"disagrees with fp32 ({problem})"
         else:
@@ -245,7 +251,7 @@ def _auto(runner: Runner, card: ModelCard, precision: str, device: torch.device,
     if not verified:
         raise ValueError("no runtime agrees with the fp32 reference on this model: "
                          + "; ".join(f"{name}: {why}" for name, why in refused.items()))
-    seconds = _time(verified, precision, probe_size, log) if len(verified) > 1 else {}
+    seconds = _time(verified, precision, probe_size, log, card.spec.in_channels) if len(verified) > 1 else {}
     best = min(seconds, key=seconds.get) if seconds else next(iter(verified))
     _store_choice(key, {"runtime": best, "seconds": seconds, "refused": refused})
     return verified[best], RuntimeChoice(best, precision, seconds, refused, probe_size)
@@ -259,11 +265,11 @@ def _skip(name: str, card: ModelCard, precision: str, device: torch.device, refu
 
 
 def _time(runners: dict[str, Runner], precision: str, size: int,
-          log: Callable[[str], None] | None) -> dict[str, float]:
-    """Median of 3 interleaved runs (after one warm-up each) of every runtime on one 1 x 3 x size x size input."""
+          log: Callable[[str], None] | None, channels: int = 3) -> dict[str, float]:
+    """Median of 3 interleaved runs (after one warm-up each) of every runtime on one 1 x C x size x size input."""
     if log:
-        log(f"timing {', '.join(runners)} at 1x3x{size}x{size} to pick the fastest (once per model and CPU)")
-    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+        log(f"timing {', '.join(runners)} at 1x{channels}x{size}x{size} to pick the fastest (once per model and CPU)")
+    x = torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(1))
     runs = {name: _as_used(runner, name, precision) for name, runner in runners.items()}
     times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.inference_mode():
