@@ -56,7 +56,17 @@ class ServeSettings:
 
 
 def create_app(predictor: Any, info: ModelInfo | None = None, settings: ServeSettings | None = None) -> FastAPI:
-    """The web app serving ``predictor``: the page, the JSON/PNG API and its OpenAPI docs (``/docs``)."""
+    """The web app serving ``predictor``: the page, the JSON/PNG API and its OpenAPI docs (``/docs``).
+
+    A binary model's maps hold 0 (background) and 1 (foreground, its sigmoid above the predictor's threshold).
+    A multilabel model is refused: a pixel may hold several of its classes, which one class map cannot show.
+    """
+    if getattr(predictor, "task", "multiclass") == "multilabel":
+        raise ValueError("deeplab serve draws one class per pixel, and a multilabel model's pixels may hold several; "
+                         "use deeplab predict, which writes one mask per class")
+    if getattr(predictor, "in_channels", 3) != 3:
+        raise ValueError(f"deeplab serve decodes uploads as RGB images; this model reads {predictor.in_channels} "
+                         "channels: use deeplab predict with .npy or multi-band TIFF files")
     info = info or ModelInfo()
     settings = settings or ServeSettings()
     queue = PredictionQueue(predictor, max_batch=settings.max_batch, max_queue=settings.max_queue)
@@ -95,8 +105,8 @@ def create_app(predictor: Any, info: ModelInfo | None = None, settings: ServeSet
                    for i, (name, colour) in enumerate(zip(predictor.classes, predictor.palette, strict=False))]
         return {"model": info.name, "output_stride": info.output_stride, "source": info.source,
                 "device": info.device, "precision": info.precision, "num_classes": predictor.num_classes,
-                "classes": classes,
-                "palette": [list(colour) for colour in predictor.palette[: predictor.num_classes]],
+                "task": getattr(predictor, "task", "multiclass"), "classes": classes,
+                "palette": [list(colour) for colour in predictor.palette[: len(predictor.classes)]],
                 "limits": {"max_upload_bytes": settings.max_upload_bytes, "max_side": settings.max_side,
                            "formats": list(SUPPORTED_FORMATS)},
                 "batching": {"max_batch": settings.max_batch, "max_queue": settings.max_queue}}
@@ -144,7 +154,7 @@ def create_app(predictor: Any, info: ModelInfo | None = None, settings: ServeSet
 
 def _areas(mask: torch.Tensor, predictor: Any) -> list[dict[str, Any]]:
     """The classes present in ``mask``, largest first: id, name, colour, pixel count and area fraction."""
-    counts = torch.bincount(mask.flatten(), minlength=predictor.num_classes).tolist()
+    counts = torch.bincount(mask.flatten(), minlength=len(predictor.classes)).tolist()
     present = sorted((i for i, count in enumerate(counts) if count), key=lambda i: -counts[i])
     return [{"id": i, "name": predictor.classes[i], "color": list(predictor.palette[i]), "pixels": counts[i],
              "fraction": round(counts[i] / mask.numel(), 6)} for i in present]
