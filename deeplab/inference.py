@@ -17,7 +17,7 @@ from .constants import IMAGENET_MEAN, IMAGENET_STD, Palette
 from .deploy.fastpath import fast_copy
 from .deploy.precision import autocast_dtype, check_precision
 from .deploy.runtimes import FP32_TOLERANCE, RuntimeChoice, open_with_runtime
-from .imageio import normalize_image
+from .imageio import normalize_image, overlay
 from .modelfile import ModelCard, Runner, read_model
 from .models.segmenter import upsample_to
 from .models.spec import ModelSpec
@@ -238,6 +238,20 @@ class Predictor:
             return list(self.decide(logits).cpu())
         probs = self._class_probabilities(logits).cpu()
         return [dense_crf(image, prob, self.crf).argmax(dim=0) for image, prob in zip(images, probs, strict=True)]
+
+    def overlay(self, image: torch.Tensor, prediction: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+        """A prediction (:meth:`decide`'s, or a mask of the same kind) drawn over a uint8 ``3 x H x W`` image, as uint8
+        ``H x W x 3``: each class in its colour (binary: the foreground only; multilabel: every class that holds,
+        one over the other). Other values (255, ignore) leave the image as it is."""
+        prediction = torch.as_tensor(prediction).long().cpu()
+        if self.task == "binary":
+            return overlay(image, torch.where(prediction == 1, 1, 255), self.palette, alpha)
+        if self.task == "multiclass":
+            return overlay(image, prediction, self.palette, alpha)
+        blended = torch.as_tensor(image).cpu()
+        for index, held in enumerate(prediction):
+            blended = overlay(blended, torch.where(held == 1, index, 255), self.palette, alpha).permute(2, 0, 1)
+        return blended.permute(1, 2, 0)
 
     def _class_probabilities(self, scores: torch.Tensor) -> torch.Tensor:
         """One probability per class of the map and pixel (binary: background and foreground), for the CRF."""

@@ -37,7 +37,6 @@ from .imageio import (
     ImageReadError,
     atomic_write,
     colorize,
-    overlay,
     read_image,
     read_mask,
     save_index_png,
@@ -317,17 +316,13 @@ def _write_outputs(predictor: Predictor, image: torch.Tensor, mask: torch.Tensor
     if predictor.task == "multiclass":
         save_index_png(mask, out_dir / index_name, palette)
         save_rgb_png(colorize(mask, palette), out_dir / color_name)
-        save_rgb_png(overlay(image, mask, palette), out_dir / overlay_name)
     elif predictor.task == "binary":
         save_grey_png(mask * 255, out_dir / index_name)
-        save_rgb_png(overlay(image, torch.where(mask == 1, 1, 255), palette), out_dir / overlay_name)
     else:
         (out_dir / stem).mkdir(exist_ok=True)
-        blended = image
         for index, name in enumerate(predictor.classes):
             save_grey_png(mask[index] * 255, out_dir / stem / f"{name}.png")
-            blended = overlay(blended, torch.where(mask[index] == 1, index, 255), palette).permute(2, 0, 1)
-        save_rgb_png(blended.permute(1, 2, 0), out_dir / overlay_name)
+    save_rgb_png(predictor.overlay(image, mask), out_dir / overlay_name)
 
 
 def save_grey_png(mask: torch.Tensor, path: Path) -> None:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..data import SegmentationDataset
-from ..imageio import atomic_write, overlay, save_rgb_png
+from ..imageio import atomic_write, save_rgb_png
 from ..inference import Predictor
 
 SIZE = (720, 400)
@@ -122,8 +122,9 @@ def save_previews(predictor: Predictor, dataset: SegmentationDataset, out_dir: P
     for index in range(min(count, len(dataset))):
         image, mask = dataset.load(index)
         prediction = predictor.predict(image)
-        truth = overlay(image, torch.as_tensor(mask).long(), predictor.palette, alpha=1.0)
-        panels = [image.permute(1, 2, 0), truth, overlay(image, prediction, predictor.palette)]
+        image = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, *image.shape[1:])  # bands: a picture
+        truth = predictor.overlay(image, torch.as_tensor(mask).long(), alpha=1.0)
+        panels = [image.permute(1, 2, 0), truth, predictor.overlay(image, prediction)]
         path = out_dir / f"{dataset.name(index)}.png"
         save_rgb_png(torch.cat([torch.as_tensor(p) for p in panels], dim=1), path)
         written.append(path)

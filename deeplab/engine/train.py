@@ -443,6 +443,7 @@ def _finish(model: Segmenter, val_set, run_dir: Path, env: dist.DistEnv, device:
     """Rank 0 draws the training curve and prediction previews; the others wait for it."""
     if env.is_main:
         plot_training_curve(run_dir / "log.jsonl", run_dir / "training_curve.png")
-        predictor = Predictor(model, num_classes=val_set.num_classes, palette=val_set.palette, device=device)
+        predictor = Predictor(model, num_classes=model.spec.num_classes, classes=list(val_set.classes),
+                              palette=val_set.palette, device=device)
         save_previews(predictor, val_set, run_dir / "previews")
     dist.barrier()
