@@ -91,3 +91,22 @@ def test_four_band_binary_model_predicts_from_npy(images, tmp_path):
     assert np.allclose(probs, _logits(predictor, bands).sigmoid().numpy(), atol=1e-3)
     with pytest.raises(TypeError, match="expected a uint8 4 x H x W image"):
         predictor.preprocess(bands[:3])
+
+
+def test_predict_command_takes_threshold_and_save_probs(images, tmp_path, capsys):
+    from deeplab.cli import main
+    from deeplab.config import Config
+    from deeplab.engine.checkpoint import save_checkpoint
+
+    model = _model(task="binary")
+    save_checkpoint(tmp_path / "ck.pt", model=model, optimizer=None, step=1, best_miou=0.0, config=Config(),
+                    classes=["background", "leaf"], palette=[(0, 0, 0), (0, 255, 0)])
+    image = torch.from_numpy(np.array(Image.open(images / "im1.png"))).permute(2, 0, 1)
+    probs = _logits(Predictor(model, num_classes=1, fast=False), image).sigmoid()[0]
+    threshold = float(probs.quantile(0.25))
+    assert main(["predict", "--checkpoint", str(tmp_path / "ck.pt"), str(images / "im1.png"), "--out",
+                 str(tmp_path / "out"), "--threshold", f"{threshold}", "--save-probs", "--runtime", "torch"]) == 0
+    mask = read_mask(tmp_path / "out" / "im1.png")
+    assert (mask == 255).mean() == pytest.approx((probs > threshold).float().mean().item(), abs=0.01)
+    assert np.load(tmp_path / "out" / "im1_probs.npy").shape == (1, 33, 41)
+    assert not (tmp_path / "out" / "im1_color.png").exists() and (tmp_path / "out" / "im1_overlay.png").is_file()
