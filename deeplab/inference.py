@@ -27,7 +27,10 @@ from .postprocess import dense_crf
 
 
 class Predictor:
-    """Turns images into class maps with a segmentation model (``N x 3 x H x W -> N x C x H x W``).
+    """Turns images into class maps with a segmentation model (``N x in_channels x H x W -> N x C x H x W``).
+
+    The model's spec says its task: multiclass (argmax), binary (one logit: foreground where its sigmoid exceeds
+    ``threshold``) or multilabel (a sigmoid per class, each thresholded); see :meth:`decide`.
 
     One class whatever runs the network: an eager PyTorch model (by default through the fast path:
     an eval-mode copy with BatchNorm folded into the convolutions, channels-last, optional bf16/fp16
@@ -217,7 +220,7 @@ class Predictor:
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()[..., :height, :width]
 
     def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
-        """Scores (see ``logits_for_batch``) for a uint8 ``3 x H x W`` image, as ``C x H x W`` on CPU."""
+        """Scores (see ``logits_for_batch``) for a uint8 ``C x H x W`` image, as ``C x H x W`` on CPU."""
         return self.logits_for_batch(self.preprocess(image))[0].cpu()
 
     def predict(self, image: torch.Tensor) -> torch.Tensor:

@@ -199,6 +199,9 @@ def _checked_spec(name: str, values: dict[str, Any]) -> ModelSpec:
         raise ValueError(f"output_stride must be an int (8, 16 or 32), got {output_stride!r}")
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task == "binary" and num_classes != 1:
+        raise ValueError(f"a binary model has one output (num_classes=1), got num_classes={num_classes}; for "
+                         f"{num_classes} classes set task=multiclass (or multilabel)")
     check_normalization(mean, std, in_channels)
     dropout = values.get("dropout")
     if dropout is not None and not 0.0 <= float(dropout) < 1.0:
