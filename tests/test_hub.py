@@ -18,7 +18,8 @@ from deeplab.hubfolder import PRETRAINED_FORMAT
 from deeplab.imageio import save_rgb_png
 from deeplab.modelfile import open_model
 
-from .hubcache import folder_files, offline_hub, plant  # noqa: F401 (offline_hub is a fixture)
+from tests.fixtures import with_random_statistics
+from tests.hubcache import folder_files, offline_hub, plant  # noqa: F401 (offline_hub is a fixture)
 
 CLASSES = ["background", "road", "tree"]
 PALETTE = [(0, 0, 0), (200, 10, 10), (10, 200, 10)]
@@ -34,13 +35,7 @@ CONFIG = {"model": {"name": "deeplabv3_mobilenetv2", "output_stride": 16, "weigh
 def model() -> deeplab.Segmenter:
     """A small model with non-trivial BatchNorm statistics, so that buffers that fail to travel show."""
     torch.manual_seed(0)
-    net = deeplab.create_model("deeplabv3_mobilenetv2", num_classes=3)
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-    return net.eval()
+    return with_random_statistics(deeplab.create_model("deeplabv3_mobilenetv2", num_classes=3)).eval()
 
 
 @pytest.fixture(scope="module")
