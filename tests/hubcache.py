@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch) -> Path:
+def offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """HF_HOME in ``tmp_path`` and HF_HUB_OFFLINE=1, for the environment and for huggingface_hub's constants
-    (read once at its import); returns the cache folder (``HF_HOME/hub``)."""
+    (read once at its import); returns the cache folder (``HF_HOME/hub``). Test modules wrap it in a fixture."""
     from huggingface_hub import constants
 
     home = tmp_path / "hf-home"

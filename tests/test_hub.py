@@ -17,9 +17,8 @@ from deeplab.hub import HubName, parse_hub_name
 from deeplab.hubfolder import PRETRAINED_FORMAT
 from deeplab.imageio import save_rgb_png
 from deeplab.modelfile import open_model
-
 from tests.fixtures import with_random_statistics
-from tests.hubcache import folder_files, offline_hub, plant  # noqa: F401 (offline_hub is a fixture)
+from tests.hubcache import folder_files, offline_cache, plant
 
 CLASSES = ["background", "road", "tree"]
 PALETTE = [(0, 0, 0), (200, 10, 10), (10, 200, 10)]
@@ -29,6 +28,12 @@ CONFIG = {"model": {"name": "deeplabv3_mobilenetv2", "output_stride": 16, "weigh
           "data": {"name": "folder", "root": "/home/me/private-data", "num_classes": 3, "crop_size": 129},
           "train": {"iterations": 200, "batch_size": 4, "lr": 0.01, "run_dir": "/home/me/runs/x"},
           "eval": {"output_stride": 16, "scales": [1.0], "flip": False}}
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> Path:
+    """A private Hugging Face cache, offline (HF_HOME in tmp_path, HF_HUB_OFFLINE=1)."""
+    return offline_cache(tmp_path, monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ transformers' own logits. The reference is a randomly initialised transformers m
 BatchNorm statistics) saved locally, as the authors' google/deeplabv3_mobilenet_v2_1.0_513 is laid out."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,14 +13,19 @@ from deeplab.classes import VOC_CLASSES
 from deeplab.models.segmenter import upsample_to
 from deeplab.models.transformers_mobilenet import transformers_classes, transformers_spec
 from deeplab.palettes import voc_palette
-
 from tests.fixtures import with_random_statistics
-from tests.hubcache import folder_files, offline_hub, plant  # noqa: F401 (offline_hub is a fixture)
+from tests.hubcache import folder_files, offline_cache, plant
 
 transformers = pytest.importorskip("transformers", reason="the transformers extra is not installed "
                                                           "(pip install -e '.[transformers]'; make test installs it)")
 
 VOC_ID2LABEL = {str(i): name for i, name in enumerate(VOC_CLASSES)}
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> Path:
+    """A private Hugging Face cache, offline (HF_HOME in tmp_path, HF_HUB_OFFLINE=1)."""
+    return offline_cache(tmp_path, monkeypatch)
 
 
 def _randomise(model: torch.nn.Module) -> None:
