@@ -201,8 +201,10 @@ def test_push_bad_sources_are_clear_errors(run_dir, tmp_path, capsys):
     assert "is not a metrics file of `deeplab eval --json`" in capsys.readouterr().err
 
 
-def test_push_creates_the_repo_and_uploads_the_folder(run_dir, monkeypatch, capsys):
-    """Without --dry-run: huggingface_hub's create_repo then upload_folder, on the folder the dry run shows."""
+@pytest.fixture
+def hub_calls(monkeypatch) -> list:
+    """huggingface_hub's HfApi.create_repo and upload_folder recorded (with the files of the folder at upload time)
+    instead of sent: what an upload would do, offline."""
     from huggingface_hub import CommitInfo, HfApi, RepoUrl
 
     calls = []
@@ -218,13 +220,26 @@ def test_push_creates_the_repo_and_uploads_the_folder(run_dir, monkeypatch, caps
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return calls
+
+
+def test_push_creates_the_repo_and_uploads_the_folder(run_dir, hub_calls, capsys):
+    """Without --dry-run: huggingface_hub's create_repo then upload_folder, on the folder the dry run shows."""
     assert main(["push", str(run_dir), "lab/roads", "--private"]) == 0
-    (create, repo_id, create_args), (upload, files, upload_args) = calls
+    (create, repo_id, create_args), (upload, files, upload_args) = hub_calls
     assert (create, repo_id, create_args["private"], create_args["exist_ok"]) == ("create_repo", "lab/roads", True,
                                                                                   True)
     assert (upload, files, upload_args["repo_id"]) == ("upload_folder", ["README.md", "config.json",
                                                                          "model.safetensors"], "lab/roads")
     assert "uploaded to https://huggingface.co/lab/roads/commit/abc" in capsys.readouterr().out
+
+
+def test_push_to_hub_from_python_uploads_what_save_pretrained_writes(model, hub_calls):
+    url = model.push_to_hub("lab/python", classes=CLASSES, palette=PALETTE, metrics=METRICS)
+    assert url == "https://huggingface.co/lab/python/commit/abc"
+    assert [call[0] for call in hub_calls] == ["create_repo", "upload_folder"]
+    assert hub_calls[0][2]["private"] is False
+    assert hub_calls[1][1] == ["README.md", "config.json", "model.safetensors"]
 
 
 def test_save_model_writes_a_checkpoint_every_command_reads(model, image, tmp_path):

@@ -99,3 +99,19 @@ class Segmenter(nn.Module):
                                    metrics=metrics)
         write_model_folder(folder, record, self.state_dict(), model_card(record, repo_id=repo_id, license=license))
         return Path(folder)
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, classes: Sequence[str] | None = None,
+                    palette: Sequence[Sequence[int]] | None = None, dataset: str | None = None,
+                    config: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None,
+                    license: str = "apache-2.0") -> str:
+        """:meth:`save_pretrained` into a temporary folder, uploaded to the Hub repo ``repo_id`` (``org/name``,
+        created if needed) with huggingface_hub's ``create_repo`` and ``upload_folder``; returns the commit URL.
+        ``deeplab push`` does the same for a training run or checkpoint."""
+        import tempfile
+
+        from ..hub import upload_model_folder
+
+        with tempfile.TemporaryDirectory(prefix="deeplab-push-") as staging:
+            folder = self.save_pretrained(staging, classes=classes, palette=palette, dataset=dataset, config=config,
+                                          metrics=metrics, repo_id=repo_id, license=license)
+            return upload_model_folder(folder, repo_id, private=private, message=f"Upload {self.spec.name}")
