@@ -5,8 +5,8 @@ import json
 import torch
 
 from deeplab import create_model
-from deeplab.config import load_config
 from deeplab.cli import main
+from deeplab.config import load_config
 from deeplab.engine.checkpoint import save_checkpoint
 
 
