@@ -174,14 +174,20 @@ class Predictor:
         return predictor
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
-        """Converts a uint8 ``C x H x W`` image (RGB, or the model's ``in_channels`` bands) to a normalised float
-        ``1 x C x H x W`` batch."""
-        if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != self.in_channels:
+        """Converts a ``C x H x W`` image (RGB, or the model's ``in_channels`` bands; uint8, or float32 on the 0..1
+        scale as 16-bit data is read) to a normalised float ``1 x C x H x W`` batch."""
+        scaled = image.dtype == torch.uint8 or (image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1)
+        if not scaled or image.ndim != 3 or image.shape[0] != self.in_channels:
             raise TypeError(
-                f"expected a uint8 {self.in_channels} x H x W image, got {image.dtype} {tuple(image.shape)}; "
+                f"expected a uint8 (or float32 0..1) {self.in_channels} x H x W image, got {image.dtype} "
+                f"{tuple(image.shape)}; "
                 "pass normalised float batches to logits_for_batch instead"
             )
-        return normalize_image(image.to(self.device).unsqueeze(0), self.mean, self.std)
+        batch = image.to(self.device).unsqueeze(0)
+        if batch.dtype == torch.uint8:
+            return normalize_image(batch, self.mean, self.std)
+        mean, std = (torch.tensor(v, device=batch.device).view(1, -1, 1, 1) for v in (self.mean, self.std))
+        return (batch - mean) / std
 
     def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
         """Probabilities from scores (``N x C x H x W`` or ``C x H x W``): the softmax over classes for a multiclass

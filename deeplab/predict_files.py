@@ -339,7 +339,9 @@ def _save_probs(probs: torch.Tensor, path: Path) -> None:
 
 
 def _displayable(image: torch.Tensor) -> torch.Tensor:
-    """A 3-channel picture of an input for the overlay: its first three bands, or its first band in grey."""
+    """A 3-channel uint8 picture of an input for the overlay: its first three bands, or its first band in grey."""
+    if image.dtype != torch.uint8:  # float data on the 0..1 scale
+        image = (image.float() * 255).round().clamp(0, 255).to(torch.uint8)
     if image.shape[0] >= 3:
         return image[:3]
     return image[:1].expand(3, *image.shape[1:])

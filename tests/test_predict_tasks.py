@@ -110,3 +110,11 @@ def test_predict_command_takes_threshold_and_save_probs(images, tmp_path, capsys
     assert (mask == 255).mean() == pytest.approx((probs > threshold).float().mean().item(), abs=0.01)
     assert np.load(tmp_path / "out" / "im1_probs.npy").shape == (1, 33, 41)
     assert not (tmp_path / "out" / "im1_color.png").exists() and (tmp_path / "out" / "im1_overlay.png").is_file()
+
+
+def test_float_images_on_the_unit_scale_are_normalised_like_uint8():
+    predictor = Predictor(_model(in_channels=2, num_classes=3), num_classes=3, fast=False)
+    image = torch.randint(0, 256, (2, 9, 11), dtype=torch.uint8)
+    assert torch.allclose(predictor.preprocess(image), predictor.preprocess(image.float() / 255), atol=1e-6)
+    with pytest.raises(TypeError, match=r"expected a uint8 \(or float32 0..1\) 2 x H x W image"):
+        predictor.preprocess(image.float())
