@@ -89,7 +89,7 @@ def test_four_band_binary_model_predicts_from_npy(images, tmp_path):
     bands = torch.from_numpy((np.load(images / "bands.npy") / 257).round().astype(np.uint8))
     probs = np.load(tmp_path / "bands_probs.npy")
     assert np.allclose(probs, _logits(predictor, bands).sigmoid().numpy(), atol=1e-3)
-    with pytest.raises(TypeError, match="expected a uint8 4 x H x W image"):
+    with pytest.raises(TypeError, match=r"expected a uint8 \(or float32 0..1\) 4 x H x W image"):
         predictor.preprocess(bands[:3])
 
 
