@@ -89,6 +89,8 @@ class Predictor:
         self.classes = _binary_names(classes) if self.task == "binary" else (
             list(classes) if classes is not None else [f"class_{i}" for i in range(names)])
         self.palette = list(palette) if palette is not None else default_palette(names)
+        if self.task == "binary" and len(self.palette) == 1:  # the foreground's colour alone: background black
+            self.palette = [(0, 0, 0), *self.palette]
         if len(self.classes) != names:
             raise ValueError(f"{len(self.classes)} class names for num_classes={num_classes}")
         if len(self.palette) < names:

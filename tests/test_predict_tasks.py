@@ -37,8 +37,9 @@ def test_binary_predict_writes_0_255_masks_at_the_threshold_and_probabilities(im
     image = torch.from_numpy(np.array(Image.open(images / "im0.png"))).permute(2, 0, 1)
     probs = _logits(Predictor(model, num_classes=1, fast=False), image).sigmoid()
     threshold = float(probs.median())  # a random model: a threshold that splits its pixels
-    predictor = Predictor(model, num_classes=1, classes=["road"], fast=False, threshold=threshold)
+    predictor = Predictor(model, num_classes=1, classes=["road"], palette=[(9, 9, 9)], fast=False, threshold=threshold)
     assert predictor.classes == ["background", "road"] and predictor.task == "binary"
+    assert predictor.palette == [(0, 0, 0), (9, 9, 9)]  # a binary dataset's one class is the foreground
     report = predict_paths(predictor, [images / "im0.png"], tmp_path, workers=0, progress=False, save_probs=True,
                            area_table=True)
     assert report.written == [tmp_path / "im0.png"]
