@@ -59,11 +59,9 @@ def create_app(predictor: Any, info: ModelInfo | None = None, settings: ServeSet
     """The web app serving ``predictor``: the page, the JSON/PNG API and its OpenAPI docs (``/docs``).
 
     A binary model's maps hold 0 (background) and 1 (foreground, its sigmoid above the predictor's threshold).
-    A multilabel model is refused: a pixel may hold several of its classes, which one class map cannot show.
+    A multilabel model's answer gives each class's area (the pixels that hold it) and its mask packs the classes
+    as bits (see :func:`~deeplab.serve.results.render_png`).
     """
-    if getattr(predictor, "task", "multiclass") == "multilabel":
-        raise ValueError("deeplab serve draws one class per pixel, and a multilabel model's pixels may hold several; "
-                         "use deeplab predict, which writes one mask per class")
     if getattr(predictor, "in_channels", 3) != 3:
         raise ValueError(f"deeplab serve decodes uploads as RGB images; this model reads {predictor.in_channels} "
                          "channels: use deeplab predict with .npy or multi-band TIFF files")
@@ -127,13 +125,13 @@ def create_app(predictor: Any, info: ModelInfo | None = None, settings: ServeSet
             raise HTTPException(503, str(err)) from err
         prediction = Prediction(image, mask, upload.filename)
         if format != "json":
-            data = await run_in_threadpool(render_png, prediction, _FORMATS[format], predictor.palette, alpha)
+            data = await run_in_threadpool(_render, prediction, _FORMATS[format], predictor.palette, alpha)
             return _png(data, prediction, _FORMATS[format])
         areas = await run_in_threadpool(_areas, mask, predictor)
         result_id = store.add(prediction)
         links = {kind: str(request.url_for("result", result_id=result_id, kind=kind)) for kind in RENDERINGS}
-        return {"id": result_id, "filename": upload.filename, "width": int(mask.shape[1]),
-                "height": int(mask.shape[0]), "model": info.name, "classes": areas, "links": links}
+        return {"id": result_id, "filename": upload.filename, "width": int(mask.shape[-1]),
+                "height": int(mask.shape[-2]), "model": info.name, "classes": areas, "links": links}
 
     @app.get("/results/{result_id}/{kind}.png", name="result", responses={200: {"content": {"image/png": {}}}},
              summary="A recent prediction (links of a JSON answer): mask, color, overlay or image")
@@ -146,18 +144,29 @@ def create_app(predictor: Any, info: ModelInfo | None = None, settings: ServeSet
         if prediction is None:
             raise HTTPException(404, f"no result {result_id!r}: results are kept for the last "
                                      f"{settings.max_results} predictions only; predict again")
-        data = await run_in_threadpool(render_png, prediction, kind, predictor.palette, alpha)
+        data = await run_in_threadpool(_render, prediction, kind, predictor.palette, alpha)
         return _png(data, prediction, kind)
 
     return app
 
 
+def _render(prediction: Prediction, kind: str, palette: Any, alpha: float) -> bytes:
+    """:func:`render_png`, with what it cannot draw (a multilabel mask of more than 8 classes) as a 422."""
+    try:
+        return render_png(prediction, kind, palette, alpha)
+    except ValueError as err:
+        raise HTTPException(422, str(err)) from err
+
+
 def _areas(mask: torch.Tensor, predictor: Any) -> list[dict[str, Any]]:
     """The classes present in ``mask``, largest first: id, name, colour, pixel count and area fraction."""
-    counts = torch.bincount(mask.flatten(), minlength=len(predictor.classes)).tolist()
+    if mask.ndim == 3:  # multilabel: the pixels that hold each class
+        counts, pixels = mask.flatten(1).long().sum(1).tolist(), mask[0].numel()
+    else:
+        counts, pixels = torch.bincount(mask.flatten(), minlength=len(predictor.classes)).tolist(), mask.numel()
     present = sorted((i for i, count in enumerate(counts) if count), key=lambda i: -counts[i])
     return [{"id": i, "name": predictor.classes[i], "color": list(predictor.palette[i]), "pixels": counts[i],
-             "fraction": round(counts[i] / mask.numel(), 6)} for i in present]
+             "fraction": round(counts[i] / pixels, 6)} for i in present]
 
 
 def _png(data: bytes, prediction: Prediction, kind: str) -> Response:
