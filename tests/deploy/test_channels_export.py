@@ -35,7 +35,6 @@ def four_band(tmp_path_factory):
     ("m.onnx", "onnxruntime"),
     pytest.param("m.onnx", "openvino", marks=pytest.mark.skipif(not HAS_OPENVINO, reason="openvino not installed")),
     ("m.pt", "torch"),
-    ("ck.pt", "onnxruntime"),
 ])
 def test_every_runtime_runs_the_four_channel_model(four_band, file, runtime):
     folder, model = four_band
@@ -60,10 +59,10 @@ def test_int8_export_calibrates_on_band_files(four_band):
     folder, model = four_band
     rng = np.random.default_rng(0)
     (folder / "calib").mkdir()
-    for index in range(2):  # .npy is not an image extension for folders: name the files
+    for index in range(1):
         np.save(folder / "calib" / f"{index}.npy", rng.integers(0, 256, (4, 65, 65), dtype=np.uint8))
     report = export_model(folder / "ck.pt", folder / "m8.onnx", precision="int8", eval_images=0, progress=False,
-                          calibration=str(folder / "calib" / "*.npy"), calibration_images=2)
+                          calibration=str(folder / "calib" / "*.npy"), calibration_images=1)
     assert report.precision == "int8" and report.agreement > 0.5
     predictor = Predictor.from_file(folder / "m8.onnx", runtime="onnxruntime", precision="int8")
     assert predictor.logits_for_batch(torch.randn(1, 4, 65, 65)).shape == (1, 1, 65, 65)
