@@ -42,6 +42,7 @@ from .hub import (
 )
 from .hubfolder import is_pretrained_config
 from .models import ModelSpec, Segmenter, build_model, build_with_weights, resolve_spec
+from .models.channels import adapt_input_weight, adaptation_rule, input_convolutions
 from .models.published import PUBLISHED_WEIGHTS, fetch_published, published_weights
 from .models.weights import weights_and_implied
 from .torchfile import read_torch_file
@@ -378,6 +379,13 @@ def _hub_backbone(model: Segmenter, name: HubName) -> None:
     """``pretrained_backbone=hf-hub:...``: the backbone of a Hub model (ours or transformers'), loaded strictly."""
     card, state = read_pretrained(name)
     backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    if model.spec.in_channels != 3:  # an RGB backbone for N channels: its first convolution adapts
+        for conv in input_convolutions(model, model.spec.in_channels):
+            key = f"{conv.removeprefix('backbone.')}.weight"
+            if conv.startswith("backbone.") and key in backbone and backbone[key].shape[1] == 3:
+                backbone[key] = adapt_input_weight(backbone[key], model.spec.in_channels)
+                model.init_notes = [*model.init_notes, f"input: {conv} adapted from {name}'s 3 channels to "
+                                    f"{model.spec.in_channels} ({adaptation_rule(model.spec.in_channels)})"]
     try:
         model.backbone.load_state_dict(backbone, strict=True)
     except RuntimeError as err:

@@ -104,6 +104,11 @@ def test_hub_names_load_offline_from_the_cache_wherever_a_model_is_taken(model, 
     # model.pretrained_backbone: the backbone only, under a new head
     fresh = deeplab.create_model("deeplabv3_mobilenetv2", num_classes=5, pretrained_backbone="hf-hub:lab/roads")
     assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in fresh.backbone.state_dict().items())
+    bands = deeplab.create_model("deeplabv3_mobilenetv2", num_classes=5, in_channels=4,
+                                 pretrained_backbone="hf-hub:lab/roads")  # the RGB stem adapts to 4 channels
+    stem = model.backbone.state_dict()["features.0.0.weight"]
+    assert torch.equal(bands.backbone.state_dict()["features.0.0.weight"], torch.cat([stem, stem[:, :1]], 1) * 0.75)
+    assert "input: backbone.features.0.0 adapted from hf-hub:lab/roads's 3 channels to 4" in bands.init_notes[0]
     with pytest.raises(ValueError, match=r"pretrained_backbone=hf-hub:lab/roads.*does not fit deeplabv3_resnet50"):
         deeplab.create_model("deeplabv3_resnet50", num_classes=5, pretrained_backbone="hf-hub:lab/roads")
     # the command line: deeplab predict --pretrained hf-hub:...
