@@ -159,7 +159,11 @@ def _npy_bands(path: Path, channels: int) -> np.ndarray:
 
 
 def _tiff_bands(path: Path) -> np.ndarray:
-    import tifffile  # imported when used: most runs read no TIFF
+    try:
+        import tifffile  # imported when used: most runs read no TIFF
+    except ImportError as err:
+        raise ImageReadError(f"cannot read image {str(path)!r}: TIFF images need tifffile: "
+                             "pip install 'deeplab[data]'") from err
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
