@@ -433,7 +433,8 @@ class FolderDataset(SegmentationDataset):
         if largest == 0 and masks:
             warnings.warn(
                 f"{self.root}: no mask holds a label above 0, so num_classes was inferred as 1; if objects "
-                f"are marked {self.ignore_index} (= ignore_index), save them as 1, or pass num_classes",
+                f"are marked {self.ignore_index} (= ignore_index), set model.task=binary, or "
+                f"data.label_map={{{self.ignore_index}: 1}}, or pass num_classes",
                 stacklevel=4,
             )
 
