@@ -113,7 +113,8 @@ def test_colour_masks_map_through_classes_txt(tmp_path, capsys):
     ids = _blob(1)
     ids[9:, :] = 2
     rgb = np.array([colours[i] for i in range(3)], dtype=np.uint8)[ids]
-    root = _folder(tmp_path, {"a": rgb, "b": rgb, "c": rgb, "d": rgb}, classes="bg 0 0 0\nroad 250 10 10\ntree #0AC81E\n")
+    classes = "bg 0 0 0\nroad 250 10 10\ntree #0AC81E\n"
+    root = _folder(tmp_path, {"a": rgb, "b": rgb, "c": rgb, "d": rgb}, classes=classes)
     status, out = _check_output(root, capsys)
     assert status == 0 and "masks: RGB colour masks, mapped to class ids through the colours in classes.txt" in out
     data = FolderDataset(root, val_ratio=0.0)
@@ -131,7 +132,8 @@ def test_colour_masks_map_through_classes_txt(tmp_path, capsys):
 def _multilabel(root: Path) -> Path:
     """Two samples, classes cat/dog/sky; a: cat 0/255 + dog 0/255 (overlapping), b: sky only."""
     _folder(root, {}, classes="cat\ndog\nsky\n")
-    for stem, planes in {"a": {"cat": _blob(255), "dog": np.roll(_blob(255), 3, axis=1)}, "b": {"sky": _blob(255)}}.items():
+    samples = {"a": {"cat": _blob(255), "dog": np.roll(_blob(255), 3, axis=1)}, "b": {"sky": _blob(255)}}
+    for stem, planes in samples.items():
         _image(root, stem)
         (root / "masks" / stem).mkdir(parents=True)
         for name, plane in planes.items():
