@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,9 @@ def _semantic_mask(coco, info: dict, anns: list[dict], class_of: dict[int, int],
     for ann in ordered:
         if ann["category_id"] not in class_of:
             raise ValueError(f"annotation {ann.get('id')} names category {ann['category_id']}, which is not listed")
-        region = coco.annToMask(ann).astype(bool)
+        with warnings.catch_warnings():  # pycocotools 2.0.x's decode warns about numpy 2's copy keyword
+            warnings.simplefilter("ignore", DeprecationWarning)
+            region = coco.annToMask(ann).astype(bool)
         is_crowd = bool(ann.get("iscrowd", 0))
         counts["crowd" if is_crowd else "instances"] += 1
         mask[region] = IGNORE_INDEX if is_crowd and crowd == "ignore" else class_of[ann["category_id"]]
