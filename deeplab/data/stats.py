@@ -21,20 +21,28 @@ from .base import SegmentationDataset
 from .verify import verify_dataset
 
 
-def class_pixel_counts(dataset: SegmentationDataset, *, progress: bool = False) -> np.ndarray:
+def class_pixel_counts(dataset: SegmentationDataset, *, task: str | None = None, progress: bool = False) -> np.ndarray:
     """The number of pixels of each class over the masks of ``dataset`` (int64, one entry per class).
 
-    Ignored pixels are not counted. For ``task == "binary"`` the two entries are background (0) and
-    foreground (1); for ``"multilabel"`` one entry per label, counting the pixels where it is on.
-    A :class:`~deeplab.data.FolderDataset` counted them when it checked its files (no decoding here); any other
-    dataset is checked by :func:`deeplab.data.verify.verify_dataset` (parallel, cached per file).
+    Ignored pixels are not counted. ``task`` (default: the dataset's ``task``, else multiclass) says what the
+    entries are: per class (multiclass); background (0) and foreground (1) for ``"binary"``; one entry per label
+    for ``"multilabel"``, counting the pixels where it is on. A :class:`~deeplab.data.FolderDataset` counted them
+    when it checked its files (no decoding here); a dataset of files is checked by
+    :func:`deeplab.data.verify.verify_dataset` (parallel, cached per file); generated multilabel targets are
+    loaded sample by sample.
     """
+    task = task or getattr(dataset, "task", "multiclass")
     counted = getattr(dataset, "class_pixels", None)
-    if counted is not None:
+    if counted is not None and task == getattr(dataset, "task", "multiclass"):
         return np.asarray(counted, dtype=np.int64).copy()
+    if task == "multilabel":
+        counts = np.zeros(dataset.num_classes, dtype=np.int64)
+        for index in tqdm(range(len(dataset)), desc="count class pixels", disable=not progress, delay=0.5):
+            target = np.asarray(dataset.load(index)[1]).reshape(dataset.num_classes, -1)
+            counts += (target == 1).sum(axis=1)
+        return counts
     pixels = verify_dataset(dataset, progress=progress, desc="count class pixels").pixels
-    labels = 2 if getattr(dataset, "task", "multiclass") == "binary" else dataset.num_classes
-    return pixels[:labels].astype(np.int64)
+    return pixels[: 2 if task == "binary" else dataset.num_classes].astype(np.int64)
 
 
 def median_frequency_weights(counts: Iterable[int]) -> np.ndarray:

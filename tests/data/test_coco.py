@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
-import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from deeplab.cli import main
 from deeplab.cli_data import run_import_coco
 from deeplab.data.folder import FolderDataset
 from deeplab.imageio import read_mask
@@ -83,8 +84,9 @@ def test_import_coco_writes_index_masks_and_classes(tmp_path, capsys):
     assert (read_mask(tmp_path / "as_class" / "masks" / "one.png")[14:, 20:] == 1).all()
 
 
-def test_import_coco_names_missing_images(tmp_path):
+def test_import_coco_names_missing_images_through_the_cli(tmp_path, capsys):
     annotations = _coco(tmp_path)
     (tmp_path / "pics" / "two.png").unlink()
-    with pytest.raises(ValueError, match=r"1 image\(s\) not found in .*pics: two.png"):
-        run_import_coco(annotations, tmp_path / "pics", tmp_path / "out")
+    assert main(["data", "import-coco", str(annotations), str(tmp_path / "pics"), "--out", str(tmp_path / "o")]) == 2
+    assert re.search(r"error: .*instances.json: 1 image\(s\) not found in .*pics: two.png", capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()

@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 
 from deeplab.cli_data import run_check, run_check_config
-from deeplab.config import load_config
+from deeplab.config import Config, ConfigError, apply_overrides, load_config
 from deeplab.data.folder import DatasetError, FolderDataset
 from deeplab.data.stats import class_pixel_counts, median_frequency_weights
 from deeplab.data.transforms import EvalTransform, TrainTransform
+from deeplab.engine.data import build_dataset
 
 H, W = 12, 16
 STEMS = ("a", "b", "c")
@@ -184,3 +185,16 @@ def test_median_frequency_weights():
     freq = np.array([0.1, 0.3, 0.6])
     np.testing.assert_allclose(weights, [0.3 / 0.1, 1.0, 0.0, 0.3 / 0.6])
     assert freq.sum() == pytest.approx(1.0)
+
+
+def test_config_keys_reach_the_folder_dataset(tmp_path):
+    root = _folder(tmp_path, {s: _blob(255) for s in STEMS})
+    config = apply_overrides(Config(), ["data.name=folder", f"data.root={root}", "data.label_map={255: 1}",
+                                        "data.max_value=510", "data.val_ratio=0"])
+    assert config.data.label_map == {255: 1} and config.data.max_value == 510.0
+    data = build_dataset(config.data, "train", None, task="binary", in_channels=1)
+    image, target = data.load(0)
+    assert image.shape == (1, H, W) and image.dtype == torch.float32 and float(image.max()) <= 0.5
+    assert data.task == "binary" and torch.equal(target, torch.from_numpy(_blob(1)))
+    with pytest.raises(ConfigError, match=r"data.label_map: expected dict\[int, int\] \| None, got \[1, 2\]"):
+        apply_overrides(Config(), ["data.label_map=[1, 2]"])

@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from deeplab.cli_data import run_stats
+from deeplab.data import DemoDataset, SegmentationDataset
 from deeplab.data.folder import DatasetError, FolderDataset
-from deeplab.data.stats import channel_stats
+from deeplab.data.stats import channel_stats, class_pixel_counts
 from deeplab.imageio import ChannelError, ImageReadError, read_bands
 
 H, W = 10, 14
@@ -93,3 +94,28 @@ def test_data_stats_equal_numpy(tmp_path, capsys):
     Image.fromarray(rgb).save(tmp_path / "rgb.png")
     stats = channel_stats([tmp_path / "rgb.png"])
     np.testing.assert_allclose(stats.mean, (rgb / 255).reshape(-1, 3).mean(axis=0), rtol=1e-6)
+
+
+def test_class_pixel_counts_of_generated_datasets_equal_a_count_of_their_masks():
+    demo = DemoDataset(split="val", num_images=2, image_size=65)
+    masks = torch.stack([demo.load(i)[1] for i in range(2)]).long()
+    expected = torch.bincount(masks[masks != 255], minlength=demo.num_classes)
+    assert class_pixel_counts(demo).tolist() == expected.tolist()
+
+    class Labels(SegmentationDataset):  # two labels, generated: counted from the loaded targets
+        classes = ("a", "b")
+        task = "multilabel"
+
+        def __len__(self):
+            return 2
+
+        def name(self, index):
+            return str(index)
+
+        def load(self, index):
+            target = torch.zeros(2, 4, 4, dtype=torch.uint8)
+            target[0, :index + 1] = 1
+            target[1, 0, 0] = 255
+            return torch.zeros(3, 4, 4, dtype=torch.uint8), target
+
+    assert class_pixel_counts(Labels()).tolist() == [4 + 8, 0]
