@@ -323,7 +323,6 @@ class FolderDataset(SegmentationDataset):
             self.label_map = binary_table(set(everywhere), self.ignore_index)
         if not self.classes:
             self._infer_classes([] if self._colour else single)
-        no_colours = not (self.root / "classes.txt").is_file()
         labels = 2 if self.task != "multiclass" else len(self.classes)
         rules = SampleRules(mask_modes=self.mask_modes, upright=True, ignore_index=self.ignore_index,
                             num_classes=labels, label_map=self.label_map, in_channels=self.in_channels,
@@ -332,28 +331,32 @@ class FolderDataset(SegmentationDataset):
         self.class_pixels = np.zeros(len(self.classes) + (self.task == "binary"), dtype=np.int64)
         self.ignored_pixels = 0
         for pair in pairs:
-            if not pair.complete:
-                continue
-            image = self._named(pair.image, facts)
-            files = mask_files[pair.stem]
-            if not files:
-                pair.add("missing", f"{self._rel(pair.mask)}/: no class PNG in this multilabel mask folder")
-            for path in files:
-                if self._multilabel and (path.suffix.lower() != ".png" or path.stem not in self.classes):
-                    pair.add("unknown class", f"{self._rel(path)}: not '<class name>.png' for a class of classes.txt")
-                    continue
-                if no_colours and facts[path].mode in COLOUR_MASK_MODES:
-                    pair.add("mask mode", f"{self._rel(path)}: an RGB colour mask, but there is no classes.txt to "
-                             "map its colours to classes: add one 'name R G B' line per class")
-                    continue
-                found = pair_problems(pair.stem, image, self._named(path, facts), rules)
-                pair.problems += [p for p in found if p not in pair.problems]
-                if any(p.kind != "out of range" for p in found) or facts[path].mode not in MASK_MODES:
-                    continue
-                stored.update(dict(zip(facts[path].values, facts[path].counts, strict=True)))
-            if not pair.problems:
-                self._count_pixels(files, facts)
+            if pair.complete:
+                self._judge_pair(pair, mask_files[pair.stem], facts, rules, stored)
         self.stored_values = dict(stored)
+
+    def _judge_pair(self, pair: _Pair, files: list[Path], facts: dict[Path, FileFacts], rules: SampleRules,
+                    stored: Counter[int]) -> None:
+        """Record one complete pair's problems; count its pixels if it is good, its stored mask values in any case
+        (unless a mask cannot be read)."""
+        image = self._named(pair.image, facts)
+        if not files:
+            pair.add("missing", f"{self._rel(pair.mask)}/: no class PNG in this multilabel mask folder")
+        colours_known = (self.root / "classes.txt").is_file() or self.task != "multiclass"
+        for path in files:
+            if self._multilabel and (path.suffix.lower() != ".png" or path.stem not in self.classes):
+                pair.add("unknown class", f"{self._rel(path)}: not '<class name>.png' for a class of classes.txt")
+                continue
+            if not colours_known and facts[path].mode in COLOUR_MASK_MODES:
+                pair.add("mask mode", f"{self._rel(path)}: an RGB colour mask, but there is no classes.txt to map "
+                         "its colours to classes: add one 'name R G B' line per class")
+                continue
+            found = pair_problems(pair.stem, image, self._named(path, facts), rules)
+            pair.problems += [p for p in found if p not in pair.problems]  # an image's problem only once
+            if facts[path].mode in MASK_MODES and all(p.kind == "out of range" for p in found):
+                stored.update(dict(zip(facts[path].values, facts[path].counts, strict=True)))
+        if not pair.problems:
+            self._count_pixels(files, facts)
 
     def _count_pixels(self, files: list[Path], facts: dict[Path, FileFacts]) -> None:
         """Adds one good sample's pixels to ``class_pixels`` (per class; binary: background, foreground;
@@ -363,7 +366,7 @@ class FolderDataset(SegmentationDataset):
             values = np.asarray(fact.values, dtype=np.int64)
             if fact.mode in COLOUR_MASK_MODES:
                 values = colours_to_ids(values, colour_keys(self.palette)).astype(np.int64)
-            mapped = self._mapped(values) if self.label_map is not None else values
+            mapped = self._mapped(values)
             counts = np.asarray(fact.counts, dtype=np.int64)
             self.ignored_pixels += int(counts[mapped == self.ignore_index].sum())
             if self.task == "multilabel":
@@ -476,6 +479,8 @@ class FolderDataset(SegmentationDataset):
                 f"; found {self._rel(p)}, but masks must be PNG" for p in masks.others.get(stem, [])
             )
             expected = f"masks/{stem}/<class name>.png" if self.task == "multilabel" else f"masks/{stem}.png"
+            if self.task != "multilabel" and (self.root / "masks" / stem).is_dir():
+                hint += f"; found masks/{stem}/, a multilabel mask folder: set model.task=multilabel"
             pair.add("missing", f"{self._rel(pair.image)}: image without mask (expected {expected}{hint})")
         return pair
 

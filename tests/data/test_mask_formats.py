@@ -154,6 +154,8 @@ def test_multilabel_masks_give_one_plane_per_class(tmp_path, capsys):
     assert torch.equal(target[1], torch.from_numpy(np.roll(_blob(1), 3, axis=1)))
     assert int(target[2].sum()) == 0 and int((target[0] & target[1]).sum()) == 6 * 5  # overlap: both labels
     assert class_pixel_counts(data).tolist() == [48, 48, 48]
+    with pytest.raises(DatasetError, match="found masks/a/, a multilabel mask folder: set model.task=multilabel"):
+        FolderDataset(root)
     status, out = _check_output(root, capsys, task="multilabel")
     assert status == 0 and "masks: multilabel masks: one PNG per class in masks/<stem>/<class name>.png" in out
     Image.fromarray(_blob(255)).save(root / "masks" / "b" / "cow.png")
