@@ -46,14 +46,17 @@ def class_pixel_counts(dataset: SegmentationDataset, *, task: str | None = None,
 
 
 def median_frequency_weights(counts: Iterable[int]) -> np.ndarray:
-    """Median-frequency class weights (Eigen & Fergus, 2015): ``median(freq) / freq[c]``, ``freq`` = the share of
-    each class's pixels. Classes without pixels get weight 0 (they contribute no loss anyway)."""
+    """Median-frequency class weights (Eigen & Fergus, 2015): ``median(freq) / freq[c]``, ``freq`` = each class's
+    share of the counted pixels, the median (the lower one for an even count, as ``torch.median``) taken over the
+    classes that occur. A class without pixels gets weight 1 (it is in no target, so its weight does nothing)."""
     counts = np.asarray(list(counts), dtype=np.float64)
-    weights = np.zeros_like(counts)
+    weights = np.ones_like(counts)
     present = counts > 0
     if present.any():
-        freq = counts[present] / counts.sum()
-        weights[present] = np.median(freq) / freq
+        freq = counts / counts.sum()
+        ordered = np.sort(freq[present])
+        median = ordered[(len(ordered) - 1) // 2]
+        weights[present] = median / freq[present]
     return weights
 
 

@@ -183,10 +183,11 @@ def test_transforms_carry_multilabel_targets_and_n_channel_float_images():
 
 
 def test_median_frequency_weights():
-    weights = median_frequency_weights([100, 300, 0, 600])
-    freq = np.array([0.1, 0.3, 0.6])
-    np.testing.assert_allclose(weights, [0.3 / 0.1, 1.0, 0.0, 0.3 / 0.6])
-    assert freq.sum() == pytest.approx(1.0)
+    freq = np.array([100, 300, 600, 1000]) / 2000
+    np.testing.assert_allclose(median_frequency_weights([100, 300, 0, 600, 1000]),
+                               [freq[1] / freq[0], 1.0, 1.0, freq[1] / freq[2], freq[1] / freq[3]])  # lower median
+    np.testing.assert_allclose(median_frequency_weights([100, 300, 600]), [3.0, 1.0, 0.5])
+    assert median_frequency_weights([0, 0]).tolist() == [1.0, 1.0]
 
 
 def test_config_keys_reach_the_folder_dataset(tmp_path):
