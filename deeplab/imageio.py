@@ -80,7 +80,7 @@ def read_bands(path: str | Path, channels: int = 3, max_value: float | None = No
 
     - ``.tif`` / ``.tiff``: every band through tifffile, as stored (no EXIF orientation): a multi-band file
       (samples per pixel, ``H x W x C``) or a multi-page / planar one (``C x H x W``); leading axes that are not
-      rows or columns are the channels.
+      rows or columns are the channels. Palette and CMYK TIFFs go through Pillow (as RGB), like other images.
     - ``.npy``: ``H x W`` (one channel), ``H x W x C`` or ``C x H x W``: the channel axis is the last one if its
       length is ``channels``, else the first.
     - anything else through Pillow, upright by its EXIF orientation: grey or RGB (``channels`` 1 or 3, converting
@@ -121,7 +121,9 @@ def decode_bands(path: str | Path, channels: int = 3) -> np.ndarray:
         if suffix == ".npy":
             return _npy_bands(path, channels)
         if suffix in (".tif", ".tiff"):
-            return _tiff_bands(path)
+            bands = _tiff_bands(path)
+            if bands is not None:
+                return bands
         return _pillow_bands(path, channels)
     except ImageReadError:
         raise
@@ -158,7 +160,9 @@ def _npy_bands(path: Path, channels: int) -> np.ndarray:
     return np.moveaxis(array, -1, 0) if array.shape[-1] == channels else array
 
 
-def _tiff_bands(path: Path) -> np.ndarray:
+def _tiff_bands(path: Path) -> np.ndarray | None:
+    """A TIFF's bands through tifffile; ``None`` for the colour TIFFs Pillow renders better (palette, CMYK) and,
+    without imagecodecs, for compressions tifffile cannot decode alone (LZW, JPEG)."""
     try:
         import tifffile  # imported when used: most runs read no TIFF
     except ImportError as err:
@@ -166,8 +170,15 @@ def _tiff_bands(path: Path) -> np.ndarray:
                              "pip install 'deeplab[data]'") from err
 
     with tifffile.TiffFile(path) as tif:
+        if tif.pages.first.photometric in (tifffile.PHOTOMETRIC.PALETTE, tifffile.PHOTOMETRIC.SEPARATED):
+            return None
         series = tif.series[0]
-        array, axes = series.asarray(), series.axes
+        try:
+            array, axes = series.asarray(), series.axes
+        except ValueError as err:
+            if "imagecodecs" in str(err):
+                return None
+            raise
     if axes.endswith("S"):  # samples per pixel: H x W x C
         array = np.moveaxis(array, -1, 0)
     return array.reshape(-1, *array.shape[-2:])

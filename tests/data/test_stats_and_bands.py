@@ -15,7 +15,7 @@ from deeplab.cli_data import run_stats
 from deeplab.data import DemoDataset, SegmentationDataset
 from deeplab.data.folder import DatasetError, FolderDataset
 from deeplab.data.stats import channel_stats, class_pixel_counts
-from deeplab.imageio import ChannelError, ImageReadError, read_bands
+from deeplab.imageio import ChannelError, ImageReadError, read_bands, read_image
 
 H, W = 10, 14
 
@@ -119,3 +119,11 @@ def test_class_pixel_counts_of_generated_datasets_equal_a_count_of_their_masks()
             return torch.zeros(3, 4, 4, dtype=torch.uint8), target
 
     assert class_pixel_counts(Labels()).tolist() == [4 + 8, 0]
+
+
+@pytest.mark.parametrize("kind", ["lzw", "palette", "cmyk"])
+def test_ordinary_colour_tiffs_read_as_their_rgb(tmp_path, kind):
+    rgb = Image.fromarray(np.random.default_rng(3).integers(0, 256, (H, W, 3), dtype=np.uint8))
+    image = {"lzw": rgb, "palette": rgb.convert("P"), "cmyk": rgb.convert("CMYK")}[kind]
+    image.save(tmp_path / "x.tif", **({"compression": "tiff_lzw"} if kind == "lzw" else {}))
+    assert torch.equal(read_bands(tmp_path / "x.tif", 3), read_image(tmp_path / "x.tif"))
