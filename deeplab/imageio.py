@@ -131,6 +131,13 @@ def decode_bands(path: str | Path, channels: int = 3) -> np.ndarray:
         raise ImageReadError(f"cannot read image {str(path)!r}: {err}") from err
 
 
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """An image for display: uint8 as it is, a float image on the 0..1 scale (16-bit data) mapped to 0..255."""
+    if image.dtype == torch.uint8:
+        return image
+    return (image.as_subclass(torch.Tensor).float() * 255).round().clamp(0, 255).to(torch.uint8)
+
+
 def scale_bands(bands: np.ndarray, max_value: float | None = None, name: str = "image") -> np.ndarray:
     """``C x H x W`` values as :func:`read_bands` returns them: uint8 kept, anything else float32 on 0..1."""
     if bands.dtype == np.bool_:
