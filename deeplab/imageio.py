@@ -81,8 +81,8 @@ def read_bands(path: str | Path, channels: int = 3, max_value: float | None = No
     - ``.tif`` / ``.tiff``: every band through tifffile, as stored (no EXIF orientation): a multi-band file
       (samples per pixel, ``H x W x C``) or a multi-page / planar one (``C x H x W``); leading axes that are not
       rows or columns are the channels. Palette and CMYK TIFFs go through Pillow (as RGB), like other images.
-    - ``.npy``: ``H x W`` (one channel), ``H x W x C`` or ``C x H x W``: the channel axis is the last one if its
-      length is ``channels``, else the first.
+    - ``.npy``: ``H x W`` (one channel), ``H x W x C`` or ``C x H x W``: the channel axis is the shorter of the
+      first and the last (the first when they are equal).
     - anything else through Pillow, upright by its EXIF orientation: grey or RGB (``channels`` 1 or 3, converting
       between them), RGBA when ``channels`` is 4; 16-bit grey PNGs keep their 16 bits.
 
@@ -119,7 +119,7 @@ def decode_bands(path: str | Path, channels: int = 3) -> np.ndarray:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            return _npy_bands(path, channels)
+            return _npy_bands(path)
         if suffix in (".tif", ".tiff"):
             bands = _tiff_bands(path)
             if bands is not None:
@@ -157,14 +157,14 @@ def scale_bands(bands: np.ndarray, max_value: float | None = None, name: str = "
                          "data.max_value to the value that means full scale")
 
 
-def _npy_bands(path: Path, channels: int) -> np.ndarray:
+def _npy_bands(path: Path) -> np.ndarray:
     array = np.load(path, allow_pickle=False)
     if array.ndim == 2:
         return array[None]
     if array.ndim != 3:
         raise ImageReadError(f"cannot read image {str(path)!r}: expected an H x W, H x W x C or C x H x W array, "
                              f"got shape {array.shape}")
-    return np.moveaxis(array, -1, 0) if array.shape[-1] == channels else array
+    return np.moveaxis(array, -1, 0) if array.shape[-1] < array.shape[0] else array
 
 
 def _tiff_bands(path: Path) -> np.ndarray | None:

@@ -127,3 +127,17 @@ def test_ordinary_colour_tiffs_read_as_their_rgb(tmp_path, kind):
     image = {"lzw": rgb, "palette": rgb.convert("P"), "cmyk": rgb.convert("CMYK")}[kind]
     image.save(tmp_path / "x.tif", **({"compression": "tiff_lzw"} if kind == "lzw" else {}))
     assert torch.equal(read_bands(tmp_path / "x.tif", 3), read_image(tmp_path / "x.tif"))
+
+
+def test_a_folder_of_npy_images_in_either_layout(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    bands = [_bands(20 + i, channels=5, dtype=np.uint8) for i in range(2)]
+    np.save(tmp_path / "images" / "hwc.npy", np.moveaxis(bands[0], 0, -1))
+    np.save(tmp_path / "images" / "chw.npy", bands[1])
+    for stem in ("hwc", "chw"):
+        Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "masks" / f"{stem}.png")
+    data = FolderDataset(tmp_path, val_ratio=0.0, in_channels=5, num_classes=1)
+    assert data.stems == ["chw", "hwc"]
+    assert torch.equal(data.load(0)[0], torch.from_numpy(bands[1])) and data.load(0)[0].dtype == torch.uint8
+    assert torch.equal(data.load(1)[0], torch.from_numpy(bands[0]))
