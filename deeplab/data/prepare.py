@@ -153,7 +153,9 @@ def check(dataset: SegmentationDataset, *, split: str | None = None, progress: b
     neither a class id nor ``ignore_index``. The decoding is :func:`deeplab.data.verify.verify_dataset`:
     parallel, and cached per file, so a second check of unchanged files decodes nothing. Samples a
     loader left out when it was built (``FolderDataset(skip_bad=True)`` keeps them in ``skipped``) are
-    reported and counted with the rest: skipping a sample does not make it good.
+    reported and counted with the rest: skipping a sample does not make it good. A folder dataset has
+    decoded and judged every file when it was built: its findings, class pixels and the format of its masks
+    (:meth:`~deeplab.data.FolderDataset.mask_format`) are reported as they are.
     """
     split = split if split is not None else str(getattr(dataset, "split", ""))
     skipped = list(getattr(dataset, "skipped", ()))
