@@ -185,11 +185,7 @@ class Predictor:
                 f"{tuple(image.shape)}; "
                 "pass normalised float batches to logits_for_batch instead"
             )
-        batch = image.to(self.device).unsqueeze(0)
-        if batch.dtype == torch.uint8:
-            return normalize_image(batch, self.mean, self.std)
-        mean, std = (torch.tensor(v, device=batch.device).view(1, -1, 1, 1) for v in (self.mean, self.std))
-        return (batch - mean) / std
+        return normalize_image(image.to(self.device).unsqueeze(0), self.mean, self.std)
 
     def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
         """Probabilities from scores (``N x C x H x W`` or ``C x H x W``): the softmax over classes for a multiclass

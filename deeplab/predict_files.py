@@ -34,13 +34,16 @@ from .engine import dist
 from .engine.workers import worker_options
 from .imageio import (
     IMAGE_EXTENSIONS,
+    ChannelError,
     ImageReadError,
     atomic_write,
     colorize,
+    read_bands,
     read_image,
     read_mask,
     save_index_png,
     save_rgb_png,
+    to_uint8,
 )
 from .inference import Predictor
 
@@ -340,35 +343,18 @@ def _save_probs(probs: torch.Tensor, path: Path) -> None:
 
 def _displayable(image: torch.Tensor) -> torch.Tensor:
     """A 3-channel uint8 picture of an input for the overlay: its first three bands, or its first band in grey."""
-    if image.dtype != torch.uint8:  # float data on the 0..1 scale
-        image = (image.float() * 255).round().clamp(0, 255).to(torch.uint8)
+    image = to_uint8(image)  # float data (16-bit) is on the 0..1 scale
     if image.shape[0] >= 3:
         return image[:3]
     return image[:1].expand(3, *image.shape[1:])
 
 
 def read_input(path: Path, channels: int) -> torch.Tensor:
-    """An input image as uint8 ``channels x H x W``: RGB through :func:`read_image`; other band counts from a
-    ``.npy`` array or a multi-band TIFF (``H x W x C`` or ``C x H x W``; 16-bit values scaled by 1/257)."""
+    """An input image with the model's ``channels``: RGB through :func:`read_image`; other band counts through
+    :func:`read_bands` (multi-band TIFF, ``.npy``; 16-bit data as float32 on 0..1, as training reads it)."""
     if channels == 3:
         return read_image(path)
     try:
-        if path.suffix.lower() == ".npy":
-            array = np.load(path, allow_pickle=False)
-        else:
-            import tifffile
-
-            array = tifffile.imread(path)
-    except (OSError, ValueError, ImportError) as err:
-        raise ImageReadError(f"cannot read {str(path)!r} as a {channels}-band image: {err}") from err
-    if array.ndim == 2:
-        array = array[None]
-    elif array.ndim == 3 and array.shape[-1] == channels and array.shape[0] != channels:
-        array = array.transpose(2, 0, 1)
-    if array.ndim != 3 or array.shape[0] != channels:
-        raise ImageReadError(f"{path} holds an array of shape {array.shape}; the model reads {channels} bands")
-    if array.dtype == np.uint16:
-        array = (array.astype(np.float32) / 257).round()
-    elif array.dtype != np.uint8:
-        raise ImageReadError(f"{path} holds {array.dtype} values; expected uint8 or uint16")
-    return torch.from_numpy(np.ascontiguousarray(array.astype(np.uint8)))
+        return read_bands(path, channels)
+    except ChannelError as err:
+        raise ImageReadError(str(err)) from err

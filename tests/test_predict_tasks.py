@@ -87,7 +87,7 @@ def test_four_band_binary_model_predicts_from_npy(images, tmp_path):
     predictor = Predictor(model, num_classes=1, fast=False)
     report = predict_paths(predictor, [images / "bands.npy"], tmp_path, workers=0, progress=False, save_probs=True)
     assert report.failed == [] and report.written == [tmp_path / "bands.png"]
-    bands = torch.from_numpy((np.load(images / "bands.npy") / 257).round().astype(np.uint8))
+    bands = torch.from_numpy(np.load(images / "bands.npy").astype(np.float32) / 65535)  # 16 bits: 0..1
     probs = np.load(tmp_path / "bands_probs.npy")
     assert np.allclose(probs, _logits(predictor, bands).sigmoid().numpy(), atol=1e-3)
     with pytest.raises(TypeError, match=r"expected a uint8 \(or float32 0..1\) 4 x H x W image"):
