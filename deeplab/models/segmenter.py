@@ -28,11 +28,12 @@ class Segmenter(nn.Module):
         num_classes: number of output classes.
         output_stride: the backbone's output stride (recorded for users and checkpoints).
         align_corners: the bilinear resize of the logits to the input's size (True: the TF reference's).
+        in_channels: the input image's channels.
     """
 
     def __init__(
         self, backbone: nn.Module, head: nn.Module, aux_head: nn.Module | None = None, *,
-        num_classes: int, output_stride: int, align_corners: bool = False,
+        num_classes: int, output_stride: int, align_corners: bool = False, in_channels: int = 3,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -41,10 +42,11 @@ class Segmenter(nn.Module):
         self.num_classes = num_classes
         self.output_stride = output_stride
         self.align_corners = align_corners
+        self.in_channels = in_channels
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected an N x 3 x H x W image batch, got shape {tuple(x.shape)}")
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected an N x {self.in_channels} x H x W image batch, got shape {tuple(x.shape)}")
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
