@@ -33,9 +33,10 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 
 
 def check_normalization(mean: Sequence[float], std: Sequence[float]) -> None:
-    """Raises ``ValueError`` unless ``mean`` and ``std`` are three numbers each, ``std`` positive."""
-    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
-        raise ValueError(f"mean and std must be three numbers each (std > 0), got mean={mean}, std={std}")
+    """Raises ``ValueError`` unless ``mean`` and ``std`` hold one number per input channel each, ``std`` positive."""
+    if not mean or len(mean) != len(std) or any(s <= 0 for s in std):
+        raise ValueError(f"mean and std must be one number per input channel each (std > 0), got mean={mean}, "
+                         f"std={std}")
 
 
 def default_workers() -> int:
