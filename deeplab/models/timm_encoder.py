@@ -14,6 +14,7 @@ timm is imported inside functions: only the ``tu-`` models need it, and importin
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
@@ -213,3 +214,61 @@ def timm_weights_problem(encoder: str, err: Exception) -> str:
     first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
     return (f"could not load timm's ImageNet weights for {encoder} ({type(err).__name__}: {first_line}). "
             f"{pretrained_location(encoder)}; or pass pretrained_backbone='/path/to/model.safetensors'.")
+
+
+@dataclass(frozen=True)
+class EncoderRow:
+    """A timm model as a DeepLab encoder: its name, timm family (module), whether it dilates to OS 8/16 and has
+    ImageNet weights."""
+
+    name: str
+    family: str
+    dilates: bool
+    pretrained: bool
+
+
+def encoder_rows(pattern: str = "*") -> list[EncoderRow]:
+    """The timm models matching ``pattern`` (``fnmatch``), with their output-stride support.
+
+    A family (timm module) dilates when one of its models builds at output stride 8 with its features there;
+    that model is built on the meta device, once per family (building all 1,300 would take minutes). A family
+    whose constructors take no ``output_stride`` is not built at all.
+    """
+    import timm
+    from timm.models import get_arch_name, is_model_pretrained
+
+    names = timm.list_models(pattern)
+    families: dict[str, list[str]] = {}
+    for name in names:
+        families.setdefault(_family(name), []).append(name)
+    dilates = {family: _family_dilates(family, models) for family, models in families.items()}
+    return [EncoderRow(name, _family(name), dilates[_family(name)], is_model_pretrained(get_arch_name(name)))
+            for name in names]
+
+
+def _family(name: str) -> str:
+    from timm.models import model_entrypoint
+
+    return model_entrypoint(name).__module__.rsplit(".", 1)[-1]
+
+
+def _family_dilates(family: str, models: list[str]) -> bool:
+    import importlib
+    import inspect
+
+    import torch
+
+    module = importlib.import_module(f"timm.models.{family}")
+    takes_stride = any(
+        inspect.isclass(obj) and issubclass(obj, nn.Module) and obj.__module__ == module.__name__
+        and "output_stride" in inspect.signature(obj.__init__).parameters for obj in vars(module).values()
+    )
+    if not takes_stride:
+        return False
+    probe = min(models, key=lambda name: (len(name), name))  # the short names are the small base models
+    try:
+        with torch.device("meta"):
+            body = create_features_model(probe, output_stride=8)
+    except Exception:  # noqa: BLE001 - any failure means "not at OS 8", which is what the listing says
+        return False
+    return max(body.feature_info.reduction()) == 8

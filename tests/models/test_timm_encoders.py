@@ -100,6 +100,16 @@ def test_multi_grid_sets_the_last_stage_rates():
         build_model("deeplabv3plus_tu-test_resnet", num_classes=3, output_stride=32, multi_grid=(1, 2, 4))
 
 
+def test_models_encoders_lists_the_fitting_timm_models_with_output_stride_support(capsys):
+    from deeplab.cli import main
+
+    assert main(["models", "--encoders", "test_[cm]*"]) == 0
+    table = capsys.readouterr().out
+    assert "| test_convnext | convnext | yes |" in table and "| test_mambaout | mambaout | no (32 only) |" in table
+    assert main(["models", "--encoders", "no_such_net*"]) == 2
+    assert "no timm model matches 'no_such_net*'" in capsys.readouterr().err
+
+
 def test_unknown_names_say_what_fits():
     with pytest.raises(ValueError, match="timm .* has no model 'no_such_net'.*--encoders"):
         build_model("deeplabv3plus_tu-no_such_net")
