@@ -49,7 +49,8 @@ def measure(name: str, size: int, runs: int) -> dict:
             model(x)
             if index:  # the first run warms up
                 times.append(time.perf_counter() - start)
-    return {"name": name, "params": count_parameters(meta), "macs": macs, "os": [s for s in (8, 16) if _builds(name, s)],
+    supported = [stride for stride in (8, 16) if _builds(name, stride)]
+    return {"name": name, "params": count_parameters(meta), "macs": macs, "os": supported,
             "median": statistics.median(times), "min": min(times)}
 
 
