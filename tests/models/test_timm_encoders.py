@@ -10,7 +10,6 @@ import pytest
 import safetensors.torch
 import timm
 import torch
-from huggingface_hub import constants
 from huggingface_hub.file_download import repo_folder_name
 
 from deeplab import create_model
@@ -19,6 +18,7 @@ from deeplab.engine.checkpoint import save_checkpoint
 from deeplab.modelfile import load_checkpoint
 from deeplab.models import build_model
 from tests.fixtures import with_random_statistics
+from tests.hubcache import offline_cache, plant
 
 SIZE = 65
 # One per family: (timm model, what it is). test_convnext's first feature is at stride 4 (no stride-2 one).
@@ -157,21 +157,7 @@ def test_checkpoint_round_trip_output_stride_at_load_and_onnx_export(tmp_path):
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
     """An empty Hugging Face Hub cache of this test's own, read offline."""
-    cache = tmp_path / "hub"
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return cache
-
-
-def _plant(cache, repo: str, state: dict) -> None:
-    """Writes ``state`` where the Hub cache keeps ``repo``'s model.safetensors at its main revision."""
-    folder = cache / repo_folder_name(repo_id=repo, repo_type="model")
-    commit = "0" * 40
-    (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(commit)
-    (folder / "snapshots" / commit).mkdir(parents=True)
-    safetensors.torch.save_file(state, str(folder / "snapshots" / commit / "model.safetensors"))
+    return offline_cache(tmp_path, monkeypatch)
 
 
 def test_imagenet_weights_load_offline_from_timms_cache_equal_to_timms_own_model(hub_cache):
@@ -179,7 +165,8 @@ def test_imagenet_weights_load_offline_from_timms_cache_equal_to_timms_own_model
     repo = timm.get_pretrained_cfg(encoder).hf_hub_id
     torch.manual_seed(3)
     reference = timm.create_model(encoder)  # a classifier whose weights stand in for the published ones
-    _plant(hub_cache, repo, {k: v.contiguous() for k, v in reference.state_dict().items()})
+    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    plant(hub_cache, repo, {"model.safetensors": safetensors.torch.save(state)})
     model = build_model(f"deeplabv3plus_tu-{encoder}", num_classes=3, pretrained_backbone=True)
     timms_own = timm.create_model(encoder, pretrained=True, features_only=True).state_dict()
     ours = model.backbone.body.state_dict()
