@@ -49,10 +49,8 @@ class MSCSegmenter(Segmenter):
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, aux_head: nn.Module | None = None, *,
-                 num_classes: int, output_stride: int, scales: Sequence[float] = PAPER_SCALES,
-                 in_channels: int = 3) -> None:
-        super().__init__(backbone, head, aux_head, num_classes=num_classes, output_stride=output_stride,
-                         in_channels=in_channels)
+                 num_classes: int, output_stride: int, scales: Sequence[float] = PAPER_SCALES) -> None:
+        super().__init__(backbone, head, aux_head, num_classes=num_classes, output_stride=output_stride)
         self.scales = check_scales(scales)
         if not self.scales:
             raise ValueError("msc_scales needs at least one scale")
@@ -61,7 +59,7 @@ class MSCSegmenter(Segmenter):
     def from_segmenter(cls, model: Segmenter, scales: Sequence[float]) -> MSCSegmenter:
         """The same modules (so the same weights, shared) run at ``scales``."""
         return cls(model.backbone, model.head, model.aux_head, num_classes=model.num_classes,
-                   output_stride=model.output_stride, scales=scales, in_channels=model.in_channels)
+                   output_stride=model.output_stride, scales=scales)
 
     def _rescaled(self, x: Tensor, scale: float) -> Tensor:
         if scale == 1.0:

@@ -32,12 +32,11 @@ class Segmenter(nn.Module):
         num_classes: number of output classes.
         output_stride: the backbone's output stride (recorded for users and checkpoints).
         align_corners: the bilinear resize of the logits to the input's size (True: the TF reference's).
-        in_channels: the input image's channels.
     """
 
     def __init__(
         self, backbone: nn.Module, head: nn.Module, aux_head: nn.Module | None = None, *,
-        num_classes: int, output_stride: int, align_corners: bool = False, in_channels: int = 3,
+        num_classes: int, output_stride: int, align_corners: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -46,7 +45,8 @@ class Segmenter(nn.Module):
         self.num_classes = num_classes
         self.output_stride = output_stride
         self.align_corners = align_corners
-        self.in_channels = in_channels
+        self.in_channels = 3  # the model's builder sets it from the spec, after adapting the first convolutions
+        self.init_notes: list[str] = []  # what the builder says about the initial weights (fine-tuning, adapting)
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:

@@ -193,7 +193,7 @@ def _checked_spec(name: str, values: dict[str, Any]) -> ModelSpec:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if isinstance(output_stride, bool) or not isinstance(output_stride, int):
         raise ValueError(f"output_stride must be an int (8, 16 or 32), got {output_stride!r}")
-    check_normalization(mean, std)
+    check_normalization(mean, std, in_channels)
     dropout = values.get("dropout")
     if dropout is not None and not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
@@ -217,13 +217,13 @@ def build_from_spec(spec: ModelSpec, *, pretrained_backbone: bool | str = False)
     generic = {key: arguments.pop(key, default) for key, default in GENERIC_OPTIONS.items()}
     tf_backbone = TF_BACKBONES.get(pretrained_backbone) if isinstance(pretrained_backbone, str) else None
     construct = model_entry(spec.name).construct
-    if "in_channels" in inspect.signature(construct).parameters:
+    if "in_channels" in inspect.signature(construct).parameters:  # built for its input channels (timm's in_chans)
         arguments["in_channels"] = spec.in_channels
-    model = construct(**arguments,
-                                             pretrained_backbone=False if tf_backbone else pretrained_backbone)
+    model = construct(**arguments, pretrained_backbone=False if tf_backbone else pretrained_backbone)
     if generic["msc_scales"]:
         model = MSCSegmenter.from_segmenter(model, generic["msc_scales"])
     model.spec = spec
+    model.in_channels = spec.in_channels
     if tf_backbone is not None:  # a TF model-zoo ImageNet checkpoint, by name
         from .tf_hub import load_tf_backbone
 
@@ -408,13 +408,13 @@ def _mobilenetv2(output_stride: int, bn_eps: float, tf_padding: bool, pretrained
 
 def _deeplabv3plus(
     backbone: nn.Module, *, num_classes: int, output_stride: int, atrous_rates: Sequence[int],
-    separable: bool, dropout: float, aux_loss: bool = False, align_corners: bool = False, in_channels: int = 3,
+    separable: bool, dropout: float, aux_loss: bool = False, align_corners: bool = False,
 ) -> Segmenter:
     specs = backbone.feature_specs
     head = DeepLabV3PlusHead(specs["out"].channels, specs["low_level"].channels, num_classes, atrous_rates,
                              separable=separable, dropout=dropout, align_corners=align_corners)
     return Segmenter(backbone, head, _aux(backbone, num_classes, aux_loss), num_classes=num_classes,
-                     output_stride=output_stride, align_corners=align_corners, in_channels=in_channels)
+                     output_stride=output_stride, align_corners=align_corners)
 
 
 @_register("v3+", "ResNet-50", paper_rates=(6, 12, 18))
@@ -694,13 +694,12 @@ def _timm_constructor(head: str, encoder: str) -> Callable[..., Segmenter]:
             head_module = DeepLabV3Head(backbone.feature_specs["out"].channels, num_classes, atrous_rates,
                                         dropout=dropout, separable=separable)
             return Segmenter(backbone, head_module, _aux(backbone, num_classes, aux_loss), num_classes=num_classes,
-                             output_stride=output_stride, in_channels=in_channels)
+                             output_stride=output_stride)
         if "low_level" not in backbone.feature_specs:
             raise ValueError(f"timm's {encoder} has no stride-4 feature for the v3+ decoder (its features are at "
                              f"strides {backbone.body.feature_info.reduction()}); use deeplabv3_{TIMM_PREFIX}{encoder}")
         return _deeplabv3plus(backbone, num_classes=num_classes, output_stride=output_stride,
-                              atrous_rates=atrous_rates, separable=separable, dropout=dropout, aux_loss=aux_loss,
-                              in_channels=in_channels)
+                              atrous_rates=atrous_rates, separable=separable, dropout=dropout, aux_loss=aux_loss)
 
     construct.encoder, construct.model_name = encoder, f"{head}_{TIMM_PREFIX}{encoder}"
     construct.__name__ = construct.model_name

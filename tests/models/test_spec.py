@@ -45,7 +45,7 @@ def test_an_option_the_model_does_not_take_is_named_with_what_it_accepts(name, k
     ({"num_classes": 0}, "num_classes must be a positive int"),
     ({"dropout": 1.5}, r"dropout must be in \[0, 1\)"),
     ({"atrous_rates": [6, "x"]}, "atrous_rates must be a list of positive ints"),
-    ({"mean": [0.5, 0.5]}, "mean and std must be one number per input channel"),
+    ({"mean": [0.5, 0.5]}, "mean and std must be three numbers"),
     ({"output_stride": 4}, "cannot give output_stride=4; valid choices: 8, 16, 32"),
 ])
 def test_bad_option_values_are_clear_errors(options, message):
