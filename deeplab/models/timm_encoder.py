@@ -97,15 +97,15 @@ class TimmEncoder(nn.Module):
         in_channels: input channels (timm's ``in_chans``; timm adapts pretrained first-conv weights).
         multi_grid: unit rates of the last stage (DeepLab v3's Multi_Grid), applied to its dilated convs;
             ``None`` keeps timm's dilation. Needs output stride 8 or 16.
-        pretrained: build with timm's ImageNet weights (timm's own loader and cache).
+
+    Random weights: ImageNet's come from :mod:`deeplab.models.timm_weights`, above the builders.
     """
 
     def __init__(self, encoder: str, *, output_stride: int = 16, in_channels: int = 3,
-                 multi_grid: Sequence[int] | None = None, pretrained: bool = False) -> None:
+                 multi_grid: Sequence[int] | None = None) -> None:
         super().__init__()
         self.encoder = encoder
-        self.body = create_features_model(encoder, output_stride=output_stride, in_channels=in_channels,
-                                          pretrained=pretrained)
+        self.body = create_features_model(encoder, output_stride=output_stride, in_channels=in_channels)
         info = self.body.feature_info
         reductions, channels = info.reduction(), info.channels()
         # timm's feature wrappers that return N x H x W x C say so in ``output_fmt``; the rest are N x C x H x W.
@@ -196,7 +196,7 @@ def pretrained_location(encoder: str) -> str:
     if cfg is None:
         return f"timm has no pretrained weights for {encoder}"
     if cfg.hf_hub_id:
-        repo, _, revision = cfg.hf_hub_id.partition("@")
+        repo = cfg.hf_hub_id.partition("@")[0]
         filename = cfg.hf_hub_filename or "model.safetensors"
         folder = os.path.join(constants.HF_HUB_CACHE, repo_folder_name(repo_id=repo, repo_type="model"))
         return (f"timm reads them from the Hugging Face Hub repo {repo} (file {filename}, or pytorch_model.bin), "
@@ -211,7 +211,8 @@ def pretrained_location(encoder: str) -> str:
 
 def timm_weights_problem(encoder: str, err: Exception) -> str:
     """The message for timm's ImageNet weights that could not be read: what failed, and where the file goes."""
-    first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+    text = str(err).strip()
+    first_line = text.splitlines()[0][:300] if text else ""
     return (f"could not load timm's ImageNet weights for {encoder} ({type(err).__name__}: {first_line}). "
             f"{pretrained_location(encoder)}; or pass pretrained_backbone='/path/to/model.safetensors'.")
 

@@ -126,15 +126,18 @@ def model_entry(name: str) -> ModelEntry:
 
 def build_model(name: str, *, weights: Mapping[str, Tensor] | None = None, pretrained_backbone: bool | str = False,
                 **options: Any) -> Segmenter:
-    """Builds a registered model by name; ``deeplab.create_model`` is the same with weight files and names.
+    """Builds a registered model by name, with the ImageNet weights its builder loads itself.
+
+    :func:`deeplab.models.build_model` (above, in :mod:`deeplab.models.pretrained`) is this plus the backbone
+    weights that live above the builders (the TF zoo's by name, timm's for ``tu-`` encoders);
+    ``deeplab.create_model`` is that with weight files and names.
 
     Args:
-        name: one of :func:`list_models`.
+        name: one of :func:`list_models`, or ``HEAD_tu-ENCODER``.
         weights: a state dict or a checkpoint's dict in memory (ours, or torchvision's DeepLabV3). Weights
             that imply an architecture (torchvision's head layout at output stride 8, a checkpoint's spec)
             set the defaults; explicit ``options`` still win.
-        pretrained_backbone: True for the backbone's ImageNet weights, a local path / URL, or the name of
-            a TF model-zoo ImageNet checkpoint (``deeplab.models.published.TF_BACKBONES``).
+        pretrained_backbone: True for torchvision's / timm's Xception ImageNet weights, or a local path / URL.
         **options: the model's architecture arguments (``num_classes``, ``output_stride``,
             ``atrous_rates``, ...; see each builder), plus ``mean``/``std`` for the input normalisation.
             A key the model does not take is an error that lists the ones it does.
@@ -210,24 +213,18 @@ def _checked_spec(name: str, values: dict[str, Any]) -> ModelSpec:
 
 
 def build_from_spec(spec: ModelSpec, *, pretrained_backbone: bool | str = False) -> Segmenter:
-    """Builds exactly the network a spec describes (random or ImageNet-initialised weights)."""
-    from .published import TF_BACKBONES
-
+    """Builds exactly the network a spec describes (random weights, or the ImageNet weights its builder loads:
+    torchvision's and timm's Xception; the TF zoo's and timm encoders' come from :mod:`deeplab.models.pretrained`)."""
     arguments = spec.builder_arguments()
     generic = {key: arguments.pop(key, default) for key, default in GENERIC_OPTIONS.items()}
-    tf_backbone = TF_BACKBONES.get(pretrained_backbone) if isinstance(pretrained_backbone, str) else None
     construct = model_entry(spec.name).construct
     if "in_channels" in inspect.signature(construct).parameters:  # built for its input channels (timm's in_chans)
         arguments["in_channels"] = spec.in_channels
-    model = construct(**arguments, pretrained_backbone=False if tf_backbone else pretrained_backbone)
+    model = construct(**arguments, pretrained_backbone=pretrained_backbone)
     if generic["msc_scales"]:
         model = MSCSegmenter.from_segmenter(model, generic["msc_scales"])
     model.spec = spec
     model.in_channels = spec.in_channels
-    if tf_backbone is not None:  # a TF model-zoo ImageNet checkpoint, by name
-        from .tf_hub import load_tf_backbone
-
-        load_tf_backbone(model, tf_backbone)
     return model
 
 
@@ -680,7 +677,8 @@ def _timm_constructor(head: str, encoder: str) -> Callable[..., Segmenter]:
             in_channels: input channels (timm's ``in_chans``).
             encoder: the timm model (fixed by the name; recorded in the spec).
             timm_version: the timm the model was built with (recorded in the spec; a warning if it differs).
-            pretrained_backbone: True for timm's ImageNet weights (timm's loader and cache), or a file's path.
+            pretrained_backbone: not here: timm's ImageNet weights load above the builders
+                (:func:`deeplab.models.build_model`, ``deeplab.create_model``).
             Others as in :func:`deeplabv3plus_resnet101`.
         """
         if encoder != construct.encoder:
@@ -689,7 +687,10 @@ def _timm_constructor(head: str, encoder: str) -> Callable[..., Segmenter]:
         if timm_version != installed:
             warnings.warn(f"{construct.model_name} was built with timm {timm_version}; timm {installed} is installed "
                           f"(a layer that changed between them would not load)", stacklevel=2)
-        backbone = _timm_backbone(encoder, output_stride, in_channels, multi_grid, pretrained_backbone)
+        if pretrained_backbone:
+            raise ValueError(f"{construct.model_name}: timm's ImageNet weights load through deeplab.models.build_model "
+                             f"or deeplab.create_model, not the registry's builder")
+        backbone = TimmEncoder(encoder, output_stride=output_stride, in_channels=in_channels, multi_grid=multi_grid)
         if head == "deeplabv3":
             head_module = DeepLabV3Head(backbone.feature_specs["out"].channels, num_classes, atrous_rates,
                                         dropout=dropout, separable=separable)
@@ -704,18 +705,3 @@ def _timm_constructor(head: str, encoder: str) -> Callable[..., Segmenter]:
     construct.encoder, construct.model_name = encoder, f"{head}_{TIMM_PREFIX}{encoder}"
     construct.__name__ = construct.model_name
     return construct
-
-
-def _timm_backbone(encoder: str, output_stride: int, in_channels: int, multi_grid: Sequence[int] | None,
-                   pretrained_backbone: bool | str) -> TimmEncoder:
-    if isinstance(pretrained_backbone, str):
-        backbone = TimmEncoder(encoder, output_stride=output_stride, in_channels=in_channels, multi_grid=multi_grid)
-        _load_timm_file(backbone.body, pretrained_backbone, f"ImageNet {encoder}")
-        return backbone
-    try:
-        return TimmEncoder(encoder, output_stride=output_stride, in_channels=in_channels, multi_grid=multi_grid,
-                           pretrained=bool(pretrained_backbone))
-    except (OSError, RuntimeError) as err:
-        if not pretrained_backbone:
-            raise
-        raise RuntimeError(timm_weights_problem(encoder, err)) from err
