@@ -57,6 +57,9 @@ class DataConfig:
     image_size: int = 128  # demo dataset
     num_images: int | None = None  # demo dataset: images per split (None: its defaults)
     num_workers: int = 2
+    # Your own data (folder datasets; docs/data.md): stored mask value -> class id, applied on load, e.g. {255: 1}
+    label_map: dict[int, int] | None = None
+    max_value: float | None = None  # image value read as 1.0; None: 255 for 8-bit, 65535 for 16-bit, float as is
 
 
 @dataclass
@@ -132,6 +135,9 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
     for option in options:
         if option is type(None) and value is None:
             return None
+        if typing.get_origin(option) is dict and isinstance(value, dict):
+            key_hint, value_hint = typing.get_args(option)
+            return {coerce(k, key_hint, key): coerce(v, value_hint, key) for k, v in value.items()}
         if typing.get_origin(option) is list and isinstance(value, list | tuple):
             (item,) = typing.get_args(option)
             return [coerce(v, item, key) for v in value]

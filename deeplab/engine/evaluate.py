@@ -140,7 +140,8 @@ def evaluate_on_config(predictor: Predictor, config: Config, source: str, *, pro
     process of the group evaluates its shard (see :func:`evaluate_predictor`).
     """
     spec = predictor.spec
-    dataset = build_dataset(config.data, config.data.val_split, eval_transforms(mean=spec.mean, std=spec.std))
+    dataset = build_dataset(config.data, config.data.val_split, eval_transforms(mean=spec.mean, std=spec.std),
+                            task=spec.task, in_channels=spec.in_channels)
     if dataset.num_classes != predictor.num_classes:
         raise ValueError(f"dataset {config.data.name!r} has {dataset.num_classes} classes but {source} "
                          f"predicts {predictor.num_classes}")

@@ -205,7 +205,9 @@ def _train(cfg: Config, env: dist.DistEnv, device: torch.device, resume: bool,
     _check_settings(cfg, env, device)
     torch.manual_seed(t.seed)  # the same initial weights in every process
     train_set, val_set = dist.first_on_each_node(
-        env, lambda: build_train_val(cfg.data, progress=t.progress and env.local_rank == 0))
+        env, lambda: build_train_val(cfg.data, progress=t.progress and env.local_rank == 0,
+                                  task=getattr(cfg.model, "task", "multiclass"),
+                                  in_channels=getattr(cfg.model, "in_channels", 3)))
     model = prepare_model(model_from_config(cfg, train_set.num_classes), cfg, env, device)
     attach_transforms(train_set, val_set, cfg.data, mean=model.spec.mean, std=model.spec.std)
     state = TrainState(model, build_optimizer(model, cfg), grad_scaler(t.amp, device))
