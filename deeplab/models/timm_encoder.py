@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from ..torchfile import fetch_torch_file
 from .backbones import FeatureSpec, check_output_stride
+from .weights import load_backbone_state
 
 TIMM_PREFIX = "tu-"
 OUTPUT_STRIDES = (8, 16, 32)
@@ -86,6 +88,14 @@ def timm_key_rename(state: Mapping[str, object]) -> Callable[[str], str]:
         return f"{parent}.{child}.{rest}" if parent and rest else key
 
     return rename
+
+
+def load_timm_file(body: nn.Module, source: str, *, what: str) -> None:
+    """Loads a timm classification model's weights file (path or URL) into its ``features_only`` network, strictly
+    (:func:`deeplab.models.weights.load_backbone_state`: the classifier is left out, every other tensor must fit)."""
+    state = fetch_torch_file(source, what=f"{what} weights", hint="Without internet, download that file elsewhere "
+                             "and pass its local path as pretrained_backbone='/path/to/model.safetensors'.")
+    load_backbone_state(body, state, what=what, source=source, rename=timm_key_rename(state))
 
 
 class TimmEncoder(nn.Module):

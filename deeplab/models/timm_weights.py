@@ -9,8 +9,7 @@ loaded strictly (the classifier's tensors left out).
 
 from __future__ import annotations
 
-from ..torchfile import fetch_torch_file
-from .timm_encoder import TimmEncoder, create_features_model, timm_key_rename, timm_weights_problem
+from .timm_encoder import TimmEncoder, create_features_model, load_timm_file, timm_weights_problem
 from .weights import load_backbone_state
 
 
@@ -18,9 +17,7 @@ def load_timm_weights(encoder: TimmEncoder, source: bool | str, *, output_stride
     """Loads ImageNet weights into ``encoder``: timm's (``True``) or a file's (a path or URL)."""
     what = f"ImageNet {encoder.encoder}"
     if isinstance(source, str):
-        state = fetch_torch_file(source, what=f"{what} weights", hint="Without internet, download that file elsewhere "
-                                 "and pass its local path as pretrained_backbone='/path/to/model.safetensors'.")
-        load_backbone_state(encoder.body, state, what=what, source=source, rename=timm_key_rename(state))
+        load_timm_file(encoder.body, source, what=what)
         return
     try:
         loaded = create_features_model(encoder.encoder, output_stride=output_stride, in_channels=in_channels,

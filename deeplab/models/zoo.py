@@ -22,7 +22,6 @@ from torch import Tensor, nn
 from torchvision import models as tvm
 
 from ..constants import NORMALIZATIONS, check_normalization
-from ..torchfile import fetch_torch_file
 from .backbones import MobileNetV2Backbone, ResNetBackbone, VGG16Backbone, XceptionBackbone
 from .heads import AuxHead, DeepLabV2Head, DeepLabV3Head, DeepLabV3PlusHead, LargeFOVHead, LargeFOVMScHead
 from .msc import MSCSegmenter, check_scales
@@ -33,12 +32,12 @@ from .timm_encoder import (
     TIMM_PREFIX,
     TimmEncoder,
     check_timm_name,
+    load_timm_file,
     pretrained_normalization,
-    timm_key_rename,
     timm_version,
     timm_weights_problem,
 )
-from .weights import load_backbone_state, load_backbone_weights, load_weights, weights_and_implied
+from .weights import load_backbone_weights, load_weights, weights_and_implied
 
 # ImageNet weights published by torchvision, fetched through torch.hub's download path and cache.
 IMAGENET_URLS = {
@@ -447,7 +446,7 @@ def _xception(depth: int, output_stride: int, pretrained_backbone: bool | str,
               low_level_preact: bool = False) -> XceptionBackbone:
     if isinstance(pretrained_backbone, str):  # a file: read by us and loaded strictly, never silently partly
         backbone = XceptionBackbone(depth, output_stride=output_stride, low_level_preact=low_level_preact)
-        _load_timm_file(backbone.body, pretrained_backbone, f"ImageNet xception{depth}")
+        load_timm_file(backbone.body, pretrained_backbone, what=f"ImageNet xception{depth}")
         return backbone
     try:
         return XceptionBackbone(depth, output_stride=output_stride, pretrained=bool(pretrained_backbone),
@@ -456,12 +455,6 @@ def _xception(depth: int, output_stride: int, pretrained_backbone: bool | str,
         if not pretrained_backbone:
             raise
         raise RuntimeError(timm_weights_problem(f"xception{depth}", err)) from err
-
-
-def _load_timm_file(body: nn.Module, source: str, what: str) -> None:
-    state = fetch_torch_file(source, what=f"{what} weights", hint="Without internet, download that file elsewhere "
-                             "and pass its local path as pretrained_backbone='/path/to/model.safetensors'.")
-    load_backbone_state(body, state, what=what, source=source, rename=timm_key_rename(state))
 
 
 # timm's aligned Xception weights expect inputs scaled to -1..1 (mean = std = 0.5), as in the TF reference.
