@@ -258,6 +258,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         return _print_encoders(args.encoders)
 
     print(format_model_table(model_rows(macs=args.macs, size=args.size), size=args.size))
+    print("\nAny timm encoder under the v3 / v3+ head: deeplabv3plus_tu-NAME, deeplabv3_tu-NAME "
+          "(`deeplab models --encoders [PATTERN]` lists them).")
     print()
     print(format_published_table())
     return 0
