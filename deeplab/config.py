@@ -82,6 +82,10 @@ class TrainConfig:
     eval_protocol: str = "fast"  # fast: one scale, no flip, training output stride | eval: the eval section
     log_every: int = 10
     progress: bool = True
+    # ce | bce | focal | dice | tversky | lovasz, "ce+dice", or a weighted list with options, e.g.
+    # [{name: ce, weight: 1, top_k_percent_pixels: 0.25}, {name: dice, weight: 1}]; see docs/losses.md
+    loss: str | list[dict[str, Any]] = "ce"
+    class_weights: list[float] | str | None = None  # ce/bce pixel weights per class, or "auto" (median frequency)
 
 
 @dataclass
@@ -100,6 +104,7 @@ class EvalConfig:
     crf_w2: float | None = None  # smoothness kernel weight (default 3, fixed in the papers)
     crf_sigma_gamma: float | None = None  # its position width in pixels (default 3, fixed in the papers)
     crf_workers: int | None = None  # CRF processes; None: one per CPU core
+    threshold: float = 0.5  # binary and multilabel models: a pixel is foreground where the sigmoid exceeds it
 
 
 @dataclass
@@ -135,6 +140,8 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         if typing.get_origin(option) is list and isinstance(value, list | tuple):
             (item,) = typing.get_args(option)
             return [coerce(v, item, key) for v in value]
+        if typing.get_origin(option) is dict and isinstance(value, dict):
+            return dict(value)  # checked by whoever reads it (e.g. deeplab.losses for train.loss)
         if option is bool and isinstance(value, bool):
             return value
         if option is int and isinstance(value, int) and not isinstance(value, bool):

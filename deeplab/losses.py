@@ -125,12 +125,15 @@ class SegmentationLoss:
                  aux_weight: float, class_weights: Sequence[float] | None = None) -> None:
         self.entries, self.task, self.num_classes = entries, task, num_classes
         self.ignore_index, self.aux_weight = ignore_index, aux_weight
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
         self.terms = [(entry.weight, _make_term(entry, task, ignore_index, class_weights)) for entry in entries]
 
     def describe(self) -> str:
         """One line, e.g. ``1 x ce + 1 x dice (binary, ignore_index 255, aux weight 0.4)``."""
+        weights = "" if self.class_weights is None else ", class weights " + ", ".join(
+            f"{w:.3g}" for w in self.class_weights)
         return (" + ".join(entry.describe() for entry in self.entries)
-                + f" ({self.task}, ignore_index {self.ignore_index}, aux weight {self.aux_weight:g})")
+                + f" ({self.task}, ignore_index {self.ignore_index}, aux weight {self.aux_weight:g}{weights})")
 
     def __call__(self, outputs: Tensor | Mapping[str, Tensor], target: Tensor, *,
                  normalizer: Tensor | float | None = None) -> Tensor:

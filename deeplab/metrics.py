@@ -119,10 +119,15 @@ def labels_from_logits(logits: torch.Tensor, task: str = "multiclass", threshold
         return logits.argmax(1)
     if task not in ("binary", "multilabel"):
         raise ValueError(f"task {task!r} is not one of multiclass, binary, multilabel")
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    check_threshold(threshold)
     probs = torch.sigmoid(logits.float())
     return (probs[:, 0] if task == "binary" else probs).gt(threshold).long()
+
+
+def check_threshold(threshold: float) -> None:
+    """A clear error for a sigmoid threshold outside (0, 1)."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
 
 
 def empty_confusion(task: str, num_classes: int) -> torch.Tensor:
