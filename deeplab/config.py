@@ -84,7 +84,7 @@ class TrainConfig:
     progress: bool = True
     # ce | bce | focal | dice | tversky | lovasz, "ce+dice", or a weighted list with options, e.g.
     # [{name: ce, weight: 1, top_k_percent_pixels: 0.25}, {name: dice, weight: 1}]; see docs/losses.md
-    loss: str | list[dict[str, Any]] = "ce"
+    loss: str | list[str | dict[str, Any]] = "ce"
     class_weights: list[float] | str | None = None  # ce/bce pixel weights per class, or "auto" (median frequency)
 
 

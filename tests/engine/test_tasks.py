@@ -14,6 +14,7 @@ from deeplab.config import load_config
 from deeplab.data import eval_transforms
 from deeplab.data.demo import BinaryDemoDataset
 from deeplab.engine import dist
+from deeplab.engine.class_weights import resolve_class_weights
 from deeplab.engine.evaluate import evaluate_predictor
 from deeplab.inference import Predictor
 from deeplab.losses import median_frequency_weights
@@ -103,3 +104,31 @@ def test_multilabel_evaluation_is_per_label_and_equals_torchmetrics():
     assert torch.tensor(metrics["confusion_matrix"]).shape == (3, 2, 2)
     with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\)"):
         evaluate_predictor(predictor, TensorDataset(images, masks), progress=False, threshold=1.0)
+
+
+class _Masks:
+    """A dataset stand-in: ``load`` gives (image, mask) pairs."""
+
+    def __init__(self, masks):
+        self.masks = masks
+
+    def __len__(self):
+        return len(self.masks)
+
+    def load(self, index):
+        return None, self.masks[index]
+
+
+def test_class_weights_auto_counts_the_training_masks():
+    multiclass = _Masks([torch.tensor([[0, 0, 1], [2, 2, 255]]), torch.tensor([[0, 0, 0], [0, 2, 2]])])
+    weights = resolve_class_weights("auto", multiclass, task="multiclass", num_classes=4, ignore_index=255)
+    assert weights == pytest.approx(median_frequency_weights([6, 1, 4, 0]))
+    multilabel = _Masks([torch.tensor([[[1, 0], [1, 255]], [[0, 0], [0, 1]]])])  # 2 labels, 2 x 2
+    weights = resolve_class_weights("auto", multilabel, task="multilabel", num_classes=2, ignore_index=255)
+    assert weights == pytest.approx(median_frequency_weights([2, 1]))
+    assert resolve_class_weights([1, 2], multiclass, task="binary", num_classes=1, ignore_index=255) == [1.0, 2.0]
+    assert resolve_class_weights(None, multiclass, task="binary", num_classes=1, ignore_index=255) is None
+    with pytest.raises(ValueError, match="train.class_weights='median': expected a list of numbers .* or 'auto'"):
+        resolve_class_weights("median", multiclass, task="binary", num_classes=1, ignore_index=255)
+    with pytest.raises(ValueError, match=r"mask of sample 0 holds \[0, 1, 2\]: expected 0..1 or 255 for a binary"):
+        resolve_class_weights("auto", multiclass, task="binary", num_classes=1, ignore_index=255)
