@@ -11,8 +11,11 @@ Two kinds of terms:
   pixels divided by the number of processes, which makes DDP's averaged gradients exactly those of the
   global batch. Class weights multiply each pixel's loss and the sum is still divided by the labelled
   pixels (as the TF reference does), not by the sum of the weights.
-* set terms (``dice``, ``tversky``, ``lovasz``) and hard-pixel mining (``top_k_percent_pixels``) are
-  functions of the whole batch: each process computes them on its share of it and DDP averages them.
+* ``dice`` and ``tversky`` are functions of per-class sums over the batch. Data-parallel training passes
+  ``reduce``, which sums them over the processes (with gradients), so every process computes the global
+  batch's loss, and DDP's averaged gradients are again those of the global batch.
+* ``lovasz`` (a sort of the batch's errors) and hard-pixel mining (``top_k_percent_pixels``) are each
+  process's, on its share of the batch; DDP averages them.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ LOSS_OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 }
 _EPS = 1e-7
 
-Term = Callable[[Tensor, Tensor, Tensor], Tensor]  # (logits, target, normalizer) -> scalar
+Reduce = Callable[[Tensor], Tensor]  # sums a tensor over the processes of data-parallel training
+Term = Callable[[Tensor, Tensor, Tensor, Reduce], Tensor]  # (logits, target, normalizer, reduce) -> scalar
 
 
 def labelled_pixels(target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
@@ -136,11 +140,14 @@ class SegmentationLoss:
                 + f" ({self.task}, ignore_index {self.ignore_index}, aux weight {self.aux_weight:g}{weights})")
 
     def __call__(self, outputs: Tensor | Mapping[str, Tensor], target: Tensor, *,
-                 normalizer: Tensor | float | None = None) -> Tensor:
+                 normalizer: Tensor | float | None = None, reduce: Reduce | None = None) -> Tensor:
         """The loss of ``outputs`` (logits, or ``Segmenter.forward_train``'s dict) against ``target``.
 
-        If every pixel is ignored it is 0 and still backpropagates (zero gradients).
+        ``normalizer``: what pixel terms' sums are divided by (default: this batch's labelled pixels);
+        ``reduce``: sums dice's and tversky's per-class counts over processes, with gradients (default:
+        none, this batch alone). If every pixel is ignored the loss is 0 and still backpropagates.
         """
+        reduce = reduce or _alone
         if isinstance(outputs, Tensor):
             outputs = {"out": outputs}
         target = target.long()
@@ -153,7 +160,7 @@ class SegmentationLoss:
             logits = self._check_logits(name, logits, target).float()
             if index == 0:
                 self._check_target(target, logits.shape[1])
-            term = sum(weight * compute(logits, target, normalizer) for weight, compute in self.terms)
+            term = sum(weight * compute(logits, target, normalizer, reduce) for weight, compute in self.terms)
             term = self.aux_weight * term if name == "aux" else term
             total = term if total is None else total + term
         if total is None:
@@ -251,19 +258,24 @@ def median_frequency_weights(counts: Sequence[float]) -> list[float]:
 # ---------------------------------------------------------------- terms
 
 
+def _alone(tensor: Tensor) -> Tensor:
+    return tensor
+
+
 def _make_term(entry: LossEntry, task: str, ignore_index: int, class_weights: Sequence[float] | None) -> Term:
     o = entry.options
     if entry.name in ("ce", "bce"):
         weights = o["class_weights"] or class_weights
-        return lambda x, t, n: _cross_entropy(x, t, n, task, ignore_index, weights, o["label_smoothing"],
-                                              o["top_k_percent_pixels"])
+        return lambda x, t, n, r: _cross_entropy(x, t, n, task, ignore_index, weights, o["label_smoothing"],
+                                                 o["top_k_percent_pixels"])
     if entry.name == "focal":
-        return lambda x, t, n: _focal(x, t, n, task, ignore_index, o["gamma"], o["alpha"])
+        return lambda x, t, n, r: _focal(x, t, n, task, ignore_index, o["gamma"], o["alpha"])
     if entry.name == "dice":
-        return lambda x, t, n: _tversky(x, t, task, ignore_index, 0.5, 0.5, 1.0, o["smooth"])
+        return lambda x, t, n, r: _tversky(x, t, task, ignore_index, 0.5, 0.5, 1.0, o["smooth"], r)
     if entry.name == "tversky":
-        return lambda x, t, n: _tversky(x, t, task, ignore_index, o["alpha"], o["beta"], o["gamma"], o["smooth"])
-    return lambda x, t, n: _lovasz(x, t, task, ignore_index, o["per_image"])
+        return lambda x, t, n, r: _tversky(x, t, task, ignore_index, o["alpha"], o["beta"], o["gamma"], o["smooth"],
+                                           r)
+    return lambda x, t, n, r: _lovasz(x, t, task, ignore_index, o["per_image"])
 
 
 def _binary_view(logits: Tensor, target: Tensor, task: str, ignore_index: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -338,11 +350,11 @@ def _soft_counts(logits: Tensor, target: Tensor, task: str, ignore_index: int) -
 
 
 def _tversky(logits: Tensor, target: Tensor, task: str, ignore_index: int, alpha: float, beta: float,
-             gamma: float, smooth: float) -> Tensor:
+             gamma: float, smooth: float, reduce: Reduce = _alone) -> Tensor:
     """Soft Tversky loss (dice: alpha = beta = 0.5, gamma = 1) per class over the batch, as smp computes it:
     ``1 - TP / (TP + alpha FP + beta FN)``; classes absent from the target add 0; the mean over all classes,
-    to the power ``gamma``."""
-    true_pos, predicted, actual = _soft_counts(logits, target, task, ignore_index)
+    to the power ``gamma``. ``reduce`` sums the per-class counts over the processes of data-parallel training."""
+    true_pos, predicted, actual = reduce(torch.stack(_soft_counts(logits, target, task, ignore_index)))
     score = (true_pos + smooth) / (true_pos + alpha * (predicted - true_pos) + beta * (actual - true_pos)
                                    + smooth).clamp(min=_EPS)
     loss = (1 - score) * (actual > 0)

@@ -294,3 +294,17 @@ def test_median_frequency_weights():
     assert weights == pytest.approx([2.0, 1.0, 0.2 / 0.7, 1.0])
     with pytest.raises(ValueError, match="no labelled pixels"):
         median_frequency_weights([0, 0])
+
+
+@pytest.mark.parametrize("name", ["dice", "tversky"])
+def test_dice_with_counts_summed_over_processes_is_the_global_batch_dice(name):
+    """What each of two data-parallel processes computes when ``reduce`` all-reduces the per-class counts."""
+    logits, target = _task_batch("multilabel", seed=25)
+    loss = _loss(name, "multilabel", smooth=1.0)
+    counts = []
+    for i in (0, 1):  # what each process contributes to the all-reduce
+        loss(logits[i:i + 1].detach(), target[i:i + 1], reduce=lambda c: counts.append(c) or c)
+    halves = [loss(logits[i:i + 1], target[i:i + 1], reduce=lambda c, i=i: c + counts[1 - i]) for i in (0, 1)]
+    torch.testing.assert_close(halves[0], loss(logits, target))
+    torch.testing.assert_close(halves[1], loss(logits, target))
+    assert not torch.allclose(loss(logits[:1], target[:1]), loss(logits, target))  # one process alone differs

@@ -275,13 +275,14 @@ def train_step(module: nn.Module, optimizer: torch.optim.Optimizer, scaler: torc
     """One optimizer step on this process's share of the global batch; returns its (detached) loss.
 
     Pixel terms (ce, bce, focal) sum over this process's pixels and divide by the global batch's labelled
-    pixels over the number of processes, so that DDP's averaged gradients are those of the global batch;
-    set terms (dice, tversky, lovasz) and hard-pixel mining are each process's, averaged by DDP.
+    pixels over the number of processes; dice and tversky sum their per-class counts over the processes
+    (with gradients): either way DDP's averaged gradients are those of the global batch. Lovasz and
+    hard-pixel mining are each process's, averaged by DDP.
     """
     normalizer = dist.all_reduce_sum(labelled_pixels(masks, cfg.data.ignore_index)) / env.world_size
     with autocast_for(cfg.train.amp, images.device):
         outputs = module(images)
-    loss = loss_fn(outputs, masks, normalizer=normalizer)
+    loss = loss_fn(outputs, masks, normalizer=normalizer, reduce=dist.all_reduce_sum_with_grad)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
