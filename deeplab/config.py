@@ -57,6 +57,9 @@ class DataConfig:
     image_size: int = 128  # demo dataset
     num_images: int | None = None  # demo dataset: images per split (None: its defaults)
     num_workers: int = 2
+    # Your own data (folder datasets; docs/data.md): stored mask value -> class id, applied on load, e.g. {255: 1}
+    label_map: dict[int, int] | None = None
+    max_value: float | None = None  # image value read as 1.0; None: 255 for 8-bit, 65535 for 16-bit, float as is
 
 
 @dataclass
@@ -132,16 +135,19 @@ def _type_name(hint: Any) -> str:
 
 def coerce(value: Any, hint: Any, key: str) -> Any:
     """Checks ``value`` against a field's type (int, float, bool, str, lists, optionals and unions)."""
+    if hint is Any:
+        return value  # checked by whoever reads it (e.g. deeplab.losses for train.loss's options)
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
         else (hint,)
     for option in options:
         if option is type(None) and value is None:
             return None
+        if typing.get_origin(option) is dict and isinstance(value, dict):
+            key_hint, value_hint = typing.get_args(option)
+            return {coerce(k, key_hint, key): coerce(v, value_hint, key) for k, v in value.items()}
         if typing.get_origin(option) is list and isinstance(value, list | tuple):
             (item,) = typing.get_args(option)
             return [coerce(v, item, key) for v in value]
-        if typing.get_origin(option) is dict and isinstance(value, dict):
-            return dict(value)  # checked by whoever reads it (e.g. deeplab.losses for train.loss)
         if option is bool and isinstance(value, bool):
             return value
         if option is int and isinstance(value, int) and not isinstance(value, bool):

@@ -236,25 +236,6 @@ def segmentation_loss(outputs: Tensor | Mapping[str, Tensor], target: Tensor, *,
     return build_loss("ce", ignore_index=ignore_index, aux_weight=aux_weight)(outputs, target, normalizer=normalizer)
 
 
-def median_frequency_weights(counts: Sequence[float]) -> list[float]:
-    """Median-frequency class balancing (Eigen & Fergus 2015): ``median(freq) / freq(c)``.
-
-    ``counts`` are each class's labelled pixels (binary: background, foreground; multilabel: each label's
-    positive pixels); the frequency is the class's share of their sum, the median is over the classes that
-    occur. A class with no pixels gets weight 1 (it never appears in a target, so its weight does nothing).
-    """
-    counts_t = torch.as_tensor(list(counts), dtype=torch.float64)
-    if counts_t.numel() == 0 or (counts_t < 0).any():
-        raise ValueError(f"pixel counts must be a non-empty list of counts >= 0, got {list(counts)}")
-    present = counts_t > 0
-    if not present.any():
-        raise ValueError("no labelled pixels to compute class weights from")
-    freq = counts_t / counts_t.sum()
-    median = freq[present].median()  # torch's lower median for an even count
-    weights = torch.where(present, median / freq.clamp(min=1e-300), torch.ones_like(freq))
-    return [float(w) for w in weights]
-
-
 # ---------------------------------------------------------------- terms
 
 

@@ -108,7 +108,7 @@ def test_halves_normalised_by_the_global_count_add_up_to_the_whole_batch():
 
 import segmentation_models_pytorch.losses as smp_losses  # noqa: E402  (test-only reference implementation)
 
-from deeplab.losses import build_loss, median_frequency_weights  # noqa: E402
+from deeplab.losses import build_loss  # noqa: E402
 
 TASKS = ("multiclass", "binary", "multilabel")
 
@@ -286,14 +286,6 @@ def test_bad_targets_and_shapes_are_clear_errors():
         _loss("dice", "multilabel")(torch.randn(2, 4, 9, 9), target)
     with pytest.raises(ValueError, match=r"multiclass target holds \[7\]: expected 0..3"):
         _loss("dice", "multiclass")(torch.randn(2, 4, 9, 9), torch.full((2, 9, 9), 7))
-
-
-def test_median_frequency_weights():
-    # frequencies 0.1, 0.2, 0.7 (and an absent class): median 0.2
-    weights = median_frequency_weights([10, 20, 70, 0])
-    assert weights == pytest.approx([2.0, 1.0, 0.2 / 0.7, 1.0])
-    with pytest.raises(ValueError, match="no labelled pixels"):
-        median_frequency_weights([0, 0])
 
 
 @pytest.mark.parametrize("name", ["dice", "tversky"])

@@ -161,7 +161,8 @@ def evaluate_on_config(predictor: Predictor, config: Config, source: str, *, pro
     :func:`evaluate_predictor`).
     """
     spec = predictor.spec
-    dataset = build_dataset(config.data, config.data.val_split, eval_transforms(mean=spec.mean, std=spec.std))
+    dataset = build_dataset(config.data, config.data.val_split, eval_transforms(mean=spec.mean, std=spec.std),
+                            task=spec.task, in_channels=spec.in_channels)
     binary_pair = predictor_task(predictor) == "binary" and dataset.num_classes == 2  # background + foreground
     if dataset.num_classes != predictor.num_classes and not binary_pair:
         raise ValueError(f"dataset {config.data.name!r} has {dataset.num_classes} classes but {source} "

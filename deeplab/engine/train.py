@@ -207,7 +207,9 @@ def _train(cfg: Config, env: dist.DistEnv, device: torch.device, resume: bool,
     _check_settings(cfg, env, device)
     torch.manual_seed(t.seed)  # the same initial weights in every process
     train_set, val_set = dist.first_on_each_node(
-        env, lambda: build_train_val(cfg.data, progress=t.progress and env.local_rank == 0))
+        env, lambda: build_train_val(cfg.data, progress=t.progress and env.local_rank == 0,
+                                  task=getattr(cfg.model, "task", "multiclass"),
+                                  in_channels=getattr(cfg.model, "in_channels", 3)))
     model = prepare_model(model_from_config(cfg, train_set.num_classes), cfg, env, device)
     loss_fn = training_loss(cfg, model, train_set, progress=t.progress and env.is_main)
     attach_transforms(train_set, val_set, cfg.data, mean=model.spec.mean, std=model.spec.std)
@@ -264,8 +266,7 @@ def _train(cfg: Config, env: dist.DistEnv, device: torch.device, resume: bool,
 def training_loss(cfg: Config, model: Segmenter, train_set, *, progress: bool = False) -> SegmentationLoss:
     """``train.loss`` for the model's task (its spec's), with ``train.class_weights`` resolved."""
     spec = model.spec
-    weights = resolve_class_weights(cfg.train.class_weights, train_set, task=spec.task, num_classes=spec.num_classes,
-                                    ignore_index=cfg.data.ignore_index, progress=progress)
+    weights = resolve_class_weights(cfg.train.class_weights, train_set, task=spec.task, progress=progress)
     return build_loss(cfg.train.loss, task=spec.task, num_classes=spec.num_classes,
                       ignore_index=cfg.data.ignore_index, aux_weight=cfg.train.aux_weight, class_weights=weights)
 
