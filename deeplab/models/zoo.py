@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -151,6 +152,10 @@ def build_model(name: str, *, weights: Mapping[str, Tensor] | None = None, pretr
     spec = resolve_spec(name, options, implied)
     if state is not None:
         return build_with_weights(spec, state)  # the weights replace any ImageNet backbone anyway
+    if isinstance(pretrained_backbone, str) and not any(c in pretrained_backbone for c in "/.") and \
+            not os.path.exists(pretrained_backbone):
+        raise ValueError(f"pretrained_backbone={pretrained_backbone!r} is neither a file nor a URL; a TF model-zoo "
+                         f"checkpoint's name loads through deeplab.create_model or deeplab.models.build_model")
     return build_from_spec(spec, pretrained_backbone=pretrained_backbone)
 
 
