@@ -199,8 +199,9 @@ def pretrained_location(encoder: str) -> str:
 
     import timm
     import torch
-    from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
+
+    from ..hub import cache_folder
 
     cfg = timm.get_pretrained_cfg(encoder)
     if cfg is None:
@@ -208,7 +209,7 @@ def pretrained_location(encoder: str) -> str:
     if cfg.hf_hub_id:
         repo = cfg.hf_hub_id.partition("@")[0]
         filename = cfg.hf_hub_filename or "model.safetensors"
-        folder = os.path.join(constants.HF_HUB_CACHE, repo_folder_name(repo_id=repo, repo_type="model"))
+        folder = os.path.join(cache_folder(), repo_folder_name(repo_id=repo, repo_type="model"))
         return (f"timm reads them from the Hugging Face Hub repo {repo} (file {filename}, or pytorch_model.bin), "
                 f"kept in the Hub cache at {folder}. On a machine with internet run `hf download {repo}` and copy "
                 f"{folder} into this machine's Hub cache (HF_HUB_CACHE; set HF_HUB_OFFLINE=1 to read it without "
