@@ -87,6 +87,10 @@ class TrainConfig:
     eval_protocol: str = "fast"  # fast: one scale, no flip, training output stride | eval: the eval section
     log_every: int = 10
     progress: bool = True
+    # ce | bce | focal | dice | tversky | lovasz, "ce+dice", or a weighted list with options, e.g.
+    # [{name: ce, weight: 1, top_k_percent_pixels: 0.25}, {name: dice, weight: 1}]; see docs/losses.md
+    loss: str | list[str | dict[str, Any]] = "ce"
+    class_weights: list[float] | str | None = None  # ce/bce pixel weights per class, or "auto" (median frequency)
 
 
 @dataclass
@@ -105,6 +109,7 @@ class EvalConfig:
     crf_w2: float | None = None  # smoothness kernel weight (default 3, fixed in the papers)
     crf_sigma_gamma: float | None = None  # its position width in pixels (default 3, fixed in the papers)
     crf_workers: int | None = None  # CRF processes; None: one per CPU core
+    threshold: float = 0.5  # binary and multilabel models: a pixel is foreground where the sigmoid exceeds it
 
 
 @dataclass
@@ -132,6 +137,8 @@ def _type_name(hint: Any) -> str:
 
 def coerce(value: Any, hint: Any, key: str) -> Any:
     """Checks ``value`` against a field's type (int, float, bool, str, lists, optionals and unions)."""
+    if hint is Any:
+        return value  # checked by whoever reads it (e.g. deeplab.losses for train.loss's options)
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
         else (hint,)
     for option in options:
