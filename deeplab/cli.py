@@ -60,6 +60,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .config import apply_overrides, from_dict, load_config, parse_override
     from .engine import dist
     from .engine.evaluate import evaluate_on_config
+    from .engine.stops import stop_on_signals
     from .inference import Predictor
     from .modelfile import read_model
     from .options import InferenceOptions
@@ -86,14 +87,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     options = InferenceOptions.from_eval_config(config.eval, precision=args.precision)
     predictor = Predictor.from_runner(runner, card, device=device, runtime=args.runtime, log=_note, options=options)
     _note(predictor.runtime.describe())
-    with dist.process_group(env, device):  # under torchrun each process evaluates its shard of the split
+    with dist.process_group(env, device), stop_on_signals() as stop:  # each process evaluates its shard
         started = time.perf_counter()
         metrics, classes = evaluate_on_config(predictor, config, str(source), progress=env.is_main,
-                                              distributed=env.distributed)
+                                              distributed=env.distributed, stop=stop)
         seconds = time.perf_counter() - started
+    if "stopped" in metrics:
+        return _report_stopped_eval(metrics, env.is_main)
     if not env.is_main:
         return 0
     return _report_eval(args, config, metrics, classes, _throughput(metrics["images"], seconds, env.world_size))
+
+
+def _report_stopped_eval(metrics: dict, is_main: bool) -> int:
+    """One line for an evaluation a SIGINT / SIGTERM stopped; the exit status says which signal."""
+    stopped = metrics["stopped"]
+    if is_main:
+        print(f"{stopped.describe()}: stopped after {metrics['images']} of {metrics['images_total']} image(s); "
+              "no metrics from part of the split (eval has no --resume: run the same command again)")
+    return stopped.exit_status
+
+
+def _resume_command(argv: Sequence[str], processes: int) -> str:
+    """The command line that continues a stopped ``predict``: the same arguments with ``--resume``."""
+    import shlex
+
+    words = shlex.join([*argv, *(() if "--resume" in argv else ("--resume",))])
+    return f"torchrun --nproc-per-node {processes} -m deeplab {words}" if processes > 1 else f"deeplab {words}"
 
 
 def _report_eval(args: argparse.Namespace, config: Config, metrics: dict, classes: list[str], speed: str) -> int:
@@ -180,8 +200,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"skipped {path}: {reason}", file=sys.stderr)
         if args.resume:
             print(f"skipped {len(report.resumed)} image(s) whose outputs exist (--resume)")
-        print(f"wrote {len(report.written)} prediction(s) to {args.out} "
-              f"{_throughput(len(report.written), report.seconds, report.processes)}")
+        if report.stopped:
+            print(f"{report.stopped.describe()}: {report.complete} of {report.inputs} image(s) have their outputs "
+                  f"in {args.out}; continue with: {_resume_command(args.argv, report.processes)}")
+        else:
+            print(f"wrote {len(report.written)} prediction(s) to {args.out} "
+                  f"{_throughput(len(report.written), report.seconds, report.processes)}")
+    if report.stopped:
+        return report.stopped.exit_status
     return 1 if report.failed and not (report.written or report.resumed) else 0
 
 
@@ -400,7 +426,9 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # for the command that continues a stopped run
     with warnings.catch_warnings():
         warnings.showwarning = _print_warning
         try:
@@ -408,6 +436,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, OSError, RuntimeError, FloatingPointError, ImportError) as err:  # input, not a bug
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # Ctrl-C before a command's loop listens for it (loading a model, say)
+            print("interrupted by SIGINT", file=sys.stderr)
+            return 128 + signal.SIGINT.value
 
 
 if __name__ == "__main__":

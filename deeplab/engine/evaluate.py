@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,7 @@ from ..options import InferenceOptions
 from ..postprocess import CRFParams, refine_many
 from . import dist
 from .data import build_dataset
+from .stops import in_lockstep
 from .workers import worker_options
 
 
@@ -52,6 +54,7 @@ def evaluate(
 def evaluate_predictor(
     predictor: Predictor, dataset: SegmentationDataset, *, ignore_index: int = 255, batch_size: int = 1,
     num_workers: int = 0, progress: bool = True, crf_workers: int | None = None, distributed: bool = False,
+    stop: dict[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate` for a ready :class:`Predictor` (any runner: eager, ONNX Runtime, TorchScript); its options
     (the DenseCRF included) say how each image is predicted.
@@ -60,15 +63,36 @@ def evaluate_predictor(
     its shard of ``dataset`` (:func:`deeplab.engine.dist.shard`) and the confusion matrices are summed, which
     gives exactly the single-process metrics, on every process. ``images`` in the result counts the images
     evaluated by all processes.
-    """
-    def confusion() -> torch.Tensor:
-        cm = torch.zeros(predictor.num_classes, predictor.num_classes, dtype=torch.long)
-        for pred, mask in _predictions(predictor, dataset, batch_size=batch_size, num_workers=num_workers,
-                                       crf_workers=crf_workers, progress=progress, distributed=distributed):
-            cm += confusion_matrix(pred, mask, predictor.num_classes, ignore_index)
-        return cm
 
-    cm = sum(dist.gather_results(confusion)) if distributed else confusion()
+    ``stop``: the flag of :func:`~deeplab.engine.stops.stop_on_signals`; after each batch the processes agree
+    whether any got SIGINT / SIGTERM, and if so all stop there and return only ``stopped`` (the
+    :class:`~deeplab.engine.stops.Stop`), ``images`` (how many were evaluated) and ``images_total``: no metrics of
+    a partial split.
+    """
+    def confusion() -> tuple[torch.Tensor, int, Any]:
+        cm = torch.zeros(predictor.num_classes, predictor.num_classes, dtype=torch.long)
+        seen = 0
+
+        def add(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+            nonlocal cm, seen
+            cm += confusion_matrix(*batch, predictor.num_classes, ignore_index)
+            seen += len(batch[0]) if batch[0].dim() == 3 else 1
+
+        batches = _predictions(predictor, dataset, batch_size=batch_size, num_workers=num_workers,
+                               crf_workers=crf_workers, progress=progress, distributed=distributed)
+        if stop is None:
+            for batch in batches:
+                add(batch)
+            return cm, seen, None
+        share = math.ceil(len(dataset) / dist.rank_and_size()[1]) if distributed else len(dataset)
+        rounds = share if predictor.crf is not None else math.ceil(share / batch_size)  # the same on every process
+        stopped = in_lockstep(batches, add, rounds=rounds, requested=stop, device=predictor.device)
+        return cm, seen, stopped
+
+    parts = dist.gather_results(confusion) if distributed else [confusion()]
+    if parts[0][2] is not None:
+        return {"stopped": parts[0][2], "images": sum(seen for _, seen, _ in parts), "images_total": len(dataset)}
+    cm = sum(cm for cm, _, _ in parts)
     metrics = segmentation_metrics(cm)
     metrics["confusion_matrix"] = cm.tolist()
     metrics["images"] = len(dataset)
@@ -132,12 +156,13 @@ def _crf_predictions(predictor: Predictor, samples: Dataset, crf: CRFParams, *, 
 
 
 def evaluate_on_config(predictor: Predictor, config: Config, source: str, *, progress: bool = True,
-                       distributed: bool = False) -> tuple[dict[str, Any], list[str]]:
+                       distributed: bool = False, stop: dict[str, str | None] | None = None
+                       ) -> tuple[dict[str, Any], list[str]]:
     """``predictor`` on ``config.data``'s validation split, normalised as its spec says; ``source`` names it.
 
     The predictor carries the inference options (``InferenceOptions.from_eval_config(config.eval)`` gives
     the config's); batch size, loader workers and CRF processes come from ``config``. ``distributed``: each
-    process of the group evaluates its shard (see :func:`evaluate_predictor`).
+    process of the group evaluates its shard (see :func:`evaluate_predictor`, also for ``stop``).
     """
     spec = predictor.spec
     dataset = build_dataset(config.data, config.data.val_split, eval_transforms(mean=spec.mean, std=spec.std))
@@ -146,5 +171,6 @@ def evaluate_on_config(predictor: Predictor, config: Config, source: str, *, pro
                          f"predicts {predictor.num_classes}")
     metrics = evaluate_predictor(predictor, dataset, ignore_index=dataset.ignore_index,
                                  batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
-                                 progress=progress, crf_workers=config.eval.crf_workers, distributed=distributed)
+                                 progress=progress, crf_workers=config.eval.crf_workers, distributed=distributed,
+                                 stop=stop)
     return metrics, list(predictor.classes)
