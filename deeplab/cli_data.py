@@ -21,11 +21,11 @@ CHECKABLE = (*sorted(DATASETS), "folder")  # the standard datasets and your own 
 
 def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Registers ``data prepare`` and ``data check`` on ``subparsers``; each sets ``func(args) -> int``."""
-    data = subparsers.add_parser("data", help="download, convert and check datasets",
+    data = subparsers.add_parser("data", help="Download and convert the standard benchmarks; check any dataset.",
                                  description="Download and convert the standard benchmarks; check any dataset.")
     commands = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
 
-    prep = commands.add_parser("prepare", help="download, unpack and convert a benchmark dataset",
+    prep = commands.add_parser("prepare", help="Download, unpack and convert a benchmark dataset.",
                                description="Download (with checksums, resumable), unpack and convert a benchmark "
                                "dataset; for Cityscapes, print where to fetch it.")
     prep.add_argument("name", choices=sorted(DATASETS), help="dataset to prepare")
@@ -33,7 +33,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     prep.add_argument("--no-download", action="store_true", help="only use archives already in --root")
     prep.set_defaults(func=lambda a: run_prepare(a.name, a.root, download=not a.no_download))
 
-    chk = commands.add_parser("check", help="read every sample; report counts, class pixels, bad files",
+    chk = commands.add_parser("check", help="Decode every sample of a dataset: counts, pixels per class, bad files.",
                               description="Decode every image and mask of a dataset and print three tables: "
                               "images and problems per split, pixels per class, every bad sample. "
                               "Exit status 1 if any sample is bad, 2 if the dataset cannot be read.")

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..constants import BENCHMARK_MODELS
 from ..inference import Predictor
 from ..modelfile import ModelCard, read_model
 from ..models import build_model
@@ -42,10 +43,7 @@ from .export import export_model
 from .precision import INT8_REFUSAL, check_precision, cpu_has_bf16, cpu_has_int8, cpu_kind
 from .runtimes import runtime_problem, runtime_runner
 
-# The README table: v3+ on the three backbones at OS 16 (MobileNetV2 full and light), and v3 ResNet-101 in
-# torchvision's layout.
-DEFAULT_MODELS = ("deeplabv3plus_resnet101", "deeplabv3plus_xception65", "deeplabv3plus_mobilenetv2",
-                  "deeplabv3plus_mobilenetv2_light", "deeplabv3_resnet101")
+DEFAULT_MODELS = BENCHMARK_MODELS
 NUM_CLASSES = 21
 # Untrained residual networks amplify fp32 rounding from layer to layer: on v3 ResNet-101 at output stride 8
 # the BatchNorm-folded model alone (no export) ends 2e-3 from the unfolded one with random weights. The
