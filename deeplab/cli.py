@@ -230,7 +230,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     models = [name.strip() for name in args.models.split(",")] if args.models else list(DEFAULT_MODELS)
     result = run_benchmark(models, size=args.size, batch=args.batch, runs=args.runs, warmup=args.warmup,
-                           memory=not args.no_memory, progress=True)
+                           memory=not args.no_memory, progress=True, checkpoint=args.checkpoint)
     print(format_report(result))
     return 0
 
@@ -390,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed rounds, each one run of every path (default 7; targets are judged from 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs per path before the timed ones (default 2)")
     p.add_argument("--no-memory", action="store_true", help="skip peak memory (measured in one process per path)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="time this trained checkpoint (e.g. make demo's runs/demo/best.pt) instead of random-weight "
+                        "models, on demo images: the argmax column then counts the pixels each path changes")
     p.add_argument("--no-peers", action="store_true",
                    help="accepted for old scripts; the peers (torchvision, smp) are in benchmarks/peers.py")
 

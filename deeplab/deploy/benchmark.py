@@ -63,7 +63,8 @@ MIN_JUDGED_RUNS = 5
 MAX_SPREAD = 0.25
 RANDOM_WEIGHTS_NOTE = (
     "weights are random (seeded), so class scores lie close together: bf16/int8 rounding flips the class of pixels "
-    "a trained model keeps (its export check measures val mIoU instead); fp32 paths should read 100%")
+    "a trained model keeps (its export check measures val mIoU instead; --checkpoint measures a trained model "
+    "here); fp32 paths should read 100%")
 
 Run = Callable[[torch.Tensor], torch.Tensor]
 # extra(model name, our model) -> {label: zero-argument builder of a runner}: paths another module adds
@@ -143,6 +144,7 @@ class BenchmarkResult:
     timings: list[Timing]
     skipped: list[str]
     cpu: str = ""  # cpu_kind() of the machine that ran it
+    trained: str | None = None  # the checkpoint whose trained weights ran on demo images (else random weights)
 
 
 def model_options(name: str) -> dict:
@@ -202,7 +204,8 @@ def build_paths(name: str, model: torch.nn.Module, workdir: Path, size: int, ski
     export."""
     bar = bar if bar is not None else tqdm(disable=True)
     paths: dict[str, Run] = {"eager fp32": model}
-    paths["fast fp32"] = Predictor(model, num_classes=NUM_CLASSES).logits_for_batch
+    num_classes = model.spec.num_classes
+    paths["fast fp32"] = Predictor(model, num_classes=num_classes).logits_for_batch
     calibration = _calibration_folder(workdir / "calibration", size)
     for label, (fmt, precision, suffix) in _EXPORTS.items():
         if precision == "int8" and not cpu_has_int8():
@@ -221,7 +224,7 @@ def build_paths(name: str, model: torch.nn.Module, workdir: Path, size: int, ski
             skipped.append(f"{name}: {label} not measured ({err})")
     try:
         check_precision("bf16", "cpu")
-        paths["fast bf16"] = Predictor(model, num_classes=NUM_CLASSES, precision="bf16").logits_for_batch
+        paths["fast bf16"] = Predictor(model, num_classes=num_classes, precision="bf16").logits_for_batch
     except ValueError as err:
         skipped.append(f"{name}: bf16 not measured ({err})")
     _doing(bar, f"{name}: choosing the default runtime")
@@ -246,12 +249,13 @@ def _file_path(workdir: Path, name: str, label: str) -> Run:
     if problem:
         raise ValueError(problem)
     runner = runtime_runner(runtime, model_file.open(), card, card.precision, torch.device("cpu"))
-    return Predictor(runner, num_classes=NUM_CLASSES, spec=card.spec).logits_for_batch
+    return Predictor(runner, num_classes=card.spec.num_classes, spec=card.spec).logits_for_batch
 
 
 def _auto_path(model: torch.nn.Module) -> Run:
     """What ``--runtime auto`` picks for ``model`` (verified, timed once at 513 px, as predict/eval/serve do)."""
-    card = ModelCard(model.spec, [f"class_{i}" for i in range(NUM_CLASSES)], default_palette(NUM_CLASSES),
+    count = model.spec.num_classes
+    card = ModelCard(model.spec, [f"class_{i}" for i in range(count)], default_palette(count),
                      "checkpoint")
     chosen = Predictor.from_runner(model, card, runtime="auto", tolerance=RANDOM_WEIGHTS_TOLERANCE)
     return chosen.logits_for_batch
@@ -260,19 +264,27 @@ def _auto_path(model: torch.nn.Module) -> Run:
 def run_benchmark(models: list[str], *, size: int = 513, batch: int = 1, runs: int = 7, warmup: int = 2,
                   memory: bool = True, workdir: str | Path | None = None,
                   build: Callable[[str], torch.nn.Module] = benchmark_model, extra: Extra | None = None,
-                  extra_name: str | None = None, progress: bool = False) -> BenchmarkResult:
+                  extra_name: str | None = None, progress: bool = False,
+                  checkpoint: str | Path | None = None) -> BenchmarkResult:
     """Times every path of every model (interleaved runs) and, with ``memory``, measures its peak memory.
 
     ``build`` makes our model for a name; ``extra`` adds other paths (``extra_name``, its ``"module:function"``,
     lets the memory child rebuild them, as it rebuilds ours with ``build``'s default). ``progress`` writes the
-    CPU line and a progress bar to stderr.
+    CPU line and a progress bar to stderr. ``checkpoint``: time that trained model instead of ``models`` (its
+    architecture's name labels the rows), on demo images, so that the argmax column says how many pixels each
+    path changes on a trained model; peak memory is then not measured.
     """
+    if checkpoint is not None:
+        model_file = read_model(checkpoint)
+        models, memory = [model_file.card.spec.name], False
+        build = lambda name: model_file.open()  # noqa: E731 - one model, already read
     cpu = cpu_kind()
     if progress:
         print(cpu, file=sys.stderr, flush=True)
     timings: list[Timing] = []
     skipped: list[str] = []
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    skipped += ["peak memory not measured (--checkpoint)"] if checkpoint is not None else []
     # One memory child per path; the count is exact once a model's paths are built (``extra`` adds some).
     expected_paths = 3 + len(_FILE_PATHS) - int(not cpu_has_bf16()) + int(cpu_has_bf16())
     steps_per_model = 1 + len(_EXPORTS) + warmup + runs + (expected_paths if memory else 0)
@@ -284,6 +296,8 @@ def run_benchmark(models: list[str], *, size: int = 513, batch: int = 1, runs: i
             model = build(name)
             bar.update()
             paths = build_paths(name, model, root, size, skipped, extra, bar)
+            if checkpoint is not None:
+                x = demo_batch(model.spec, size, batch)
             del model
             rows = {label: Timing(name, label) for label in paths}
             with torch.inference_mode():
@@ -313,7 +327,18 @@ def run_benchmark(models: list[str], *, size: int = 513, batch: int = 1, runs: i
                     row.peak_mb = peak_memory_mb(name, label, root, size, batch, extra_name)
                     bar.update()
             timings += rows.values()
-    return BenchmarkResult(size, batch, runs, torch.get_num_threads(), timings, skipped, cpu)
+    return BenchmarkResult(size, batch, runs, torch.get_num_threads(), timings, skipped, cpu,
+                           None if checkpoint is None else str(checkpoint))
+
+
+def demo_batch(spec, size: int, batch: int) -> torch.Tensor:
+    """``batch`` demo-dataset val scenes of ``size`` px, normalised as ``spec`` says: the input a model trained on
+    the demo set classes with its real margins."""
+    from ..data.demo import DemoDataset
+    from ..imageio import normalize_image
+
+    scenes = DemoDataset(split="val", image_size=size, num_images=batch)
+    return normalize_image(torch.stack([scenes.load(i)[0] for i in range(batch)]), spec.mean, spec.std)
 
 
 _MEMORY_CHILD = """
@@ -378,7 +403,9 @@ def format_report(result: BenchmarkResult, targets: Callable[[BenchmarkResult], 
              f"median/min of {result.runs} interleaved rounds (one run of every path per round)",
              "speed-up vs eager: median over the rounds of eager fp32's time / the path's time in the same round; "
              "per-round range: the lowest and highest of those ratios, spread = range / median",
-             f"argmax = eager: pixels of the first round whose class is eager fp32's; {RANDOM_WEIGHTS_NOTE}",
+             "argmax = eager: pixels of the first round whose class is eager fp32's; "
+             + (RANDOM_WEIGHTS_NOTE if result.trained is None else
+                f"weights trained ({result.trained}), inputs demo val images: the pixels each path changes"),
              "peak memory: above an idle interpreter",
              "",
              "| model | path | median (s) | min (s) | speed-up vs eager | per-round range (spread) | argmax = eager "

@@ -145,3 +145,32 @@ def test_int8_is_not_measured_on_a_cpu_without_8_bit_integer_instructions(monkey
     assert "deeplabv3_mobilenetv2: int8 not measured (int8 needs a CPU with 8-bit integer multiply-add" in skipped[0]
     assert "deeplabv3_mobilenetv2: ONNX Runtime int8 not measured (deeplabv3_mobilenetv2.int8.onnx was not " \
            "exported)" in skipped
+
+
+def test_a_trained_checkpoint_runs_on_demo_images_and_the_report_says_so(monkeypatch, tmp_path):
+    from deeplab import create_model
+    from deeplab.config import Config
+    from deeplab.data import DemoDataset
+    from deeplab.engine.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("deeplabv3_mobilenetv2", num_classes=len(DemoDataset.classes)).eval()
+    save_checkpoint(tmp_path / "ck.pt", model=model, optimizer=None, step=1, best_miou=0.0, config=Config(),
+                    classes=list(DemoDataset.classes), palette=list(DemoDataset.palette))
+    seen = []
+
+    def paths(name, model, *args, **kwargs):
+        _fake_paths(name, model, *args, **kwargs)
+        return {"eager fp32": model, "fast fp32": lambda x: seen.append(x) or model(x)}
+
+    monkeypatch.setattr(benchmark, "build_paths", paths)
+    monkeypatch.setattr(benchmark, "peak_memory_mb", lambda *args: pytest.fail("no memory child for a checkpoint"))
+    result = run_benchmark(["ignored"], size=33, runs=1, warmup=0, checkpoint=tmp_path / "ck.pt")
+    assert [(t.model, t.path) for t in result.timings] == [("deeplabv3_mobilenetv2", "eager fp32"),
+                                                           ("deeplabv3_mobilenetv2", "fast fp32")]
+    expected = benchmark.demo_batch(model.spec, 33, 1)
+    assert len(seen) == 1 and torch.equal(seen[0], expected) and expected.shape == (1, 3, 33, 33)
+    assert result.timings[1].agreement == 1.0  # the same trained model, the same demo scene
+    report = format_report(result)
+    assert f"weights trained ({tmp_path / 'ck.pt'}), inputs demo val images: the pixels each path changes" in report
+    assert "weights are random" not in report and "skipped: peak memory not measured (--checkpoint)" in report
