@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab import create_model
+from deeplab import cli, create_model
 from deeplab.cli import build_parser, main
 from deeplab.config import Config, apply_overrides
 from deeplab.engine.checkpoint import save_checkpoint
@@ -111,3 +111,12 @@ def test_set_examples_name_keys_of_the_sections_the_command_reads(command, secti
     example = text.split("e.g. ", 1)[1].split()
     assert example and {item.split(".")[0] for item in example} <= sections, text
     apply_overrides(Config(), example)  # each key exists and each value has its type
+
+
+def test_ctrl_c_before_a_loop_listens_ends_with_one_line(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the model loads
+
+    monkeypatch.setattr(cli, "_open_predictor", interrupted)
+    assert main(["predict", "--checkpoint", "ck.pt", "x.png", "--out", "out"]) == 130
+    assert capsys.readouterr().err == "interrupted by SIGINT\n"
