@@ -108,6 +108,11 @@ def _report_stopped_eval(metrics: dict, is_main: bool) -> int:
     return stopped.exit_status
 
 
+def _argv(args: argparse.Namespace) -> list[str]:
+    """The command line ``main`` parsed (``sys.argv`` when the handler was called without it)."""
+    return getattr(args, "argv", sys.argv[1:])
+
+
 def _resume_command(argv: Sequence[str], processes: int) -> str:
     """The command line that continues a stopped ``predict``: the same arguments with ``--resume``."""
     import shlex
@@ -202,7 +207,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"skipped {len(report.resumed)} image(s) whose outputs exist (--resume)")
         if report.stopped:
             print(f"{report.stopped.describe()}: {report.complete} of {report.inputs} image(s) have their outputs "
-                  f"in {args.out}; continue with: {_resume_command(args.argv, report.processes)}")
+                  f"in {args.out}; continue with: {_resume_command(_argv(args), report.processes)}")
         else:
             print(f"wrote {len(report.written)} prediction(s) to {args.out} "
                   f"{_throughput(len(report.written), report.seconds, report.processes)}")
@@ -384,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-count", dest="calibration_images", type=int, default=64, metavar="N",
                    help="int8: how many images calibrate the activations (default 64), from --calibration")
     p.add_argument("--calibration-images", dest="calibration_images", type=int, default=argparse.SUPPRESS,
-                   help=argparse.SUPPRESS)  # the name before 0.2: a count that read like a path
+                   help=argparse.SUPPRESS)  # the first name, still read: a count that read like a path
     p.add_argument("--calibration", type=Path, default=None,
                    metavar="DIR",
                    help="int8: a folder of calibration images (default: the checkpoint's training split)")

@@ -10,6 +10,7 @@ collective the loop makes anyway), and stops, every process at the same unit. Lo
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,8 +50,12 @@ def stop_on_signals() -> Iterator[dict[str, str | None]]:
 
     Loader workers, which often get the same signal (torchrun forwards it to the process group, SLURM and
     systemd signal every process of the job), ignore it meanwhile: killed, they would take the unit down.
+    Outside the main thread, where Python lets no code set handlers, the flag stays down and signals act as before.
     """
     requested: dict[str, str | None] = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
 
     def handler(signum, frame):
         requested["signal"] = signal.Signals(signum).name
