@@ -56,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a checkpoint, an export or published weights on a dataset's val split: mIoU table, optional JSON."""
+    """Evaluate a checkpoint, an export or published weights on a dataset's val split: metrics table, optional JSON."""
     from .config import apply_overrides, from_dict, load_config, parse_override
     from .engine import dist
     from .engine.evaluate import evaluate_on_config

@@ -351,15 +351,15 @@ def test_sigterm_stops_an_evaluation_with_one_line(scene, monkeypatch, capsys):
     from deeplab.engine import evaluate as evaluate_module
 
     root, _ = scene
-    plain, calls = evaluate_module.confusion_matrix, []
+    plain, calls = evaluate_module.task_confusion, []
 
-    def terminated_after_one(*args):
+    def terminated_after_one(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             signal.raise_signal(signal.SIGTERM)
-        return plain(*args)
+        return plain(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate_module, "confusion_matrix", terminated_after_one)
+    monkeypatch.setattr(evaluate_module, "task_confusion", terminated_after_one)
     assert main(["eval", "--checkpoint", str(root / "ck.pt"), "--set", "train.device=cpu"]) == 128 + signal.SIGTERM
     stdout = capsys.readouterr().out
     assert _stop_line(stdout) == ("SIGTERM received by 1 of 1 process(es): stopped after 1 of 5 image(s); no metrics "

@@ -143,6 +143,16 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     return tensor
 
 
+def all_reduce_sum_with_grad(tensor: Tensor) -> Tensor:
+    """Sums ``tensor`` over all processes into a new tensor that backpropagates (the gradient is summed over
+    the processes too); ``tensor`` itself in a single process."""
+    if _active():
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
 def barrier() -> None:
     """Waits for every process (nothing to wait for in a single process)."""
     if _active():
