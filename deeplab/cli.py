@@ -281,12 +281,31 @@ def cmd_crf_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """List the models (version, backbone, parameters; multiply-adds with --macs) and the published weights."""
+    """List the models (version, backbone, parameters; multiply-adds with --macs) and the published weights;
+    with --encoders, the timm models that fit a DeepLab head instead."""
     from .models.table import format_model_table, format_published_table, model_rows
 
+    if args.encoders is not None:
+        return _print_encoders(args.encoders)
+
     print(format_model_table(model_rows(macs=args.macs, size=args.size), size=args.size))
+    print("\nAny timm encoder under the v3 / v3+ head: deeplabv3plus_tu-NAME, deeplabv3_tu-NAME "
+          "(`deeplab models --encoders [PATTERN]` lists them).")
     print()
     print(format_published_table())
+    return 0
+
+
+def _print_encoders(pattern: str) -> int:
+    from .models.table import format_encoder_table
+    from .models.timm_encoder import encoder_rows
+
+    rows = encoder_rows(pattern)
+    if not rows:
+        print(f"error: no timm model matches {pattern!r} (a pattern like 'convnext*' or '*efficientnet*')",
+              file=sys.stderr)
+        return 2
+    print(format_encoder_table(rows))
     return 0
 
 
@@ -452,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(commands, "models", cmd_models)
     p.add_argument("--macs", action="store_true", help="count multiply-adds at OS 16 and OS 8 (a few seconds)")
     p.add_argument("--size", type=int, default=513, help="input side for --macs (default 513)")
+    p.add_argument("--encoders", nargs="?", const="*", default=None, metavar="PATTERN",
+                   help="list the timm models usable as HEAD_tu-NAME (e.g. 'convnext*'), with output stride 8/16 "
+                        "support")
 
     p = _command(commands, "push", cmd_push)
     p.add_argument("source", type=Path, help="a training run's folder (best.pt or last.pt, metrics.json) or a "
