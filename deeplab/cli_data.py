@@ -22,11 +22,11 @@ CHECKABLE = (*sorted(DATASETS), "folder")  # the standard datasets and your own 
 
 def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Registers ``data prepare`` and ``data check`` on ``subparsers``; each sets ``func(args) -> int``."""
-    data = subparsers.add_parser("data", help="download, convert and check datasets",
+    data = subparsers.add_parser("data", help="Download and convert the standard benchmarks; check any dataset.",
                                  description="Download and convert the standard benchmarks; check any dataset.")
     commands = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
 
-    prep = commands.add_parser("prepare", help="download, unpack and convert a benchmark dataset",
+    prep = commands.add_parser("prepare", help="Download, unpack and convert a benchmark dataset.",
                                description="Download (with checksums, resumable), unpack and convert a benchmark "
                                "dataset; for Cityscapes, print where to fetch it.")
     prep.add_argument("name", choices=sorted(DATASETS), help="dataset to prepare")
@@ -34,7 +34,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     prep.add_argument("--no-download", action="store_true", help="only use archives already in --root")
     prep.set_defaults(func=lambda a: run_prepare(a.name, a.root, download=not a.no_download))
 
-    chk = commands.add_parser("check", help="read every sample; report counts, class pixels, bad files",
+    chk = commands.add_parser("check", help="Decode every sample of a dataset: counts, pixels per class, bad files.",
                               description="Decode every image and mask of a dataset and print three tables: "
                               "images and problems per split, pixels per class, every bad sample. "
                               "Exit status 1 if any sample is bad, 2 if the dataset cannot be read.")
@@ -45,7 +45,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     chk.add_argument("--split", default=None, help="one split (default: all of the dataset's splits)")
     chk.add_argument("--task", choices=TASKS, default="multiclass",
                      help="folder without --config: the targets to read the masks as (model.task)")
-    chk.add_argument("--in-channels", type=int, default=3, help="folder without --config: image channels")
+    chk.add_argument("--in-channels", type=int, default=3, help="folder without --config: image channels (default 3)")
     chk.set_defaults(func=_check_command)
     _add_own_data_commands(commands)
     return data
@@ -53,16 +53,16 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 def _add_own_data_commands(commands: argparse._SubParsersAction) -> None:
     """``data stats`` and ``data import-coco``: for your own folder datasets (docs/data.md)."""
-    stats = commands.add_parser("stats", help="per-channel mean/std of a folder's images (for model.mean/std)",
+    stats = commands.add_parser("stats", help="Per-channel mean and std of a folder's images (for model.mean/std).",
                                 description="Read every image of ROOT/images (or of ROOT itself) as training "
                                 "reads them and print the per-channel mean and std on the 0..1 scale.")
     stats.add_argument("root", type=Path, help="a folder dataset root, or a folder of images")
-    stats.add_argument("--in-channels", type=int, default=3, help="channels per image (model.in_channels)")
+    stats.add_argument("--in-channels", type=int, default=3, help="channels per image (model.in_channels; default 3)")
     stats.add_argument("--max-value", type=float, default=None,
                        help="the image value read as 1.0 (data.max_value; default: by the dtype)")
     stats.set_defaults(func=lambda a: run_stats(a.root, a.in_channels, a.max_value))
 
-    coco = commands.add_parser("import-coco", help="COCO instance annotations -> a folder of index masks",
+    coco = commands.add_parser("import-coco", help="Turn COCO instance annotations into a folder of index masks.",
                                description="Convert a COCO annotation file (polygons and RLE) to the folder "
                                "layout: images/, masks/<stem>.png (class ids) and classes.txt.")
     coco.add_argument("annotations", type=Path, help="the COCO JSON file")

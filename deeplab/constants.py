@@ -54,3 +54,9 @@ def cache_dir() -> Path:
         return Path(os.environ["DEEPLAB_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "deeplab"
+
+# `deeplab benchmark`'s models when --models is not given (the README's "Deploy benchmark models" list): v3+ on the
+# three backbones at OS 16 (MobileNetV2 full and light), and v3 ResNet-101 in torchvision's layout. Here, below
+# everything, so that the CLI's --help names them without importing the benchmark.
+BENCHMARK_MODELS = ("deeplabv3plus_resnet101", "deeplabv3plus_xception65", "deeplabv3plus_mobilenetv2",
+                    "deeplabv3plus_mobilenetv2_light", "deeplabv3_resnet101")

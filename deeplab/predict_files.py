@@ -18,6 +18,7 @@ import csv
 import functools
 import glob
 import io
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from tqdm import tqdm
 
 from .constants import default_workers
 from .engine import dist
+from .engine.stops import Stop, in_lockstep, stop_on_signals
 from .engine.workers import worker_options
 from .imageio import (
     IMAGE_EXTENSIONS,
@@ -51,7 +53,8 @@ from .inference import Predictor
 @dataclass
 class PredictionReport:
     """What ``predict_paths`` did: the index masks written, the inputs skipped with the reason, the inputs whose
-    outputs were there already (``resume``), and how long it took on how many processes."""
+    outputs were there already (``resume``), how long it took on how many processes, and, when a SIGINT or
+    SIGTERM stopped it, which (``stopped``) and how many of the ``inputs`` have their outputs."""
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
@@ -59,6 +62,13 @@ class PredictionReport:
     resumed: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     processes: int = 1
+    stopped: Stop | None = None
+    inputs: int = 0  # readable or not, after expanding folders and patterns
+
+    @property
+    def complete(self) -> int:
+        """Inputs whose three outputs exist now (written by this run or before it)."""
+        return len(self.written) + len(self.resumed)
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,7 @@ class _Part:
     written: list[int] = field(default_factory=list)
     failed: list[tuple[int, str]] = field(default_factory=list)
     rows: dict[int, list[str]] = field(default_factory=dict)
+    stopped: Stop | None = None
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -176,6 +187,8 @@ def predict_paths(
         save_probs: also write ``<stem>_probs.npy`` (see the module's docstring for the format).
 
     The outputs of binary and multilabel models differ (0/255 masks; see the module's docstring).
+    A SIGINT or SIGTERM (to any process) stops every process after its current image: the outputs written so
+    far stay (``resume`` continues), ``areas.csv`` is not written, and the report says which signal in ``stopped``.
     """
     loader_workers = default_loader_workers() if workers is None else workers
     if loader_workers < 0:
@@ -193,13 +206,15 @@ def predict_paths(
 
     def work() -> _Part:
         return _predict_share(predictor, share, out_dir, loader_workers, save_probs,
-                              tqdm(total=len(share), desc=desc, unit="image", disable=not (progress and rank == 0)))
+                              tqdm(total=len(share), desc=desc, unit="image", disable=not (progress and rank == 0)),
+                              rounds=math.ceil(len(todo) / size))
 
     parts = dist.gather_results(work) if distributed else [work()]
     report = _merge(jobs, missing, parts, out_dir, predictor.task)
-    if area_table:
+    report.stopped, report.inputs = parts[0].stopped, len(jobs)
+    if area_table and not report.stopped:
         report.areas_csv = out_dir / "areas.csv"
-    if area_table and rank == 0:
+    if report.areas_csv and rank == 0:
         rows = {index: row for part in parts for index, row in part.rows.items()}
         with atomic_write(report.areas_csv, "w") as handle:
             writer = csv.writer(handle)
@@ -267,35 +282,47 @@ def _as_is(item):
 
 
 def _predict_share(predictor: Predictor, share: list[_Job], out_dir: Path, workers: int, save_probs: bool,
-                   bar: tqdm) -> _Part:
-    """Predicts (or, for jobs done before, reads the areas of) this process's jobs; returns what it did."""
+                   bar: tqdm, rounds: int) -> _Part:
+    """Predicts (or, for jobs done before, reads the areas of) this process's jobs; returns what it did.
+
+    After each job the processes agree whether any got SIGINT / SIGTERM (or failed); if so all stop there, the
+    jobs done so far kept. ``rounds``: the largest share's length, the same on every process.
+    """
     part = _Part()
     decoded = _Decoded(share, out_dir, predictor.num_classes, predictor.task, predictor.classes,
                        predictor.in_channels)
     loader = DataLoader(decoded, batch_size=None, collate_fn=_as_is, num_workers=workers, **worker_options(workers))
-    with bar:
-        for position, image, mask, reason in loader:
-            job = share[position]
+    with bar, stop_on_signals() as requested:
+        def one(item: tuple) -> None:
+            position, image, mask, reason = item
+            _predict_job(predictor, share[position], image, mask, reason, out_dir, part, save_probs)
             bar.update(1)
-            if reason is not None:
-                part.failed.append((job.index, reason))
-                continue
-            if mask is None:
-                if save_probs or predictor.task != "multiclass":
-                    scores = predictor.logits_for_batch(predictor.preprocess(image))[0]
-                    mask = predictor.decide(scores).cpu() if predictor.crf is None else predictor.predict(image)
-                    if save_probs:
-                        _save_probs(predictor.probabilities(scores).cpu(), out_dir / f"{job.stem}_probs.npy")
-                else:
-                    mask = predictor.predict(image)
-                _write_outputs(predictor, _displayable(image), mask, out_dir, job.stem)
-                part.written.append(job.index)
-            if predictor.task == "multilabel":
-                fractions = mask.flatten(1).float().mean(dim=1)
-            else:
-                fractions = torch.bincount(mask.flatten(), minlength=len(predictor.classes)) / mask.numel()
-            part.rows[job.index] = [str(job.path), f"{job.stem}.png", *(f"{value:.6f}" for value in fractions.tolist())]
+
+        part.stopped = in_lockstep(loader, one, rounds=rounds, requested=requested, device=predictor.device)
     return part
+
+
+def _predict_job(predictor: Predictor, job: _Job, image: torch.Tensor | None, mask: torch.Tensor | None,
+                 reason: str | None, out_dir: Path, part: _Part, save_probs: bool = False) -> None:
+    """One decoded job: predicted and written (or its mask read back), its areas row kept; a failure noted."""
+    if reason is not None:
+        part.failed.append((job.index, reason))
+        return
+    if mask is None:
+        if save_probs or predictor.task != "multiclass":
+            scores = predictor.logits_for_batch(predictor.preprocess(image))[0]
+            mask = predictor.decide(scores).cpu() if predictor.crf is None else predictor.predict(image)
+            if save_probs:
+                _save_probs(predictor.probabilities(scores).cpu(), out_dir / f"{job.stem}_probs.npy")
+        else:
+            mask = predictor.predict(image)
+        _write_outputs(predictor, _displayable(image), mask, out_dir, job.stem)
+        part.written.append(job.index)
+    if predictor.task == "multilabel":
+        fractions = mask.flatten(1).float().mean(dim=1)
+    else:
+        fractions = torch.bincount(mask.flatten(), minlength=len(predictor.classes)) / mask.numel()
+    part.rows[job.index] = [str(job.path), f"{job.stem}.png", *(f"{value:.6f}" for value in fractions.tolist())]
 
 
 def _merge(jobs: list[_Job], missing: list[tuple[Path, str]], parts: list[_Part], out_dir: Path,

@@ -6,6 +6,7 @@ of the one logit (binary) or of each (multilabel); :mod:`deeplab.metrics` says w
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,7 @@ from ..options import InferenceOptions
 from ..postprocess import CRFParams, refine_many
 from . import dist
 from .data import build_dataset
+from .stops import in_lockstep
 from .workers import worker_options
 
 
@@ -56,7 +58,7 @@ def evaluate(
 def evaluate_predictor(
     predictor: Predictor, dataset: SegmentationDataset, *, ignore_index: int = 255, batch_size: int = 1,
     num_workers: int = 0, progress: bool = True, crf_workers: int | None = None, distributed: bool = False,
-    threshold: float = 0.5,
+    threshold: float = 0.5, stop: dict[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate` for a ready :class:`Predictor` (any runner: eager, ONNX Runtime, TorchScript); its options
     (the DenseCRF included) say how each image is predicted.
@@ -68,6 +70,11 @@ def evaluate_predictor(
 
     The task of the predictor's spec (multiclass when it has none) says how logits become labels; binary and
     multilabel models count a pixel (a label) as foreground where its sigmoid exceeds ``threshold``.
+
+    ``stop``: the flag of :func:`~deeplab.engine.stops.stop_on_signals`; after each batch the processes agree
+    whether any got SIGINT / SIGTERM, and if so all stop there and return only ``stopped`` (the
+    :class:`~deeplab.engine.stops.Stop`), ``images`` (how many were evaluated) and ``images_total``: no metrics of
+    a partial split.
     """
     task = predictor_task(predictor)
     if task != "multiclass" and predictor.crf is not None:
@@ -75,15 +82,32 @@ def evaluate_predictor(
                          "evaluate it without eval.crf")
     check_threshold(threshold)
 
-    def confusion() -> torch.Tensor:
+    def confusion() -> tuple[torch.Tensor, int, Any]:
         cm = empty_confusion(task, predictor.num_classes)
-        for pred, mask in _predictions(predictor, dataset, batch_size=batch_size, num_workers=num_workers,
-                                       crf_workers=crf_workers, progress=progress, distributed=distributed,
-                                       task=task, threshold=threshold):
-            cm += task_confusion(pred, mask, task=task, num_classes=predictor.num_classes, ignore_index=ignore_index)
-        return cm
+        seen = 0
 
-    cm = sum(dist.gather_results(confusion)) if distributed else confusion()
+        def add(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+            nonlocal cm, seen
+            pred, mask = batch
+            cm += task_confusion(pred, mask, task=task, num_classes=predictor.num_classes, ignore_index=ignore_index)
+            seen += 1 if predictor.crf is not None else len(mask)  # the CRF yields one image at a time
+
+        batches = _predictions(predictor, dataset, batch_size=batch_size, num_workers=num_workers,
+                               crf_workers=crf_workers, progress=progress, distributed=distributed,
+                               task=task, threshold=threshold)
+        if stop is None:
+            for batch in batches:
+                add(batch)
+            return cm, seen, None
+        share = math.ceil(len(dataset) / dist.rank_and_size()[1]) if distributed else len(dataset)
+        rounds = share if predictor.crf is not None else math.ceil(share / batch_size)  # the same on every process
+        stopped = in_lockstep(batches, add, rounds=rounds, requested=stop, device=predictor.device)
+        return cm, seen, stopped
+
+    parts = dist.gather_results(confusion) if distributed else [confusion()]
+    if parts[0][2] is not None:
+        return {"stopped": parts[0][2], "images": sum(seen for _, seen, _ in parts), "images_total": len(dataset)}
+    cm = sum(cm for cm, _, _ in parts)
     metrics = task_metrics(cm, task)
     metrics["confusion_matrix"] = cm.tolist()
     metrics["images"] = len(dataset)
@@ -152,13 +176,14 @@ def _crf_predictions(predictor: Predictor, samples: Dataset, crf: CRFParams, *, 
 
 
 def evaluate_on_config(predictor: Predictor, config: Config, source: str, *, progress: bool = True,
-                       distributed: bool = False, threshold: float | None = None) -> tuple[dict[str, Any], list[str]]:
+                       distributed: bool = False, threshold: float | None = None,
+                       stop: dict[str, str | None] | None = None) -> tuple[dict[str, Any], list[str]]:
     """``predictor`` on ``config.data``'s validation split, normalised as its spec says; ``source`` names it.
 
     The predictor carries the inference options (``InferenceOptions.from_eval_config(config.eval)`` gives
     the config's); batch size, loader workers, CRF processes and the binary/multilabel ``threshold`` (unless
     given) come from ``config``. ``distributed``: each process of the group evaluates its shard (see
-    :func:`evaluate_predictor`).
+    :func:`evaluate_predictor`, also for ``stop``).
     """
     spec = predictor.spec
     dataset = build_dataset(config.data, config.data.val_split, eval_transforms(mean=spec.mean, std=spec.std),
@@ -170,5 +195,5 @@ def evaluate_on_config(predictor: Predictor, config: Config, source: str, *, pro
     metrics = evaluate_predictor(predictor, dataset, ignore_index=dataset.ignore_index,
                                  batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
                                  progress=progress, crf_workers=config.eval.crf_workers, distributed=distributed,
-                                 threshold=config.eval.threshold if threshold is None else threshold)
+                                 threshold=config.eval.threshold if threshold is None else threshold, stop=stop)
     return metrics, list(predictor.classes)

@@ -11,10 +11,9 @@ before every step), so a run resumed from any step repeats the uninterrupted one
 from __future__ import annotations
 
 import math
-import signal
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from .evaluate import evaluate
 from .report import plot_training_curve, save_previews
 from .runlog import RunLog, Throughput
 from .schedule import poly_lr
-from .workers import STOP_SIGNALS, shielded
+from .stops import Stop, read_stop, stop_flags, stop_on_signals
 
 EVAL_PROTOCOLS = ("fast", "eval")
 
@@ -157,27 +156,6 @@ def reseed(seed: int, step: int, rank: int) -> None:
     torch.manual_seed(int(high) << 32 | int(low))
 
 
-@contextmanager
-def stop_on_signals():
-    """Turns Ctrl-C and SIGTERM into a flag the loop checks after each step, so it can save first.
-
-    Loader workers, which often get the same signal (torchrun forwards it to the process group, SLURM and
-    systemd signal every process of the job), ignore it meanwhile: killed, they would take the step down.
-    """
-    requested = {"signal": None}
-
-    def handler(signum, frame):
-        requested["signal"] = signal.Signals(signum).name
-
-    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
-    try:
-        with shielded():
-            yield requested
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 def train(cfg: Config, *, resume: bool = False, on_step_end: Callable[[StepInfo], None] | None = None
           ) -> TrainResult:
     """Trains ``cfg.model`` on ``cfg.data`` as ``cfg.train`` says; evaluates on the val split every
@@ -260,7 +238,7 @@ def _train(cfg: Config, env: dist.DistEnv, device: torch.device, resume: bool,
     if not stopped:
         _finish(state.model, val_set, run_dir, env, device)
     return TrainResult(run_dir, state.step, state.best_miou, metrics, stopped is not None,
-                       stopped[0] if stopped else None, env.rank)
+                       stopped.signal if stopped else None, env.rank)
 
 
 def training_loss(cfg: Config, model: Segmenter, train_set, *, progress: bool = False) -> SegmentationLoss:
@@ -331,17 +309,15 @@ def _to_device(batch: tuple[Tensor, Tensor], device: torch.device, channels_last
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images, masks
 
 
-def _synchronise(loss: Tensor, stop: dict[str, str | None], env: dist.DistEnv) -> tuple[float, tuple[str, int] | None]:
+def _synchronise(loss: Tensor, stop: dict[str, str | None], env: dist.DistEnv) -> tuple[float, Stop | None]:
     """One all-reduce per step: the global batch's loss, and how many processes got SIGINT / SIGTERM.
 
-    Returns the loss and ``(signal name, processes that got it)`` if any process is asked to stop, so
-    that every process stops after the same step.
+    Returns the loss and the :class:`~deeplab.engine.stops.Stop` if any process is asked to stop, so that every
+    process stops after the same step.
     """
-    flags = [float(stop["signal"] == "SIGINT"), float(stop["signal"] == "SIGTERM")]
-    stats = dist.all_reduce_sum(torch.cat([loss.float().view(1), torch.tensor(flags, device=loss.device)]))
+    stats = dist.all_reduce_sum(torch.cat([loss.float().view(1), torch.tensor(stop_flags(stop), device=loss.device)]))
     total, sigint, sigterm = stats.tolist()
-    stopped = ("SIGTERM", int(sigterm)) if sigterm else ("SIGINT", int(sigint)) if sigint else None
-    return total / env.world_size, stopped
+    return total / env.world_size, read_stop(sigint, sigterm, env.world_size)
 
 
 def _check_finite(loss: float, step: int, cfg: Config) -> None:
@@ -458,11 +434,11 @@ def _announce(bar: tqdm, log: RunLog, cfg: Config, state: TrainState, env: dist.
 
 
 def _stop(bar: tqdm, run_dir: Path, state: TrainState, meta: dict[str, Any], env: dist.DistEnv,
-          stopped: tuple[str, int], saved_at: int) -> None:
+          stopped: Stop, saved_at: int) -> None:
     if saved_at != state.step:
         _save(run_dir / "last.pt", state, meta, env)
     if env.is_main:
-        bar.write(f"{stopped[0]} received by {stopped[1]} of {env.world_size} process(es): saved "
+        bar.write(f"{stopped.describe()}: saved "
                   f"{run_dir / 'last.pt'} at step {state.step}; continue with --resume")
     dist.barrier()  # no process leaves (and lets torchrun stop the others) before the checkpoint is written
 
