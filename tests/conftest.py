@@ -26,8 +26,9 @@ def _private_cache_and_pinned_runtime(tmp_path_factory, monkeypatch):
 # 18, 17, 17), in that order ahead of the rest. pytest-xdist's --dist loadfile hands out whole modules in collection
 # order (`make test` passes --no-loadscope-reorder), so longest-first lets the two workers end together instead of
 # one idling while the other runs a long module it picked up last.
-LONGEST_FIRST = ["engine/test_distributed.py", "deploy/test_export.py", "test_predict_files.py", "test_recipes.py",
-                 "engine/test_resume_faults.py", "models/test_zoo.py", "test_docs.py", "test_inference.py",
+LONGEST_FIRST = ["deploy/test_defaults.py", "engine/test_distributed.py", "deploy/test_export.py",
+                 "test_predict_files.py", "test_recipes.py", "engine/test_resume_faults.py", "models/test_zoo.py",
+                 "test_docs.py", "test_inference.py",
                  "engine/test_cli_loop.py", "models/test_tf_zoo.py"]
 
 

@@ -122,7 +122,7 @@ class RuntimeChoice:
 
 
 def open_with_runtime(runner: Runner, card: ModelCard, *, runtime: str | None = None, precision: str = "fp32",
-                      device: str | torch.device = "cpu", probe_size: int = PROBE_SIZE,
+                      device: str | torch.device = "cpu", probe_size: int | None = None,
                       log: Callable[[str], None] | None = None, tolerance: float = FP32_TOLERANCE,
                       check_folder: str | Path | None = None) -> tuple[Runner, RuntimeChoice]:
     """(the runner to use, the choice) for a model opened by :mod:`deeplab.modelfile`.
@@ -134,7 +134,7 @@ def open_with_runtime(runner: Runner, card: ModelCard, *, runtime: str | None = 
         precision: ``auto`` (bf16 where the CPU has bf16 units and it passes the real-image check, else fp32),
             ``fp32``, ``bf16``, ``fp16`` for an eager model; an export keeps the one baked into it.
         device: ONNX Runtime and OpenVINO run here on the CPU; a GPU gets the torch runtime.
-        probe_size: side of the input ``auto`` times the runtimes on.
+        probe_size: side of the input ``auto`` times the runtimes on (default :data:`PROBE_SIZE`).
         log: receives a line for each slow step (writing the ONNX file, timing), e.g. ``print`` to stderr.
         tolerance: the fp32 check's bound, relative to the largest reference logit (the benchmark, on random
             weights whose deep residual stacks amplify rounding, allows more).
@@ -152,7 +152,7 @@ def open_with_runtime(runner: Runner, card: ModelCard, *, runtime: str | None = 
             runtime = "torch" if card.format == "torchscript" else "onnxruntime"  # a pin that cannot run this file
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; valid choices: {', '.join(RUNTIMES)}")
-    opening = _Opening(runner, card, device, probe_size, log, tolerance, check_folder)
+    opening = _Opening(runner, card, device, probe_size or PROBE_SIZE, log, tolerance, check_folder)
     if runtime != "auto" and precision != AUTO:
         return opening.open(runtime, precision, verify_torch=False)
     return opening.shared(runtime, precision)
@@ -343,7 +343,8 @@ class _Opening:
         if not names:
             raise ValueError(f"no runtime can run this model at {precision} here: "
                              + "; ".join(f"{name}: {why}" for name, why in refused.items()))
-        key = _cache_key(self.digest, precision, self.device, self.probe_size, names)
+        checked_on = "" if precision == "fp32" else str(Path(self.check_folder).resolve()) if self.check_folder else "*"
+        key = _cache_key(self.digest, precision, self.device, self.probe_size, names, checked_on)
         cached = _cached_choice(key)
         if cached is not None and cached.get("runtime") is None:  # a precision every runtime failed before
             raise ValueError(cached["error"])
@@ -475,11 +476,13 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _cache_key(digest: str, precision: str, device: torch.device, size: int, names: list[str]) -> str:
+def _cache_key(digest: str, precision: str, device: torch.device, size: int, names: list[str],
+               checked_on: str = "") -> str:
     flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
                                   "amx_int8"})
     parts = {"model": digest, "precision": precision, "device": str(device), "size": size,
-             "runtimes": names, "cpu": flags, "threads": torch.get_num_threads(), "versions": _versions()}
+             "runtimes": names, "checked_on": checked_on, "cpu": flags, "threads": torch.get_num_threads(),
+             "versions": _versions()}
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
