@@ -1,5 +1,5 @@
-"""The ``deeplab`` command: train | eval | predict | export | benchmark | serve | models | data. Thin: parse, call
-the library, print."""
+"""The ``deeplab`` command: train | eval | predict | export | benchmark | serve | models | push | data. Thin: parse,
+call the library, print."""
 
 from __future__ import annotations
 
@@ -260,17 +260,33 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    """Publish a training run or checkpoint on the Hugging Face Hub: config.json, model.safetensors, a model card."""
+    from .publish import push_model
+
+    repo_id = args.repo.removeprefix("hf-hub:")
+    result = push_model(args.source, repo_id, private=args.private, dry_run=args.dry_run, license=args.license)
+    metrics = f", metrics from {result.metrics}" if result.metrics else ", no metrics.json beside it"
+    print(f"wrote {', '.join(result.files)} from {result.checkpoint}{metrics}")
+    if result.url is None:
+        print(f"dry run: the folder hf-hub:{repo_id} would get is {result.folder}")
+    else:
+        print(f"uploaded to {result.url}; load it with hf-hub:{repo_id}")
+    return 0
+
+
 def _model_source(p: argparse.ArgumentParser, *, pretrained: bool = False, precision: str = "auto") -> None:
     from .deploy.precision import PRECISION_CHOICES
     from .deploy.runtimes import RUNTIMES
 
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a checkpoint written by deeplab train")
-    source.add_argument("--model", type=Path, help="an export from deeplab export (.onnx, TorchScript) or a checkpoint")
+    source.add_argument("--model", type=Path, help="an export from deeplab export (.onnx, TorchScript), a checkpoint, "
+                                                   "a save_pretrained folder or hf-hub:ORG/NAME[@REVISION]")
     if pretrained:
         source.add_argument("--pretrained", metavar="NAME",
                             help="published weights by name, e.g. deeplabv3plus_xception65.tf_voc_trainaug "
-                                 "(see deeplab models)")
+                                 "(see deeplab models), or a Hugging Face Hub model hf-hub:ORG/NAME[@REVISION]")
     p.add_argument("--runtime", choices=RUNTIMES, default=None,
                    help="what runs the model: auto (default, or $DEEPLAB_RUNTIME) times the runtimes verified for it "
                         "and keeps the fastest; torch, onnxruntime, openvino (pip install 'deeplab[openvino]')")
@@ -394,6 +410,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(commands, "models", cmd_models)
     p.add_argument("--macs", action="store_true", help="count multiply-adds at OS 16 and OS 8 (a few seconds)")
     p.add_argument("--size", type=int, default=513, help="input side for --macs")
+
+    p = _command(commands, "push", cmd_push)
+    p.add_argument("source", type=Path, help="a training run's folder (best.pt or last.pt, metrics.json) or a "
+                                             "checkpoint")
+    p.add_argument("repo", metavar="ORG/NAME", help="the Hub model repo (created if needed)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--dry-run", type=Path, metavar="DIR", default=None,
+                   help="write the folder that would be uploaded into DIR and upload nothing")
+    p.add_argument("--license", default="apache-2.0", help="the model card's license (default apache-2.0)")
+    p.epilog = ("uploads with huggingface_hub (log in with `hf auth login` or set HF_TOKEN); afterwards "
+                "hf-hub:ORG/NAME works wherever a model is taken (--pretrained, --model, model.weights, ...)")
 
     add_import_tf_command(commands)
     add_data_commands(commands)

@@ -12,9 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .classes import dataset_classes, dataset_for_classes
-from .config import Config
-from .engine.checkpoint import save_checkpoint
+from .engine.checkpoint import save_model
 from .modelfile import read_checkpoint
 from .models import build_from_spec
 from .models.tf_import import import_tf_variables
@@ -30,15 +28,7 @@ def import_tf_checkpoint(source: str | Path, out: str | Path, *, dataset: str | 
                                       multi_grid=multi_grid)
     model = build_from_spec(spec)
     model.load_state_dict(state)
-    classes, palette = dataset_classes(dataset, spec.num_classes)
-    config = Config()
-    config.model.name = spec.name
-    config.model.output_stride = spec.output_stride
-    config.data.name = dataset or dataset_for_classes(spec.num_classes) or "folder"
-    config.data.num_classes = spec.num_classes
-    save_checkpoint(out, model=model, optimizer=None, step=0, best_miou=-1.0, config=config, classes=classes,
-                    palette=palette, extra={"imported_from": str(source)})
-    return Path(out)
+    return save_model(model, out, dataset=dataset, extra={"imported_from": str(source)})
 
 
 def add_import_tf_command(subparsers: argparse._SubParsersAction) -> None:

@@ -118,7 +118,8 @@ class Predictor:
         **option_values: Any,
     ) -> Predictor:
         """A predictor for any model source :func:`deeplab.modelfile.read_model` reads: a training checkpoint, an
-        export (ONNX, TorchScript), a TF checkpoint, or a published weights name.
+        export (ONNX, TorchScript), a TF checkpoint, a published weights name, a ``save_pretrained`` folder or a
+        Hugging Face Hub model ``hf-hub:ORG/NAME[@REVISION]``.
 
         The source alone says what the model is, its classes, palette and normalisation.
 
