@@ -1,5 +1,6 @@
 """Every model through every default: each registered model (and v2's MSC, v1's MSc variants) opened by
-Predictor.from_file with the default runtime and precision (auto), and exported to each format, then run again."""
+Predictor.from_file with the default runtime and precision (auto), and exported to each format (the export runs
+itself against the model); eval, predict and serve's loader on the v2 MSC model; a format that cannot take a model."""
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from deeplab.engine.checkpoint import save_checkpoint
 from deeplab.imageio import save_rgb_png
 from deeplab.inference import Predictor
 from deeplab.models import list_models
+from deeplab.serve.loading import load_predictor
 from tests.fixtures import with_random_statistics
 
 pytest.importorskip("onnxruntime", reason="the deploy extra (onnx, onnxruntime) is not installed")
@@ -38,15 +40,15 @@ def defaults(monkeypatch):
     monkeypatch.setattr(runtimes, "PROBE_SIZE", 65)
 
 
-def _checkpoint(path, name, options):
+def _checkpoint(path, name, options, num_classes=3):
     torch.manual_seed(0)
-    model = with_random_statistics(create_model(name, num_classes=3, **options)).eval()
+    model = with_random_statistics(create_model(name, num_classes=num_classes, **options)).eval()
     save_checkpoint(path, model=model, optimizer=None, step=1, best_miou=0.0, config=Config(),
-                    classes=["a", "b", "c"], palette=[(0, 0, 0), (9, 9, 9), (99, 99, 99)])
+                    classes=[f"c{i}" for i in range(num_classes)], palette=[(i, i, i) for i in range(num_classes)])
     return model
 
 
-def _assert_runs_like(predictor, model, x, expected):
+def _assert_runs_like(predictor, x, expected):
     got = predictor.logits_for_batch(x)
     assert got.shape == expected.shape
     if predictor.precision == "fp32":
@@ -76,26 +78,33 @@ def test_every_model_runs_through_every_default(case, tmp_path, defaults):
     assert choice.runtime in ("torch", "onnxruntime", "openvino") and predictor.precision == choice.precision
     assert choice.describe().startswith(f"runtime: {choice.runtime} {choice.precision} (")
     assert "precision auto: " in choice.describe() and "cannot be written" not in choice.describe()
-    _assert_runs_like(predictor, model, x, expected)
-    for fmt, suffix in FORMATS:
+    _assert_runs_like(predictor, x, expected)
+    for fmt, suffix in FORMATS:  # each export runs itself against the model (two sizes, two batch sizes)
         out = tmp_path / f"model.{suffix}"
-        assert export_model(tmp_path / "ck.pt", out, format=fmt, progress=False).max_abs_diff <= 1e-3
-        exported = Predictor.from_file(out)  # an fp32 export runs at fp32 whatever auto would pick
-        assert exported.precision == "fp32" and exported.runtime.runtime != "auto"
-        _assert_runs_like(exported, model, x, expected)
+        report = export_model(tmp_path / "ck.pt", out, format=fmt, progress=False)
+        assert report.max_abs_diff <= 1e-3 and out.is_file()
         out.unlink()  # the suite's disk use: one export at a time
 
 
-def test_predict_runs_v2_msc_with_the_defaults(tmp_path, defaults, capsys):
+def test_eval_predict_and_serve_load_v2_msc_with_their_defaults(tmp_path, defaults, capsys):
     # the regression of issue 24: runtime auto wrote the MSC model as ONNX, and round() of a traced size crashed
-    _checkpoint(tmp_path / "ck.pt", *CASES["deeplabv2_resnet101 MSC"])
+    checkpoint = tmp_path / "ck.pt"
+    _checkpoint(checkpoint, *CASES["deeplabv2_resnet101 MSC"], num_classes=7)  # the demo set's classes
+    assert main(["eval", "--checkpoint", str(checkpoint), "--set", "data.name=demo", "data.num_images=2",
+                 "data.image_size=65"]) == 0
+    out, err = capsys.readouterr()
+    assert "runtime: " in err and "precision auto" not in err and "Traceback" not in err  # eval: fp32
+    assert "evaluated 2 image(s)" in out
     image = torch.randint(0, 256, (3, 41, 53), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
     save_rgb_png(image.permute(1, 2, 0), tmp_path / "x.png")
-    assert main(["predict", "--checkpoint", str(tmp_path / "ck.pt"), str(tmp_path / "x.png"),
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "x.png"),
                  "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
     assert "runtime: " in err and "precision auto: " in err and "Traceback" not in err
     assert (tmp_path / "out" / "x.png").is_file()
+    predictor, info = load_predictor(checkpoint)  # deeplab serve's loader: the same choice, from the cache
+    assert predictor.runtime.cached and (info.runtime, info.precision) == (predictor.runtime.runtime,
+                                                                           predictor.precision)
 
 
 def test_a_format_that_cannot_take_the_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
