@@ -34,7 +34,8 @@ def import_tf_checkpoint(source: str | Path, out: str | Path, *, dataset: str | 
 def add_import_tf_command(subparsers: argparse._SubParsersAction) -> None:
     """Registers ``import-tf`` on the CLI's subcommands."""
     p = subparsers.add_parser(
-        "import-tf", help="convert a TF DeepLab checkpoint (the authors' model zoo) into a deeplab checkpoint",
+        "import-tf", help="Convert a checkpoint of the authors' TensorFlow DeepLab (their model zoo) into a deeplab "
+                          "checkpoint.",
         description="Convert a checkpoint of the authors' TensorFlow DeepLab (research/deeplab, its model zoo) "
                     "into a deeplab checkpoint. The architecture is read from the variable names and shapes; "
                     "output stride, atrous rates and multi-grid are not recorded there and default to the "
@@ -43,7 +44,8 @@ def add_import_tf_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="the deeplab checkpoint to write (.pt)")
     p.add_argument("--dataset", choices=("voc", "cityscapes", "ade20k"), default=None,
                    help="class names and palette (default: from the class count: 21 voc, 19 cityscapes, 151 ade20k)")
-    p.add_argument("--output-stride", type=int, default=16, help="build at this output stride (rates scale with it)")
+    p.add_argument("--output-stride", type=int, default=16,
+                   help="build at this output stride (default 16; rates scale with it)")
     p.add_argument("--atrous-rates", type=int, nargs="+", default=None,
                    help="ASPP rates at --output-stride (default: 6 12 18 at 16, doubled at 8)")
     p.add_argument("--multi-grid", type=int, nargs=3, default=None,

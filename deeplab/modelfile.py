@@ -42,7 +42,8 @@ from .hub import (
 )
 from .hubfolder import is_pretrained_config
 from .models import ModelSpec, Segmenter, build_model, build_with_weights, resolve_spec
-from .models.published import PUBLISHED_WEIGHTS, fetch_published, published_weights
+from .models.pretrained import fetch_published
+from .models.published import PUBLISHED_WEIGHTS, published_weights
 from .models.weights import weights_and_implied
 from .torchfile import read_torch_file
 

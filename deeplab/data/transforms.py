@@ -1,8 +1,9 @@
 """Paired image + mask transforms (``torchvision.transforms.v2`` kernels on ``tv_tensors``).
 
 Both builders return a callable ``(image, mask) -> (image, mask)`` that takes the raw pair of
-``SegmentationDataset.load`` (uint8 ``3 x H x W`` image, uint8 ``H x W`` mask) and returns a float32
-normalised image and an int64 ``H x W`` mask, as plain tensors. Randomness comes from torch's global
+``SegmentationDataset.load`` (a ``C x H x W`` image, uint8 0..255 or float 0..1 for 16-bit and multi-band data;
+a uint8 ``H x W`` mask, or ``L x H x W`` with one 0/1 plane per label for multilabel targets) and returns a
+float32 normalised image and an int64 mask of the same layout, as plain tensors. Randomness comes from torch's global
 generator, which the ``DataLoader`` seeds differently in each worker.
 """
 
@@ -52,14 +53,15 @@ class TrainTransform:
     """Random scale, pad to the crop, random crop, random horizontal flip, normalise.
 
     Padding goes to the bottom and right (as in the reference implementation): the image gets the
-    mean colour, the mask ``ignore_index``. Returns ``(float32 3 x crop_h x crop_w, int64 crop_h x crop_w)``.
+    mean colour, the mask ``ignore_index``. Returns ``(float32 C x crop_h x crop_w, int64 [L x] crop_h x crop_w)``.
 
     Args:
         crop_size: Output size, an int or ``(height, width)``.
         scale_range: Smallest and largest random scale factor.
         scale_step: Scales are drawn from ``{low, low + step, ..., high}``; 0 draws uniformly.
         hflip: Flip horizontally with probability 0.5.
-        mean: Per-channel mean (0..1 scale) for normalisation; also the padding colour.
+        mean: Per-channel mean (0..1 scale, one entry per image channel) for normalisation; also the padding
+            colour.
         std: Per-channel standard deviation for normalisation.
         ignore_index: Mask value of padded pixels.
     """
@@ -128,7 +130,8 @@ class TrainTransform:
         if pad_bottom == 0 and pad_right == 0:
             return image, mask
         padding = [0, 0, pad_right, pad_bottom]
-        return F.pad(image, padding, fill=self.fill), F.pad(mask, padding, fill=self.ignore_index)
+        fill = self.fill if image.dtype == torch.uint8 else list(self.mean)  # float images are on the 0..1 scale
+        return F.pad(image, padding, fill=fill), F.pad(mask, padding, fill=self.ignore_index)
 
     def _crop(
         self, image: tv_tensors.Image, mask: tv_tensors.Mask
@@ -141,7 +144,7 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """No geometry change: the image is normalised to float32, the mask becomes int64 ``H x W``."""
+    """No geometry change: the image is normalised to float32, the mask becomes int64 (same layout)."""
 
     def __init__(self, *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         self.mean = tuple(mean)

@@ -45,10 +45,12 @@ class Segmenter(nn.Module):
         self.num_classes = num_classes
         self.output_stride = output_stride
         self.align_corners = align_corners
+        self.in_channels = 3  # the model's builder sets it from the spec, after adapting the first convolutions
+        self.init_notes: list[str] = []  # what the builder says about the initial weights (fine-tuning, adapting)
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected an N x 3 x H x W image batch, got shape {tuple(x.shape)}")
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected an N x {self.in_channels} x H x W image batch, got shape {tuple(x.shape)}")
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
