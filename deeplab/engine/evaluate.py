@@ -148,3 +148,33 @@ def evaluate_on_config(predictor: Predictor, config: Config, source: str, *, pro
                                  batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
                                  progress=progress, crf_workers=config.eval.crf_workers, distributed=distributed)
     return metrics, list(predictor.classes)
+
+
+# ---------------------------------------------------------------- what an evaluation ran
+
+
+def eval_protocol(predictor: Predictor, trained_output_stride: int | None = None) -> dict[str, Any]:
+    """The protocol ``predictor`` runs (:meth:`Predictor.protocol`) and the output stride the model was trained at
+    (``None``: unknown), as ``deeplab eval`` prints it and records it in its JSON."""
+    return {**predictor.protocol(), "trained_output_stride": trained_output_stride}
+
+
+_NUMERICS = {"tf-reference": "TF reference (predict_labels_multi_scale's resizes, align_corners=True)",
+             "tf-align-corners": "TF resizes (align_corners=True) of each pass's input-size logits",
+             "pytorch": "PyTorch (align_corners=False)"}
+
+
+def describe_protocol(protocol: dict[str, Any]) -> str:
+    """One line for :func:`eval_protocol`'s dict, e.g. ``protocol: output stride 8 (trained at 16), scales 0.5,
+    0.75, 1.0, flip, padded to 513 x 513, ...``."""
+    stride, trained = protocol["output_stride"], protocol.get("trained_output_stride")
+    parts = [f"output stride {stride}" + (f" (trained at {trained})" if trained and trained != stride else "")]
+    parts.append("scales " + ", ".join(f"{scale:g}" for scale in protocol["scales"]))
+    parts.append("flip" if protocol["flip"] else "no flip")
+    pad, window = protocol.get("pad_to"), protocol.get("window")
+    parts.append(f"padded to {pad[0]} x {pad[1]}" if pad else "no padding")
+    if window:
+        parts.append(f"sliding window {window[0]} x {window[1]}")
+    parts.append(f"{protocol['runtime']} {protocol['precision']}")
+    parts.append("numerics: " + _NUMERICS.get(protocol["numerics"], protocol["numerics"]))
+    return "protocol: " + ", ".join(parts)
