@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from ..config import Config
+from ..config import Config, EvalConfig
 from ..data import SegmentationDataset, eval_transforms
 from ..inference import Predictor
 from ..metrics import confusion_matrix, segmentation_metrics
@@ -52,6 +52,7 @@ def evaluate(
 def evaluate_predictor(
     predictor: Predictor, dataset: SegmentationDataset, *, ignore_index: int = 255, batch_size: int = 1,
     num_workers: int = 0, progress: bool = True, crf_workers: int | None = None, distributed: bool = False,
+    label_offset: int = 0,
 ) -> dict[str, Any]:
     """:func:`evaluate` for a ready :class:`Predictor` (any runner: eager, ONNX Runtime, TorchScript); its options
     (the DenseCRF included) say how each image is predicted.
@@ -59,12 +60,17 @@ def evaluate_predictor(
     With ``distributed`` every process of the current process group (torchrun) must call it: each evaluates
     its shard of ``dataset`` (:func:`deeplab.engine.dist.shard`) and the confusion matrices are summed, which
     gives exactly the single-process metrics, on every process. ``images`` in the result counts the images
-    evaluated by all processes.
+    evaluated by all processes. ``label_offset``: the model's class ``k + label_offset`` is the dataset's class
+    ``k`` (the zoo's ADE20K models: 1, their output 0 is "other", which the dataset ignores); the confusion matrix
+    is the model's, so a prediction of a class the dataset lacks counts against the true class, as in the
+    reference's ``mean_iou`` over all the model's classes.
     """
     def confusion() -> torch.Tensor:
         cm = torch.zeros(predictor.num_classes, predictor.num_classes, dtype=torch.long)
         for pred, mask in _predictions(predictor, dataset, batch_size=batch_size, num_workers=num_workers,
                                        crf_workers=crf_workers, progress=progress, distributed=distributed):
+            if label_offset:
+                mask = torch.where(mask == ignore_index, mask, mask + label_offset)
             cm += confusion_matrix(pred, mask, predictor.num_classes, ignore_index)
         return cm
 
@@ -140,14 +146,45 @@ def evaluate_on_config(predictor: Predictor, config: Config, source: str, *, pro
     process of the group evaluates its shard (see :func:`evaluate_predictor`).
     """
     spec = predictor.spec
-    dataset = build_dataset(config.data, config.data.val_split, eval_transforms(mean=spec.mean, std=spec.std))
-    if dataset.num_classes != predictor.num_classes:
+    resize = resize_to_range(config.eval)
+    if resize is not None and predictor.crf is not None:
+        raise ValueError("eval.min_resize_value/max_resize_value and eval.crf cannot be combined: the DenseCRF "
+                         "reads the image at its stored size")
+    dataset = build_dataset(config.data, config.data.val_split,
+                            eval_transforms(mean=spec.mean, std=spec.std, resize_to_range=resize))
+    offset = label_offset(dataset, predictor.classes)
+    if offset is None:
         raise ValueError(f"dataset {config.data.name!r} has {dataset.num_classes} classes but {source} "
                          f"predicts {predictor.num_classes}")
     metrics = evaluate_predictor(predictor, dataset, ignore_index=dataset.ignore_index,
                                  batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
-                                 progress=progress, crf_workers=config.eval.crf_workers, distributed=distributed)
+                                 progress=progress, crf_workers=config.eval.crf_workers, distributed=distributed,
+                                 label_offset=offset)
     return metrics, list(predictor.classes)
+
+
+def resize_to_range(config: EvalConfig) -> tuple[int, int, int | None] | None:
+    """``(min, max, factor)`` of ``eval.min_resize_value``, ``eval.max_resize_value``, ``eval.resize_factor``, or
+    ``None`` where none is set; the first two go together."""
+    low, high, factor = config.min_resize_value, config.max_resize_value, config.resize_factor
+    if low is None and high is None and factor is None:
+        return None
+    if low is None or high is None or low < 1 or high < low or (factor is not None and factor < 1):
+        raise ValueError(f"eval.min_resize_value={low}, eval.max_resize_value={high}, eval.resize_factor={factor}: "
+                         "expected two positive sides, min <= max (and a positive factor, or none)")
+    return low, high, factor
+
+
+def label_offset(dataset: SegmentationDataset, model_classes: list[str]) -> int | None:
+    """0 where the model predicts the dataset's classes; 1 where it predicts one more, first, that the dataset
+    ignores (``dataset.unlabeled_class``: ADE20K's "other", as the zoo's models and the annotation PNGs number
+    it); ``None`` where they do not match."""
+    if len(model_classes) == dataset.num_classes:
+        return 0
+    unlabeled = getattr(dataset, "unlabeled_class", None)
+    if unlabeled is not None and len(model_classes) == dataset.num_classes + 1 and model_classes[0] == unlabeled:
+        return 1
+    return None
 
 
 # ---------------------------------------------------------------- what an evaluation ran
