@@ -209,7 +209,7 @@ def run_multi_scale(variant: str, folder: Path, variables: dict[str, np.ndarray]
         fed = np.broadcast_to(mean_pixel, (*crop, 3)).copy()  # eval.py pads with the mean pixel
         fed[: size[0], : size[1]] = image
         with graph.as_default(), tf1.Session(graph=graph, config=session_config()) as session:
-            assign_random(graph, session, variables, None)
+            restore(graph, session, variables, report["checkpoint"])
             probs, labels_value = session.run([probabilities, labels], {images: fed[None]})
             png = session.run(tf.io.encode_png(image))
         probs, labels_value = probs[0, : size[0], : size[1]], labels_value[0, : size[0], : size[1]]
@@ -225,6 +225,17 @@ def run_multi_scale(variant: str, folder: Path, variables: dict[str, np.ndarray]
             "near_ties": float((top[..., -1] - top[..., -2] <= 2 * cases.MAX_PROBABILITY_DIFFERENCE).mean()),
             "seconds": round(time.perf_counter() - started, 1)}
         print(f"{variant} {name}: {report['multi_scale'][name]}", flush=True)
+
+
+def restore(graph, session, variables: dict[str, np.ndarray], checkpoint: str) -> None:
+    """Loads the variant's checkpoint into ``graph`` (one run, where loading variable by variable re-prunes a graph of
+    12 networks each time), after checking that it holds exactly those variables."""
+    import tensorflow as tf
+
+    graph_vars = graph.get_collection("variables")
+    if sorted(v.op.name for v in graph_vars) != sorted(variables):
+        raise RuntimeError("the multi-scale graph holds other variables than the single-scale one")
+    tf.compat.v1.train.Saver(graph_vars).restore(session, checkpoint)
 
 
 def assign_random(graph, session, variables: dict[str, np.ndarray] | None, rng: np.random.Generator
