@@ -205,7 +205,8 @@ def describe_protocol(protocol: dict[str, Any]) -> str:
     """One line for :func:`eval_protocol`'s dict, e.g. ``protocol: output stride 8 (trained at 16), scales 0.5,
     0.75, 1.0, flip, padded to 513 x 513, ...``."""
     stride, trained = protocol["output_stride"], protocol.get("trained_output_stride")
-    parts = [f"output stride {stride}" + (f" (trained at {trained})" if trained and trained != stride else "")]
+    parts = [f"output stride {stride or 'unknown'}"
+             + (f" (trained at {trained})" if trained and stride and trained != stride else "")]
     parts.append("scales " + ", ".join(f"{scale:g}" for scale in protocol["scales"]))
     parts.append("flip" if protocol["flip"] else "no flip")
     pad, window = protocol.get("pad_to"), protocol.get("window")
