@@ -9,7 +9,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,deploy,serve,crf,openvino]"  # the extras' tests run in CI too
+	$(BIN)/python -m pip install --quiet -e ".[dev,deploy,serve,crf,openvino,transformers,data]"  # the extras' tests run in CI too
 	touch $@
 
 install: $(VENV)/.installed

@@ -12,14 +12,16 @@ from .models import Segmenter, list_models
 
 __version__ = "0.1.0"
 __all__ = ["CRFParams", "InferenceOptions", "Predictor", "Segmenter", "__version__", "create_model", "dense_crf",
-           "evaluate", "export_model", "list_models", "load_checkpoint", "open_model", "train"]
+           "evaluate", "export_model", "from_pretrained", "list_models", "load_checkpoint", "open_model",
+           "save_model", "train"]
 
 if TYPE_CHECKING:
     from .deploy.export import export_model
+    from .engine.checkpoint import save_model
     from .engine.evaluate import evaluate
     from .engine.train import train
     from .inference import Predictor
-    from .modelfile import create_model, load_checkpoint, open_model
+    from .modelfile import create_model, from_pretrained, load_checkpoint, open_model
     from .options import InferenceOptions
     from .postprocess import CRFParams, dense_crf
 
@@ -28,6 +30,8 @@ _LAZY = {
     "InferenceOptions": "deeplab.options",
     "create_model": "deeplab.modelfile",
     "load_checkpoint": "deeplab.modelfile",
+    "from_pretrained": "deeplab.modelfile",
+    "save_model": "deeplab.engine.checkpoint",
     "open_model": "deeplab.modelfile",
     "train": "deeplab.engine.train",
     "evaluate": "deeplab.engine.evaluate",

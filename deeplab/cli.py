@@ -1,5 +1,5 @@
-"""The ``deeplab`` command: train | eval | predict | export | benchmark | serve | models | data. Thin: parse, call
-the library, print."""
+"""The ``deeplab`` command: train | eval | predict | export | benchmark | serve | models | push | data. Thin: parse,
+call the library, print."""
 
 from __future__ import annotations
 
@@ -56,10 +56,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a checkpoint, an export or published weights on a dataset's val split: mIoU table, optional JSON."""
+    """Evaluate a checkpoint, an export or published weights on a dataset's val split: metrics table, optional JSON."""
     from .config import apply_overrides, from_dict, load_config, parse_override
     from .engine import dist
     from .engine.evaluate import describe_protocol, eval_protocol, evaluate_on_config
+    from .engine.stops import stop_on_signals
     from .inference import Predictor
     from .modelfile import read_model
     from .options import InferenceOptions
@@ -89,15 +90,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
     protocol = eval_protocol(predictor, card.spec.output_stride if card.spec is not None else None)
     if env.is_main:
         print(describe_protocol(protocol), flush=True)
-    with dist.process_group(env, device):  # under torchrun each process evaluates its shard of the split
+    with dist.process_group(env, device), stop_on_signals() as stop:  # each process evaluates its shard
         started = time.perf_counter()
         metrics, classes = evaluate_on_config(predictor, config, str(source), progress=env.is_main,
-                                              distributed=env.distributed)
+                                              distributed=env.distributed, stop=stop)
         seconds = time.perf_counter() - started
+    if "stopped" in metrics:
+        return _report_stopped_eval(metrics, env.is_main)
     if not env.is_main:
         return 0
     return _report_eval(args, config, metrics, classes, _throughput(metrics["images"], seconds, env.world_size),
                         protocol)
+
+
+def _report_stopped_eval(metrics: dict, is_main: bool) -> int:
+    """One line for an evaluation a SIGINT / SIGTERM stopped; the exit status says which signal."""
+    stopped = metrics["stopped"]
+    if is_main:
+        print(f"{stopped.describe()}: stopped after {metrics['images']} of {metrics['images_total']} image(s); "
+              "no metrics from part of the split (eval has no --resume: run the same command again)")
+    return stopped.exit_status
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    """The command line ``main`` parsed (``sys.argv`` when the handler was called without it)."""
+    return getattr(args, "argv", sys.argv[1:])
+
+
+def _resume_command(argv: Sequence[str], processes: int) -> str:
+    """The command line that continues a stopped ``predict``: the same arguments with ``--resume``."""
+    import shlex
+
+    words = shlex.join([*argv, *(() if "--resume" in argv else ("--resume",))])
+    return f"torchrun --nproc-per-node {processes} -m deeplab {words}" if processes > 1 else f"deeplab {words}"
 
 
 def _report_eval(args: argparse.Namespace, config: Config, metrics: dict, classes: list[str], speed: str,
@@ -185,8 +210,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"skipped {path}: {reason}", file=sys.stderr)
         if args.resume:
             print(f"skipped {len(report.resumed)} image(s) whose outputs exist (--resume)")
-        print(f"wrote {len(report.written)} prediction(s) to {args.out} "
-              f"{_throughput(len(report.written), report.seconds, report.processes)}")
+        if report.stopped:
+            print(f"{report.stopped.describe()}: {report.complete} of {report.inputs} image(s) have their outputs "
+                  f"in {args.out}; continue with: {_resume_command(_argv(args), report.processes)}")
+        else:
+            print(f"wrote {len(report.written)} prediction(s) to {args.out} "
+                  f"{_throughput(len(report.written), report.seconds, report.processes)}")
+    if report.stopped:
+        return report.stopped.exit_status
     return 1 if report.failed and not (report.written or report.resumed) else 0
 
 
@@ -209,7 +240,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     models = [name.strip() for name in args.models.split(",")] if args.models else list(DEFAULT_MODELS)
     result = run_benchmark(models, size=args.size, batch=args.batch, runs=args.runs, warmup=args.warmup,
-                           memory=not args.no_memory, progress=True)
+                           memory=not args.no_memory, progress=True, checkpoint=args.checkpoint)
     print(format_report(result))
     return 0
 
@@ -255,12 +286,46 @@ def cmd_crf_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """List the models (version, backbone, parameters; multiply-adds with --macs) and the published weights."""
+    """List the models (version, backbone, parameters; multiply-adds with --macs) and the published weights;
+    with --encoders, the timm models that fit a DeepLab head instead."""
     from .models.table import format_model_table, format_published_table, model_rows
 
+    if args.encoders is not None:
+        return _print_encoders(args.encoders)
+
     print(format_model_table(model_rows(macs=args.macs, size=args.size), size=args.size))
+    print("\nAny timm encoder under the v3 / v3+ head: deeplabv3plus_tu-NAME, deeplabv3_tu-NAME "
+          "(`deeplab models --encoders [PATTERN]` lists them).")
     print()
     print(format_published_table())
+    return 0
+
+
+def _print_encoders(pattern: str) -> int:
+    from .models.table import format_encoder_table
+    from .models.timm_encoder import encoder_rows
+
+    rows = encoder_rows(pattern)
+    if not rows:
+        print(f"error: no timm model matches {pattern!r} (a pattern like 'convnext*' or '*efficientnet*')",
+              file=sys.stderr)
+        return 2
+    print(format_encoder_table(rows))
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Publish a training run or checkpoint on the Hugging Face Hub: config.json, model.safetensors, a model card."""
+    from .publish import push_model
+
+    repo_id = args.repo.removeprefix("hf-hub:")
+    result = push_model(args.source, repo_id, private=args.private, dry_run=args.dry_run, license=args.license)
+    metrics = f", metrics from {result.metrics}" if result.metrics else ", no metrics.json beside it"
+    print(f"wrote {', '.join(result.files)} from {result.checkpoint}{metrics}")
+    if result.url is None:
+        print(f"dry run: the folder hf-hub:{repo_id} would get is {result.folder}")
+    else:
+        print(f"uploaded to {result.url}; load it with hf-hub:{repo_id}")
     return 0
 
 
@@ -270,11 +335,12 @@ def _model_source(p: argparse.ArgumentParser, *, pretrained: bool = False) -> No
 
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a checkpoint written by deeplab train")
-    source.add_argument("--model", type=Path, help="an export from deeplab export (.onnx, TorchScript) or a checkpoint")
+    source.add_argument("--model", type=Path, help="an export from deeplab export (.onnx, TorchScript), a checkpoint, "
+                                                   "a save_pretrained folder or hf-hub:ORG/NAME[@REVISION]")
     if pretrained:
         source.add_argument("--pretrained", metavar="NAME",
                             help="published weights by name, e.g. deeplabv3plus_xception65.tf_voc_trainaug "
-                                 "(see deeplab models)")
+                                 "(see deeplab models), or a Hugging Face Hub model hf-hub:ORG/NAME[@REVISION]")
     p.add_argument("--runtime", choices=RUNTIMES, default=None,
                    help="what runs the model: auto (default, or $DEEPLAB_RUNTIME) times the runtimes verified for it "
                         "and keeps the fastest; torch, onnxruntime, openvino (pip install 'deeplab[openvino]')")
@@ -286,7 +352,8 @@ def _model_source(p: argparse.ArgumentParser, *, pretrained: bool = False) -> No
 def _inference_args(p: argparse.ArgumentParser) -> None:
     """The InferenceOptions flags ``predict`` and ``serve`` share (``--precision`` comes with the model source)."""
     p.add_argument("--output-stride", type=int, default=None, help="rebuild the model at this output stride")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale inference, e.g. 0.75 1 1.25")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                   help="multi-scale inference, e.g. 0.75 1 1.25 (default 1)")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
     p.add_argument("--window", type=int, default=None, help="sliding-window side for large images")
 
@@ -294,6 +361,7 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .cli_data import add_data_commands
+    from .constants import BENCHMARK_MODELS
     from .deploy.precision import EXPORT_PRECISIONS
     from .import_tf import add_import_tf_command
 
@@ -340,25 +408,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("onnx", "torchscript"), default=None,
                    help="default: torchscript for an --out ending in .pt/.ts/.torchscript, else onnx")
     p.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32",
-                   help="int8: ONNX Runtime static quantization; bf16: TorchScript")
+                   help="fp32 (default); int8: ONNX Runtime static quantization; bf16: TorchScript")
     p.add_argument("--output-stride", type=int, default=None, help="export the model rebuilt at this stride")
-    p.add_argument("--calibration-images", type=int, default=64, help="int8: images that calibrate activations")
+    p.add_argument("--calibration-count", dest="calibration_images", type=int, default=64, metavar="N",
+                   help="int8: how many images calibrate the activations (default 64), from --calibration")
+    p.add_argument("--calibration-images", dest="calibration_images", type=int, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # the first name, still read: a count that read like a path
     p.add_argument("--calibration", type=Path, default=None,
+                   metavar="DIR",
                    help="int8: a folder of calibration images (default: the checkpoint's training split)")
     p.add_argument("--max-miou-drop", type=float, default=1.0,
-                   help="int8: fail if the val mIoU drops by more points than this against fp32")
+                   help="int8: fail if the val mIoU drops by more points than this against fp32 (default 1.0)")
     p.add_argument("--eval-images", type=int, default=None,
                    help="int8: val images for the accuracy check (default all; 0 skips it)")
     p.add_argument("--tolerance", type=float, default=1e-3,
-                   help="fp32: fail if the export's logits differ from the checkpoint's by more than this")
+                   help="fp32: fail if the export's logits differ from the checkpoint's by more than this "
+                        "(default 1e-3)")
 
     p = _command(commands, "benchmark", cmd_benchmark)
-    p.add_argument("--models", default=None, help="comma-separated model names (default: the README table's five)")
-    p.add_argument("--size", type=int, default=513, help="input side")
+    p.add_argument("--models", default=None,
+                   help="comma-separated names from deeplab models (default: the five of the README's \"Deploy "
+                        "benchmark models\" list: " + ", ".join(BENCHMARK_MODELS) + ")")
+    p.add_argument("--size", type=int, default=513, help="input side in pixels (default 513)")
     p.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
-    p.add_argument("--runs", type=int, default=7, help="timed runs per path, interleaved across paths")
+    p.add_argument("--runs", type=int, default=7,
+                   help="timed rounds, each one run of every path (default 7; targets are judged from 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs per path before the timed ones (default 2)")
     p.add_argument("--no-memory", action="store_true", help="skip peak memory (measured in one process per path)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="time this trained checkpoint (e.g. make demo's runs/demo/best.pt) instead of random-weight "
+                        "models, on demo images: the argmax column then counts the pixels each path changes")
     p.add_argument("--no-peers", action="store_true",
                    help="accepted for old scripts; the peers (torchvision, smp) are in benchmarks/peers.py")
 
@@ -368,31 +447,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default 8000)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     _inference_args(p)
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MiB (else 413)")
-    p.add_argument("--max-side", type=int, default=4096, help="longest image side in pixels (else 413)")
-    p.add_argument("--max-batch", type=int, default=8, help="most waiting images of one size run as one batch")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MiB (default 20; else 413)")
+    p.add_argument("--max-side", type=int, default=4096, help="longest image side in pixels (default 4096; else 413)")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="most waiting images of one size run as one batch (default 8)")
 
     from .postprocess import CRF_SEARCH_GRID as GRID
 
     p = _command(commands, "crf-tune", cmd_crf_tune)
     p.add_argument("--checkpoint", type=Path, required=True,
                    help="a checkpoint written by deeplab train; its val split holds the tuning images")
-    p.add_argument("--images", type=int, default=100, help="held-out val images (the papers used 100)")
-    p.add_argument("--w1", type=float, nargs="+", default=list(GRID["w1"]), help="appearance weights")
+    p.add_argument("--images", type=int, default=100, help="held-out val images (default 100, as the papers)")
+    p.add_argument("--w1", type=float, nargs="+", default=list(GRID["w1"]),
+                   help=f"appearance weights (default {' '.join(f'{v:g}' for v in GRID['w1'])})")
     p.add_argument("--sigma-alpha", type=float, nargs="+", default=list(GRID["sigma_alpha"]),
-                   help="appearance position widths (pixels)")
+                   help="appearance position widths in pixels (default "
+                        f"{' '.join(f'{v:g}' for v in GRID['sigma_alpha'])})")
     p.add_argument("--sigma-beta", type=float, nargs="+", default=list(GRID["sigma_beta"]),
-                   help="appearance colour widths (0..255)")
+                   help="appearance colour widths, 0..255 (default "
+                        f"{' '.join(f'{v:g}' for v in GRID['sigma_beta'])})")
     p.add_argument("--iterations", type=int, default=None, help="mean-field iterations (default 10)")
     p.add_argument("--workers", type=int, default=None, help="CRF processes (default: one per core)")
-    p.add_argument("--top", type=int, default=15, help="rows to print, best first (0: all)")
+    p.add_argument("--top", type=int, default=15, help="rows to print, best first (default 15; 0: all)")
     p.add_argument("--json", type=Path, help="also write every setting's mIoU as JSON here")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     _config_args(p, "crf-tune")
 
     p = _command(commands, "models", cmd_models)
     p.add_argument("--macs", action="store_true", help="count multiply-adds at OS 16 and OS 8 (a few seconds)")
-    p.add_argument("--size", type=int, default=513, help="input side for --macs")
+    p.add_argument("--size", type=int, default=513, help="input side for --macs (default 513)")
+    p.add_argument("--encoders", nargs="?", const="*", default=None, metavar="PATTERN",
+                   help="list the timm models usable as HEAD_tu-NAME (e.g. 'convnext*'), with output stride 8/16 "
+                        "support")
+
+    p = _command(commands, "push", cmd_push)
+    p.add_argument("source", type=Path, help="a training run's folder (best.pt or last.pt, metrics.json) or a "
+                                             "checkpoint")
+    p.add_argument("repo", metavar="ORG/NAME", help="the Hub model repo (created if needed)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--dry-run", type=Path, metavar="DIR", default=None,
+                   help="write the folder that would be uploaded into DIR and upload nothing")
+    p.add_argument("--license", default="apache-2.0", help="the model card's license (default apache-2.0)")
+    p.epilog = ("uploads with huggingface_hub (log in with `hf auth login` or set HF_TOKEN); afterwards "
+                "hf-hub:ORG/NAME works wherever a model is taken (--pretrained, --model, model.weights, ...)")
 
     add_import_tf_command(commands)
     add_data_commands(commands)
@@ -405,7 +502,9 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # for the command that continues a stopped run
     with warnings.catch_warnings():
         warnings.showwarning = _print_warning
         try:
@@ -413,6 +512,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, OSError, RuntimeError, FloatingPointError, ImportError) as err:  # input, not a bug
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # Ctrl-C before a command's loop listens for it (loading a model, say)
+            print("interrupted by SIGINT", file=sys.stderr)
+            return 128 + signal.SIGINT.value
 
 
 if __name__ == "__main__":

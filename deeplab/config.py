@@ -57,6 +57,9 @@ class DataConfig:
     image_size: int = 128  # demo dataset
     num_images: int | None = None  # demo dataset: images per split (None: its defaults)
     num_workers: int = 2
+    # Your own data (folder datasets; docs/data.md): stored mask value -> class id, applied on load, e.g. {255: 1}
+    label_map: dict[int, int] | None = None
+    max_value: float | None = None  # image value read as 1.0; None: 255 for 8-bit, 65535 for 16-bit, float as is
 
 
 @dataclass
@@ -82,6 +85,10 @@ class TrainConfig:
     eval_protocol: str = "fast"  # fast: one scale, no flip, training output stride | eval: the eval section
     log_every: int = 10
     progress: bool = True
+    # ce | bce | focal | dice | tversky | lovasz, "ce+dice", or a weighted list with options, e.g.
+    # [{name: ce, weight: 1, top_k_percent_pixels: 0.25}, {name: dice, weight: 1}]; see docs/losses.md
+    loss: str | list[str | dict[str, Any]] = "ce"
+    class_weights: list[float] | str | None = None  # ce/bce pixel weights per class, or "auto" (median frequency)
 
 
 @dataclass
@@ -105,6 +112,7 @@ class EvalConfig:
     min_resize_value: int | None = None
     max_resize_value: int | None = None
     resize_factor: int | None = None
+    threshold: float = 0.5  # binary and multilabel models: a pixel is foreground where the sigmoid exceeds it
 
 
 @dataclass
@@ -132,11 +140,16 @@ def _type_name(hint: Any) -> str:
 
 def coerce(value: Any, hint: Any, key: str) -> Any:
     """Checks ``value`` against a field's type (int, float, bool, str, lists, optionals and unions)."""
+    if hint is Any:
+        return value  # checked by whoever reads it (e.g. deeplab.losses for train.loss's options)
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
         else (hint,)
     for option in options:
         if option is type(None) and value is None:
             return None
+        if typing.get_origin(option) is dict and isinstance(value, dict):
+            key_hint, value_hint = typing.get_args(option)
+            return {coerce(k, key_hint, key): coerce(v, value_hint, key) for k, v in value.items()}
         if typing.get_origin(option) is list and isinstance(value, list | tuple):
             (item,) = typing.get_args(option)
             return [coerce(v, item, key) for v in value]

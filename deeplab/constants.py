@@ -32,10 +32,11 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 """Named (mean, std) presets; a model spec records the numbers, not the name."""
 
 
-def check_normalization(mean: Sequence[float], std: Sequence[float]) -> None:
-    """Raises ``ValueError`` unless ``mean`` and ``std`` are three numbers each, ``std`` positive."""
-    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
-        raise ValueError(f"mean and std must be three numbers each (std > 0), got mean={mean}, std={std}")
+def check_normalization(mean: Sequence[float], std: Sequence[float], channels: int = 3) -> None:
+    """Raises ``ValueError`` unless ``mean`` and ``std`` hold one number per input channel each, ``std`` positive."""
+    if len(mean) != channels or len(std) != channels or any(s <= 0 for s in std):
+        count = "three numbers" if channels == 3 else f"{channels} numbers (one per input channel)"
+        raise ValueError(f"mean and std must be {count} each (std > 0), got mean={mean}, std={std}")
 
 
 def default_workers() -> int:
@@ -53,3 +54,9 @@ def cache_dir() -> Path:
         return Path(os.environ["DEEPLAB_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "deeplab"
+
+# `deeplab benchmark`'s models when --models is not given (the README's "Deploy benchmark models" list): v3+ on the
+# three backbones at OS 16 (MobileNetV2 full and light), and v3 ResNet-101 in torchvision's layout. Here, below
+# everything, so that the CLI's --help names them without importing the benchmark.
+BENCHMARK_MODELS = ("deeplabv3plus_resnet101", "deeplabv3plus_xception65", "deeplabv3plus_mobilenetv2",
+                    "deeplabv3plus_mobilenetv2_light", "deeplabv3_resnet101")

@@ -26,6 +26,12 @@ IMAGE_EXTENSIONS = frozenset(
 )
 """File suffixes (lower case) taken as images when scanning folders; all of them decode through Pillow."""
 
+BAND_EXTENSIONS = frozenset({".tif", ".tiff", ".npy"})
+"""Suffixes :func:`read_bands` reads band by band (tifffile, numpy) rather than through Pillow."""
+
+COLOUR_MASK_MODES = ("RGB", "RGBA")
+"""Pillow modes of a colour mask: each pixel's colour names its class (through the dataset's palette)."""
+
 MASK_MODES = ("L", "P", "1")
 """Pillow modes of a mask file: single-channel, pixel value = class id (for ``P`` the index, not the colour).
 A dataset may accept fewer (``SegmentationDataset.mask_modes``), never others."""
@@ -61,6 +67,142 @@ def read_image(path: str | Path | IO[bytes]) -> torch.Tensor:
     except _DECODE_ERRORS as err:
         raise ImageReadError(f"cannot read image {str(path)!r}: {err}") from err
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+class ChannelError(ValueError):
+    """An image whose number of channels is not the one the model takes (``model.in_channels``)."""
+
+
+def read_bands(path: str | Path, channels: int = 3, max_value: float | None = None) -> torch.Tensor:
+    """Reads an image with ``channels`` bands as a ``channels x H x W`` tensor, for any band count and depth.
+
+    Where the pixels come from:
+
+    - ``.tif`` / ``.tiff``: every band through tifffile, as stored (no EXIF orientation): a multi-band file
+      (samples per pixel, ``H x W x C``) or a multi-page / planar one (``C x H x W``); leading axes that are not
+      rows or columns are the channels. Palette and CMYK TIFFs go through Pillow (as RGB), like other images.
+    - ``.npy``: ``H x W`` (one channel), ``H x W x C`` or ``C x H x W``: the channel axis is the shorter of the
+      first and the last (the first when they are equal).
+    - anything else through Pillow, upright by its EXIF orientation: grey or RGB (``channels`` 1 or 3, converting
+      between them), RGBA when ``channels`` is 4; 16-bit grey PNGs keep their 16 bits.
+
+    A single band is repeated when ``channels`` is 3 (a grey image for an RGB model); any other mismatch is a
+    :class:`ChannelError`.
+
+    Scaling: 8-bit data without ``max_value`` stays uint8 (0..255, as :func:`read_image` gives); otherwise the
+    result is float32 on the 0..1 scale: values divided by ``max_value``, else by the dtype's range (65535 for
+    16-bit), float data taken as already on that scale. Other integer types (int32, ...) need ``max_value``
+    unless their values fit 16 bits.
+
+    Raises:
+        ImageReadError: naming the file, if it cannot be opened or decoded.
+        ChannelError: naming the file, its channel count and ``channels``.
+    """
+    path = Path(path)
+    bands = decode_bands(path, channels)
+    if bands.shape[0] == 1 and channels == 3:
+        bands = np.repeat(bands, 3, axis=0)
+    if bands.shape[0] != channels:
+        raise ChannelError(f"{path}: {bands.shape[0]} channel(s) (shape {tuple(bands.shape)}) but model.in_channels="
+                           f"{channels}; images with more than 3 channels are read from TIFF or .npy files")
+    return torch.from_numpy(scale_bands(bands, max_value, str(path)))
+
+
+def decode_bands(path: str | Path, channels: int = 3) -> np.ndarray:
+    """The ``C x H x W`` array of an image as stored (dtype kept), read as :func:`read_bands` describes, before
+    its channel check and scaling.
+
+    Raises:
+        ImageReadError: naming the file, if it cannot be opened or decoded.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return _npy_bands(path)
+        if suffix in (".tif", ".tiff"):
+            bands = _tiff_bands(path)
+            if bands is not None:
+                return bands
+        return _pillow_bands(path, channels)
+    except ImageReadError:
+        raise
+    except (*_DECODE_ERRORS, KeyError, IndexError) as err:
+        raise ImageReadError(f"cannot read image {str(path)!r}: {err}") from err
+
+
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """An image for display: uint8 as it is, a float image on the 0..1 scale (16-bit data) mapped to 0..255."""
+    if image.dtype == torch.uint8:
+        return image
+    return (image.as_subclass(torch.Tensor).float() * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def scale_bands(bands: np.ndarray, max_value: float | None = None, name: str = "image") -> np.ndarray:
+    """``C x H x W`` values as :func:`read_bands` returns them: uint8 kept, anything else float32 on 0..1."""
+    if bands.dtype == np.bool_:
+        bands = bands.astype(np.uint8) * 255
+    if max_value is not None:
+        if not max_value > 0:
+            raise ValueError(f"max_value must be positive, got {max_value}")
+        return np.ascontiguousarray(bands, dtype=np.float32) / np.float32(max_value)
+    if bands.dtype == np.uint8:
+        return np.ascontiguousarray(bands)
+    if bands.dtype.kind == "f":
+        return np.ascontiguousarray(bands, dtype=np.float32)
+    if bands.dtype == np.uint16 or (bands.dtype.kind in "iu" and bands.min(initial=0) >= 0
+                                    and bands.max(initial=0) <= 65535):
+        return bands.astype(np.float32) / np.float32(65535)
+    raise ImageReadError(f"{name}: {bands.dtype} values {bands.min()}..{bands.max()} do not fit 16 bits; set "
+                         "data.max_value to the value that means full scale")
+
+
+def _npy_bands(path: Path) -> np.ndarray:
+    array = np.load(path, allow_pickle=False)
+    if array.ndim == 2:
+        return array[None]
+    if array.ndim != 3:
+        raise ImageReadError(f"cannot read image {str(path)!r}: expected an H x W, H x W x C or C x H x W array, "
+                             f"got shape {array.shape}")
+    return np.moveaxis(array, -1, 0) if array.shape[-1] < array.shape[0] else array
+
+
+def _tiff_bands(path: Path) -> np.ndarray | None:
+    """A TIFF's bands through tifffile; ``None`` for the colour TIFFs Pillow renders better (palette, CMYK) and,
+    without imagecodecs, for compressions tifffile cannot decode alone (LZW, JPEG)."""
+    try:
+        import tifffile  # imported when used: most runs read no TIFF
+    except ImportError as err:
+        raise ImageReadError(f"cannot read image {str(path)!r}: TIFF images need tifffile: "
+                             "pip install 'deeplab[data]'") from err
+
+    with tifffile.TiffFile(path) as tif:
+        if tif.pages.first.photometric in (tifffile.PHOTOMETRIC.PALETTE, tifffile.PHOTOMETRIC.SEPARATED):
+            return None
+        series = tif.series[0]
+        try:
+            array, axes = series.asarray(), series.axes
+        except ValueError as err:
+            if "imagecodecs" in str(err):
+                return None
+            raise
+    if axes.endswith("S"):  # samples per pixel: H x W x C
+        array = np.moveaxis(array, -1, 0)
+    return array.reshape(-1, *array.shape[-2:])
+
+
+def _pillow_bands(path: Path, channels: int) -> np.ndarray:
+    with Image.open(path) as image:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
+            gray = np.array(image)
+            return (gray.astype(np.uint16) if image.mode in _SIXTEEN_BIT_MODES else gray)[None]
+        if channels == 1:
+            return np.array(image.convert("L"))[None]
+        if channels == 4 and image.mode == "RGBA":
+            return np.moveaxis(np.array(image), -1, 0)
+        return np.moveaxis(_to_rgb_array(image), -1, 0)
 
 
 def mask_mode_problem(name: str, mode: str, modes: tuple[str, ...] = MASK_MODES) -> str:
@@ -214,11 +356,18 @@ def normalize_image(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> torch.Tensor:
-    """Map a uint8 image (``... x 3 x H x W``, values 0..255) to float32 ``(x / 255 - mean) / std``.
+    """Map an image (``... x C x H x W``) to float32 ``(x - mean) / std`` on the 0..1 scale, per channel.
 
+    A uint8 image is divided by 255 first; a float image (16-bit or multispectral data from :func:`read_bands`)
+    is taken as on the 0..1 scale already. ``mean`` and ``std`` have one entry per channel.
     Returns a plain ``torch.Tensor`` (no ``tv_tensors`` subclass), so batches collate to plain tensors.
     """
-    image = image_uint8.as_subclass(torch.Tensor).to(torch.float32) / 255.0
+    image = image_uint8.as_subclass(torch.Tensor)
+    if len(mean) != image.shape[-3] or len(std) != image.shape[-3]:
+        raise ValueError(f"the image has {image.shape[-3]} channel(s) but mean has {len(mean)} and std {len(std)} "
+                         "entries: set model.mean and model.std (deeplab data stats ROOT computes them)")
+    scale = 255.0 if image.dtype == torch.uint8 else 1.0
+    image = image.to(torch.float32) / scale
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=image.device).view(-1, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32, device=image.device).view(-1, 1, 1)
     return (image - mean_t) / std_t

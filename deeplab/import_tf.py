@@ -12,9 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .classes import dataset_classes, dataset_for_classes
-from .config import Config
-from .engine.checkpoint import save_checkpoint
+from .engine.checkpoint import save_model
 from .modelfile import read_checkpoint
 from .models import build_from_spec
 from .models.tf_import import import_tf_variables
@@ -30,21 +28,14 @@ def import_tf_checkpoint(source: str | Path, out: str | Path, *, dataset: str | 
                                       multi_grid=multi_grid)
     model = build_from_spec(spec)
     model.load_state_dict(state)
-    classes, palette = dataset_classes(dataset, spec.num_classes)
-    config = Config()
-    config.model.name = spec.name
-    config.model.output_stride = spec.output_stride
-    config.data.name = dataset or dataset_for_classes(spec.num_classes) or "folder"
-    config.data.num_classes = spec.num_classes
-    save_checkpoint(out, model=model, optimizer=None, step=0, best_miou=-1.0, config=config, classes=classes,
-                    palette=palette, extra={"imported_from": str(source)})
-    return Path(out)
+    return save_model(model, out, dataset=dataset, extra={"imported_from": str(source)})
 
 
 def add_import_tf_command(subparsers: argparse._SubParsersAction) -> None:
     """Registers ``import-tf`` on the CLI's subcommands."""
     p = subparsers.add_parser(
-        "import-tf", help="convert a TF DeepLab checkpoint (the authors' model zoo) into a deeplab checkpoint",
+        "import-tf", help="Convert a checkpoint of the authors' TensorFlow DeepLab (their model zoo) into a deeplab "
+                          "checkpoint.",
         description="Convert a checkpoint of the authors' TensorFlow DeepLab (research/deeplab, its model zoo) "
                     "into a deeplab checkpoint. The architecture is read from the variable names and shapes; "
                     "output stride, atrous rates and multi-grid are not recorded there and default to the "
@@ -53,7 +44,8 @@ def add_import_tf_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="the deeplab checkpoint to write (.pt)")
     p.add_argument("--dataset", choices=("voc", "cityscapes", "ade20k"), default=None,
                    help="class names and palette (default: from the class count: 21 voc, 19 cityscapes, 151 ade20k)")
-    p.add_argument("--output-stride", type=int, default=16, help="build at this output stride (rates scale with it)")
+    p.add_argument("--output-stride", type=int, default=16,
+                   help="build at this output stride (default 16; rates scale with it)")
     p.add_argument("--atrous-rates", type=int, nargs="+", default=None,
                    help="ASPP rates at --output-stride (default: 6 12 18 at 16, doubled at 8)")
     p.add_argument("--multi-grid", type=int, nargs=3, default=None,

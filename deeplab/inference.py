@@ -132,7 +132,8 @@ class Predictor:
         runtime: str | None = None, options: InferenceOptions | None = None, **option_values: Any,
     ) -> Predictor:
         """A predictor for any model source :func:`deeplab.modelfile.read_model` reads: a training checkpoint, an
-        export (ONNX, TorchScript), a TF checkpoint, or a published weights name.
+        export (ONNX, TorchScript), a TF checkpoint, a published weights name, a ``save_pretrained`` folder or a
+        Hugging Face Hub model ``hf-hub:ORG/NAME[@REVISION]``.
 
         The source alone says what the model is, its classes, palette and normalisation.
 
@@ -178,9 +179,10 @@ class Predictor:
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """Converts a uint8 ``3 x H x W`` RGB image to a normalised float ``1 x 3 x H x W`` batch."""
-        if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
-            raise TypeError(
-                f"expected a uint8 3 x H x W image, got {image.dtype} {tuple(image.shape)}; "
+        scaled = image.dtype == torch.uint8 or (image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1)
+        if not scaled or image.ndim != 3 or image.shape[0] != 3:
+            raise TypeError(  # float32: on the 0..1 scale, as deeplab.imageio.read_bands gives 16-bit data
+                f"expected a uint8 (or float32 0..1) 3 x H x W image, got {image.dtype} {tuple(image.shape)}; "
                 "pass normalised float batches to logits_for_batch instead"
             )
         return normalize_image(image.to(self.device).unsqueeze(0), self.mean, self.std)

@@ -29,8 +29,21 @@ from .config import Config, from_dict
 from .constants import IMAGENET_MEAN, IMAGENET_STD, Colour
 from .deploy.onnxfile import METADATA_KEY
 from .deploy.runners import OnnxRunner, load_torchscript, require_onnx
+from .hub import (
+    CONFIG_NAME,
+    PREPROCESSOR_NAME,
+    WEIGHTS_NAME,
+    HubFileMissing,
+    HubName,
+    hub_file,
+    looks_like_repo_id,
+    missing_file_message,
+    parse_hub_name,
+)
+from .hubfolder import is_pretrained_config
 from .models import ModelSpec, Segmenter, build_model, build_with_weights, resolve_spec
-from .models.published import PUBLISHED_WEIGHTS, fetch_published, published_weights
+from .models.pretrained import fetch_published
+from .models.published import PUBLISHED_WEIGHTS, published_weights
 from .models.weights import weights_and_implied
 from .torchfile import read_torch_file
 
@@ -70,7 +83,8 @@ class ModelCard:
         spec: the model's spec (for an export, ``output_stride`` is the one it was exported at).
         classes: class names.
         palette: one RGB colour per class.
-        format: ``checkpoint``, ``onnx``, ``torchscript``, ``tf-checkpoint`` or ``published``.
+        format: ``checkpoint``, ``onnx``, ``torchscript``, ``tf-checkpoint``, ``published``, ``pretrained`` (a
+            ``save_pretrained`` folder or Hub repo) or ``transformers`` (a transformers DeepLab checkpoint).
         precision: the arithmetic baked into an export (``fp32``, ``bf16``, ``int8``); ``fp32`` for weights.
         config: the training run's config as a plain dict (names the dataset for ``deeplab eval``), if known.
         source: the path or name it was read from.
@@ -159,16 +173,23 @@ def open_model(source: str | Path, *, device: str | torch.device = "cpu",
 
 
 def read_model(source: str | Path) -> ModelFile:
-    """Reads and identifies a checkpoint, an export, a TF checkpoint (prefix, folder, zoo ``.tar.gz``) or a
-    published weights name (``deeplab models`` lists them; fetched through torch.hub's cache).
+    """Reads and identifies a checkpoint, an export, a TF checkpoint (prefix, folder, zoo ``.tar.gz``), a
+    published weights name (``deeplab models`` lists them; fetched through torch.hub's cache), a
+    ``save_pretrained`` folder or a Hugging Face Hub name ``hf-hub:ORG/NAME[@REVISION]`` (see
+    :func:`read_pretrained`).
 
     Raises:
         FileNotFoundError: no such file (and not a published name).
         ValueError: a file of another kind, damaged, or a plain state dict (which does not say which model it is).
     """
+    hub = parse_hub_name(source)
+    if hub is not None:
+        return _weights_file(*read_pretrained(hub))
     if isinstance(source, str) and source in PUBLISHED_WEIGHTS and not Path(source).exists():
         return _published(source)
     path = Path(source)
+    if path.is_dir() and (path / CONFIG_NAME).is_file():
+        return _weights_file(*read_pretrained(path))
     if is_tf_checkpoint(path):
         return _tf_checkpoint(path)
     kind = detect_format(path)
@@ -257,6 +278,115 @@ def _tf_checkpoint(path: Path) -> ModelFile:
     return _weights_file(ModelCard(spec, classes, palette, "tf-checkpoint", source=str(path)), state)
 
 
+# ----------------------------------------------------------------------------- save_pretrained folders, the Hub
+
+
+def read_pretrained(source: str | Path | HubName) -> tuple[ModelCard, dict[str, Tensor]]:
+    """(card, state dict) of a model folder: one ``save_pretrained`` wrote, or a transformers
+    ``MobileNetV2ForSemanticSegmentation`` (loaded as ``deeplabv3_mobilenetv2`` with the TF numerics), from a
+    local folder or a Hub repo (``HubName``, or ``hf-hub:ORG/NAME[@REVISION]``).
+
+    Only ``config.json``, ``model.safetensors`` and transformers' ``preprocessor_config.json`` are read: no
+    pickle, no code from the repo. A folder or repo without them is refused, naming what it holds.
+    """
+    hub = source if isinstance(source, HubName) else parse_hub_name(source)
+    fetch = (lambda name: hub_file(hub, name)) if hub is not None else _folder_file(Path(source))
+    label = str(hub if hub is not None else source)
+    config = _read_json(fetch(CONFIG_NAME), label)
+    if is_pretrained_config(config):
+        try:
+            card = ModelCard(ModelSpec.from_dict(config["model_spec"]), list(config["classes"]),
+                             [tuple(colour) for colour in config["palette"]], "pretrained",
+                             config=_config_for_eval(config.get("training")), source=label,
+                             extra={"metrics": config.get("metrics")})
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{label}: damaged deeplab {CONFIG_NAME} ({type(err).__name__}: {err})") from err
+        return card, read_torch_file(fetch(WEIGHTS_NAME), what="weights file")
+    from .models.transformers_mobilenet import (
+        ARCHITECTURE,
+        is_transformers_deeplab,
+        transformers_classes,
+        transformers_spec,
+        transformers_state,
+    )
+
+    if not is_transformers_deeplab(config):
+        raise ValueError(f"{label}: its {CONFIG_NAME} is neither a deeplab model's (save_pretrained) nor a "
+                         f"transformers {ARCHITECTURE}'s (it says model_type={config.get('model_type')!r}, "
+                         f"architectures={config.get('architectures')!r})")
+    try:
+        preprocessor = _read_json(fetch(PREPROCESSOR_NAME), label)
+    except FileNotFoundError:  # optional: transformers' default normalisation then
+        preprocessor = None
+    try:
+        spec = transformers_spec(config, preprocessor)
+        state = transformers_state(read_torch_file(fetch(WEIGHTS_NAME), what="weights file"))
+    except ValueError as err:
+        raise ValueError(f"{label}: {err}") from err
+    classes, palette = transformers_classes(config)
+    return ModelCard(spec, classes, palette, "transformers", source=label), state
+
+
+def from_pretrained(source: str | Path, *, output_stride: int | None = None,
+                    device: str | torch.device = "cpu") -> Segmenter:
+    """The model of a ``save_pretrained`` folder or a Hub repo, in eval mode, with its spec as ``model.spec``.
+
+    ``source``: a folder, ``hf-hub:ORG/NAME[@REVISION]`` or plain ``ORG/NAME`` (when no such folder exists);
+    a transformers ``MobileNetV2ForSemanticSegmentation`` repo such as ``google/deeplabv3_mobilenet_v2_1.0_513``
+    loads as ``deeplabv3_mobilenetv2``. Repos are fetched into (and, offline, read from) the Hugging Face cache.
+    For the classes, palette and metrics use ``deeplab.open_model(source)``, which returns the card too.
+    """
+    if isinstance(source, str) and not Path(source).exists() and looks_like_repo_id(source):
+        source = f"hf-hub:{source}"
+    if parse_hub_name(source) is None and not Path(source).is_dir():
+        raise FileNotFoundError(f"no model folder at {source} (from_pretrained takes a save_pretrained folder, "
+                                "hf-hub:ORG/NAME or ORG/NAME)")
+    return _weights_file(*read_pretrained(source)).open(output_stride=output_stride, device=device)
+
+
+def _folder_file(folder: Path) -> Callable[[str], Path]:
+    def fetch(name: str) -> Path:
+        path = folder / name
+        if not path.is_file():
+            held = [p.name for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+            raise HubFileMissing(missing_file_message(folder, name, held))
+        return path
+
+    return fetch
+
+
+def _read_json(path: Path, label: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{label}: {path.name} is not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{label}: {path.name} holds {type(data).__name__}, not a JSON object")
+    return data
+
+
+def _config_for_eval(training: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The training essentials as a config dict ``deeplab eval`` can start from (its data section)."""
+    if not training:
+        return None
+    try:
+        return from_dict(dict(training)).to_dict()
+    except ValueError:  # essentials of another deeplab version: the card still loads, eval needs --config
+        return None
+
+
+def _hub_backbone(model: Segmenter, name: HubName) -> None:
+    """``pretrained_backbone=hf-hub:...``: the backbone of a Hub model (ours or transformers'), loaded strictly."""
+    card, state = read_pretrained(name)
+    backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    try:
+        model.backbone.load_state_dict(backbone, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"pretrained_backbone={name}: the backbone of its {card.spec.name} ({len(backbone)} "
+                         f"tensors) does not fit {model.spec.name}'s ({len(model.backbone.state_dict())}): "
+                         f"{str(err).splitlines()[0]}") from err
+
+
 # ----------------------------------------------------------------------------- training checkpoints
 
 
@@ -308,7 +438,15 @@ def legacy_spec(raw: dict[str, Any]) -> ModelSpec:
 
 def load_checkpoint(path: str | Path, *, output_stride: int | None = None,
                     device: str | torch.device = "cpu") -> tuple[Segmenter, Checkpoint]:
-    """Rebuilds the model a checkpoint was trained with, optionally at another output stride, in eval mode."""
+    """Rebuilds the model a checkpoint was trained with, optionally at another output stride, in eval mode.
+
+    Reads checkpoints of ``deeplab train``, ``deeplab.save_model`` and ``deeplab import-tf``.
+
+    Returns:
+        ``(model, checkpoint)``: the :class:`Segmenter` (its spec as ``model.spec``) and the :class:`Checkpoint`
+        with what the file holds besides the weights: ``spec``, ``config`` (the run's :class:`Config`),
+        ``classes``, ``palette``, ``step``, ``best_miou`` (-1 when never evaluated) and ``raw`` (the whole dict).
+    """
     checkpoint = read_checkpoint(path)
     model = _weights_file(checkpoint.card(path), checkpoint.raw["model"]).open(output_stride=output_stride,
                                                                                 device=device)
@@ -359,10 +497,15 @@ def read_export(path: str | Path) -> ModelCard:
 
 
 def read_weights(weights: WeightsLike, model_name: str) -> Mapping[str, Any]:
-    """Weights in memory from a state dict, a ``.pt``/``.pth``/``.safetensors`` path (plain or a checkpoint), or a
-    published weights name for ``model_name`` (fetched through torch.hub's cache)."""
+    """Weights in memory from a state dict, a ``.pt``/``.pth``/``.safetensors`` path (plain or a checkpoint), a
+    published weights name for ``model_name`` (fetched through torch.hub's cache) or a Hub model
+    (``hf-hub:ORG/NAME``, its spec implied as a checkpoint's is)."""
     if isinstance(weights, Mapping):
         return weights
+    hub = parse_hub_name(weights)
+    if hub is not None:
+        card, state = read_pretrained(hub)
+        return {"model_spec": card.spec.to_dict(), "model": state}
     if isinstance(weights, str) and not Path(weights).exists() and weights in PUBLISHED_WEIGHTS:
         published = PUBLISHED_WEIGHTS[weights]
         if published.model != model_name:
@@ -377,8 +520,15 @@ def create_model(name: str, *, weights: WeightsLike | None = None, pretrained_ba
     ``pretrained_backbone`` and the architecture ``options``), reading ``weights`` first.
 
     ``weights``: a state dict, a checkpoint / ``.pt`` / ``.safetensors`` path, torchvision's DeepLabV3 state dict,
-    or a published weights name (see ``deeplab.models.published``); weights that imply an architecture set the
-    defaults, explicit ``options`` still win. Returns the model in training mode, its spec as ``model.spec``.
+    a published weights name (see ``deeplab.models.published``) or a Hub model ``hf-hub:ORG/NAME``; weights that
+    imply an architecture set the defaults, explicit ``options`` still win. ``pretrained_backbone`` may also be a
+    Hub model (``hf-hub:ORG/NAME``) whose backbone fits. Returns the model in training mode, its spec as
+    ``model.spec``.
     """
     loaded = None if weights is None else read_weights(weights, name)
-    return build_model(name, weights=loaded, pretrained_backbone=pretrained_backbone, **options)
+    hub_backbone = parse_hub_name(pretrained_backbone) if isinstance(pretrained_backbone, str) else None
+    model = build_model(name, weights=loaded, pretrained_backbone=False if hub_backbone else pretrained_backbone,
+                        **options)
+    if hub_backbone is not None and loaded is None:  # whole-model weights replace the backbone's anyway
+        _hub_backbone(model, hub_backbone)
+    return model

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from .constants import Palette, default_workers
 from .engine import dist
+from .engine.stops import Stop, in_lockstep, stop_on_signals
 from .engine.workers import worker_options
 from .imageio import (
     IMAGE_EXTENSIONS,
@@ -37,7 +39,8 @@ from .inference import Predictor
 @dataclass
 class PredictionReport:
     """What ``predict_paths`` did: the index masks written, the inputs skipped with the reason, the inputs whose
-    outputs were there already (``resume``), and how long it took on how many processes."""
+    outputs were there already (``resume``), how long it took on how many processes, and, when a SIGINT or
+    SIGTERM stopped it, which (``stopped``) and how many of the ``inputs`` have their outputs."""
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
@@ -45,6 +48,13 @@ class PredictionReport:
     resumed: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     processes: int = 1
+    stopped: Stop | None = None
+    inputs: int = 0  # readable or not, after expanding folders and patterns
+
+    @property
+    def complete(self) -> int:
+        """Inputs whose three outputs exist now (written by this run or before it)."""
+        return len(self.written) + len(self.resumed)
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,7 @@ class _Part:
     written: list[int] = field(default_factory=list)
     failed: list[tuple[int, str]] = field(default_factory=list)
     rows: dict[int, list[str]] = field(default_factory=dict)
+    stopped: Stop | None = None
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -150,6 +161,9 @@ def predict_paths(
             arguments: rank 0 decides the names, each process predicts its share of the images, and every
             process returns the report of the whole run. Rank 0 writes ``areas.csv`` and alone shows the
             progress bar, over its own share.
+
+    A SIGINT or SIGTERM (to any process) stops every process after its current image: the outputs written so
+    far stay (``resume`` continues), ``areas.csv`` is not written, and the report says which signal in ``stopped``.
     """
     loader_workers = default_loader_workers() if workers is None else workers
     if loader_workers < 0:
@@ -165,13 +179,15 @@ def predict_paths(
 
     def work() -> _Part:
         return _predict_share(predictor, share, out_dir, loader_workers,
-                              tqdm(total=len(share), desc=desc, unit="image", disable=not (progress and rank == 0)))
+                              tqdm(total=len(share), desc=desc, unit="image", disable=not (progress and rank == 0)),
+                              rounds=math.ceil(len(todo) / size))
 
     parts = dist.gather_results(work) if distributed else [work()]
     report = _merge(jobs, missing, parts, out_dir)
-    if area_table:
+    report.stopped, report.inputs = parts[0].stopped, len(jobs)
+    if area_table and not report.stopped:
         report.areas_csv = out_dir / "areas.csv"
-    if area_table and rank == 0:
+    if report.areas_csv and rank == 0:
         rows = {index: row for part in parts for index, row in part.rows.items()}
         with atomic_write(report.areas_csv, "w") as handle:
             writer = csv.writer(handle)
@@ -230,25 +246,38 @@ def _as_is(item):
     return item
 
 
-def _predict_share(predictor: Predictor, share: list[_Job], out_dir: Path, workers: int, bar: tqdm) -> _Part:
-    """Predicts (or, for jobs done before, reads the areas of) this process's jobs; returns what it did."""
+def _predict_share(predictor: Predictor, share: list[_Job], out_dir: Path, workers: int, bar: tqdm,
+                   rounds: int) -> _Part:
+    """Predicts (or, for jobs done before, reads the areas of) this process's jobs; returns what it did.
+
+    After each job the processes agree whether any got SIGINT / SIGTERM (or failed); if so all stop there, the
+    jobs done so far kept. ``rounds``: the largest share's length, the same on every process.
+    """
     part = _Part()
     loader = DataLoader(_Decoded(share, out_dir, predictor.num_classes), batch_size=None, collate_fn=_as_is,
                         num_workers=workers, **worker_options(workers))
-    with bar:
-        for position, image, mask, reason in loader:
-            job = share[position]
+    with bar, stop_on_signals() as requested:
+        def one(item: tuple) -> None:
+            position, image, mask, reason = item
+            _predict_job(predictor, share[position], image, mask, reason, out_dir, part)
             bar.update(1)
-            if reason is not None:
-                part.failed.append((job.index, reason))
-                continue
-            if mask is None:
-                mask = predictor.predict(image)
-                _write_outputs(predictor.palette, image, mask, out_dir, job.stem)
-                part.written.append(job.index)
-            fractions = torch.bincount(mask.flatten(), minlength=predictor.num_classes) / mask.numel()
-            part.rows[job.index] = [str(job.path), f"{job.stem}.png", *(f"{value:.6f}" for value in fractions.tolist())]
+
+        part.stopped = in_lockstep(loader, one, rounds=rounds, requested=requested, device=predictor.device)
     return part
+
+
+def _predict_job(predictor: Predictor, job: _Job, image: torch.Tensor | None, mask: torch.Tensor | None,
+                 reason: str | None, out_dir: Path, part: _Part) -> None:
+    """One decoded job: predicted and written (or its mask read back), its areas row kept; a failure noted."""
+    if reason is not None:
+        part.failed.append((job.index, reason))
+        return
+    if mask is None:
+        mask = predictor.predict(image)
+        _write_outputs(predictor.palette, image, mask, out_dir, job.stem)
+        part.written.append(job.index)
+    fractions = torch.bincount(mask.flatten(), minlength=predictor.num_classes) / mask.numel()
+    part.rows[job.index] = [str(job.path), f"{job.stem}.png", *(f"{value:.6f}" for value in fractions.tolist())]
 
 
 def _merge(jobs: list[_Job], missing: list[tuple[Path, str]], parts: list[_Part], out_dir: Path) -> PredictionReport:

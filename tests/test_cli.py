@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab import create_model
+from deeplab import cli, create_model
 from deeplab.cli import build_parser, main
 from deeplab.config import Config, apply_overrides
 from deeplab.engine.checkpoint import save_checkpoint
@@ -69,7 +69,38 @@ def test_every_command_has_a_description_and_every_option_a_help_text():
             if isinstance(action, argparse._SubParsersAction):
                 continue
             name = "/".join(action.option_strings) or action.dest
-            assert action.help and action.help != argparse.SUPPRESS, f"deeplab {' '.join(path)} {name}: no help"
+            if action.help == argparse.SUPPRESS:  # only an old spelling, beside the option that replaced it
+                assert any(other.dest == action.dest and other.help != argparse.SUPPRESS for other in
+                           parser._actions), f"deeplab {' '.join(path)} {name}: hidden"
+                continue
+            assert action.help, f"deeplab {' '.join(path)} {name}: no help"
+
+
+def test_every_command_summary_is_one_sentence_styled_alike():
+    for path, parser in [((), build_parser()), *_commands(build_parser())]:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for choice in action._choices_actions:
+                    summary = choice.help
+                    assert summary[0].isupper() and summary.endswith("."), f"deeplab {' '.join(path)} {choice.dest}"
+
+
+def test_every_numeric_default_is_named_in_its_help():
+    for path, parser in _commands(build_parser()):
+        for action in parser._actions:
+            values = action.default if isinstance(action.default, list) else [action.default]
+            numeric = values and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+            if numeric and action.help != argparse.SUPPRESS:
+                assert "default" in action.help, f"deeplab {' '.join(path)} {action.option_strings}: {action.help}"
+
+
+def test_export_takes_the_calibration_count_under_its_new_and_its_old_name():
+    parser = build_parser()
+    base = ["export", "--checkpoint", "c.pt", "--out", "m.onnx"]
+    assert parser.parse_args(base).calibration_images == 64
+    assert parser.parse_args([*base, "--calibration-count", "8"]).calibration_images == 8
+    assert parser.parse_args([*base, "--calibration-images", "5"]).calibration_images == 5
+    assert "--calibration-images" not in dict(_commands(parser))[("export",)].format_help()
 
 
 @pytest.mark.parametrize(("command", "sections"), [("train", {"train", "model"}), ("eval", {"eval"}),
@@ -80,3 +111,12 @@ def test_set_examples_name_keys_of_the_sections_the_command_reads(command, secti
     example = text.split("e.g. ", 1)[1].split()
     assert example and {item.split(".")[0] for item in example} <= sections, text
     apply_overrides(Config(), example)  # each key exists and each value has its type
+
+
+def test_ctrl_c_before_a_loop_listens_ends_with_one_line(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the model loads
+
+    monkeypatch.setattr(cli, "_open_predictor", interrupted)
+    assert main(["predict", "--checkpoint", "ck.pt", "x.png", "--out", "out"]) == 130
+    assert capsys.readouterr().err == "interrupted by SIGINT\n"

@@ -49,3 +49,12 @@ def test_a_model_key_the_model_does_not_take_is_a_clear_error():
     config = load_config(None, ["model.name=deeplabv1_vgg16", "model.atrous_rates=[6, 12]"])
     with pytest.raises(ValueError, match="deeplabv1_vgg16 does not take 'atrous_rates'; it accepts: .*atrous_rate"):
         model_from_config(config, num_classes=4)
+
+
+def test_loss_and_class_weights_keys():
+    config = load_config(None, ["train.loss=[ce, {name: dice, weight: 0.5, smooth: 1}]", "train.class_weights=auto"])
+    assert config.train.loss == ["ce", {"name": "dice", "weight": 0.5, "smooth": 1}]
+    assert config.train.class_weights == "auto" and load_config().train.loss == "ce"
+    assert load_config(None, ["train.class_weights=[1, 2.5]"]).train.class_weights == [1.0, 2.5]
+    with pytest.raises(ConfigError, match=r"train.loss: expected str \| dict"):
+        load_config(None, ["train.loss=[3]"])

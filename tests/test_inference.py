@@ -102,6 +102,14 @@ def test_preprocess_normalises_with_mean_and_std():
         predictor.preprocess(image.float())
 
 
+def test_preprocess_takes_float_images_on_the_0_1_scale():
+    predictor = Predictor(nn.Identity(), num_classes=3)
+    image = torch.randint(0, 256, (3, 4, 5), dtype=torch.uint8)
+    assert torch.allclose(predictor.preprocess(image.float() / 255), predictor.preprocess(image))  # 16-bit data
+    with pytest.raises(TypeError, match=r"uint8 \(or float32 0..1\)"):
+        predictor.preprocess(image.float() / 255 - 0.5)
+
+
 def test_single_scale_equals_model_output():
     model = _pixel_linear()
     predictor = Predictor(model, num_classes=4)

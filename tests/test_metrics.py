@@ -124,11 +124,16 @@ def test_format_metrics_table():
     names = ["background", "cat", "dog", "zebra"]
     table = format_metrics_table(segmentation_metrics(_with_absent_class()), names)
     lines = table.splitlines()
-    assert lines[2].split() == ["background", "33.33"]
-    assert lines[3].split() == ["cat", "66.67"]
-    assert lines[4].split() == ["dog", "0.00"]
-    assert lines[5].split() == ["zebra", "absent"]
+    assert lines[0].split() == ["class", "IoU", "%", "Dice", "%", "Prec", "%", "Recall", "%"]
+    # tp = [1, 2, 0], gt = [2, 2, 1], pred = [2, 3, 0]
+    assert lines[2].split() == ["background", "33.33", "50.00", "50.00", "50.00"]
+    assert lines[3].split() == ["cat", "66.67", "80.00", "66.67", "100.00"]
+    assert lines[4].split() == ["dog", "0.00", "0.00", "—", "0.00"]
+    assert lines[5].split() == ["zebra", "absent", "absent", "—", "—"]
     assert "mIoU                 33.33 (over 3 of 4 classes)" in table
+    assert "mean Dice/F1         43.33" in table
+    assert "mean precision       58.33" in table
+    assert "mean recall          50.00" in table
     assert "pixel accuracy       60.00" in table
     assert "mean class accuracy  50.00" in table
     assert "frequency-weighted   40.00" in table
@@ -149,10 +154,14 @@ def test_metrics_to_json_is_nan_free_and_keyed_by_name():
     names = ["background", "cat", "dog", "zebra"]
     out = metrics_to_json(segmentation_metrics(_with_absent_class()), names)
     json.dumps(out, allow_nan=False)  # raises on NaN / inf
-    assert set(out) == {"miou", "pixel_accuracy", "mean_class_accuracy", "fw_iou", "per_class_iou",
+    assert set(out) == {"task", "miou", "mdice", "mprecision", "mrecall", "pixel_accuracy", "mean_class_accuracy",
+                        "fw_iou", "per_class_iou", "per_class_dice", "per_class_precision", "per_class_recall",
                         "absent_classes"}
+    assert out["task"] == "multiclass"
     assert out["miou"] == pytest.approx(1 / 3)
     assert out["per_class_iou"]["cat"] == pytest.approx(2 / 3)
+    assert out["per_class_dice"]["cat"] == pytest.approx(0.8)
+    assert out["per_class_precision"]["dog"] is None  # never predicted
     assert out["per_class_iou"]["zebra"] is None
     assert out["absent_classes"] == ["zebra"]
 
@@ -170,3 +179,96 @@ def test_boundary_band_is_the_trimap_around_label_changes():
     assert boundary_band(target, 100).all()
     with pytest.raises(ValueError, match="band width must be >= 0"):
         boundary_band(target, -1)
+
+
+# ---------------------------------------------------------------- every task, against torchmetrics
+
+from torchmetrics import classification as tm  # noqa: E402  (test-only reference implementation)
+
+from deeplab.metrics import labels_from_logits, task_confusion, task_metrics  # noqa: E402
+
+
+def _logits_and_target(task: str, seed: int, classes: int = 4):
+    gen = torch.Generator().manual_seed(seed)
+    channels = 1 if task == "binary" else classes
+    logits = torch.randn(3, channels, 17, 19, generator=gen)
+    shape = (3, classes, 17, 19) if task == "multilabel" else (3, 17, 19)
+    target = torch.randint(0, classes if task == "multiclass" else 2, shape, generator=gen)
+    target[torch.rand(shape, generator=gen) < 0.15] = 255
+    return logits, target
+
+
+def _ours(task, logits, target, classes=4):
+    pred = labels_from_logits(logits, task)
+    # accumulated over two batches, as evaluation does
+    cm = sum(task_confusion(pred[i:i + 2], target[i:i + 2], task=task, num_classes=classes) for i in (0, 2))
+    return task_metrics(cm, task)
+
+
+def _check(ours, reference, **kwargs):
+    value = reference(**kwargs)
+    assert ours == pytest.approx(value.tolist() if value.ndim else value.item(), abs=1e-6)
+
+
+def test_multiclass_metrics_equal_torchmetrics():
+    logits, target = _logits_and_target("multiclass", seed=0)
+    m = _ours("multiclass", logits, target)
+    pred = logits.argmax(1)
+
+    def ref(metric, **kwargs):
+        return metric(num_classes=4, ignore_index=255, **kwargs)(pred, target)
+
+    assert m["per_class_iou"] == pytest.approx(ref(tm.MulticlassJaccardIndex, average="none").tolist())
+    assert m["per_class_dice"] == pytest.approx(ref(tm.MulticlassF1Score, average="none").tolist())
+    assert m["per_class_precision"] == pytest.approx(ref(tm.MulticlassPrecision, average="none").tolist())
+    assert m["per_class_recall"] == pytest.approx(ref(tm.MulticlassRecall, average="none").tolist())
+    assert m["miou"] == pytest.approx(ref(tm.MulticlassJaccardIndex, average="macro").item())
+    assert m["mdice"] == pytest.approx(ref(tm.MulticlassF1Score, average="macro").item())
+    assert m["mprecision"] == pytest.approx(ref(tm.MulticlassPrecision, average="macro").item())
+    assert m["mrecall"] == pytest.approx(ref(tm.MulticlassRecall, average="macro").item())
+    assert m["fw_iou"] == pytest.approx(ref(tm.MulticlassJaccardIndex, average="weighted").item())
+    assert m["pixel_accuracy"] == pytest.approx(ref(tm.MulticlassAccuracy, average="micro").item())
+    assert m["mean_class_accuracy"] == pytest.approx(ref(tm.MulticlassAccuracy, average="macro").item())
+
+
+def test_binary_metrics_are_the_foregrounds_and_equal_torchmetrics():
+    logits, target = _logits_and_target("binary", seed=1)
+    m = _ours("binary", logits, target)
+    probs = torch.sigmoid(logits[:, 0])
+    for ours, metric in (("miou", tm.BinaryJaccardIndex), ("mdice", tm.BinaryF1Score),
+                         ("mprecision", tm.BinaryPrecision), ("mrecall", tm.BinaryRecall),
+                         ("pixel_accuracy", tm.BinaryAccuracy)):
+        assert m[ours] == pytest.approx(metric(ignore_index=255)(probs, target).item()), ours
+    assert m["per_class_iou"] == [m["miou"]] and m["task"] == "binary"
+    two_class = tm.MulticlassJaccardIndex(num_classes=2, average="weighted", ignore_index=255)
+    assert m["fw_iou"] == pytest.approx(two_class((probs > 0.5).long(), target).item())
+    assert metrics_to_json(m, ["background", "crack"])["per_class_iou"] == {"crack": pytest.approx(m["miou"])}
+    assert "foreground IoU" in format_metrics_table(m, ["crack"]).splitlines()[4]
+
+
+def test_multilabel_metrics_are_per_label_and_equal_torchmetrics():
+    logits, target = _logits_and_target("multilabel", seed=2)
+    m = _ours("multilabel", logits, target)
+    probs = torch.sigmoid(logits)
+
+    def ref(metric, **kwargs):
+        return metric(num_labels=4, ignore_index=255, **kwargs)(probs, target)
+
+    assert m["per_class_iou"] == pytest.approx(ref(tm.MultilabelJaccardIndex, average="none").tolist())
+    assert m["per_class_dice"] == pytest.approx(ref(tm.MultilabelF1Score, average="none").tolist())
+    assert m["per_class_precision"] == pytest.approx(ref(tm.MultilabelPrecision, average="none").tolist())
+    assert m["per_class_recall"] == pytest.approx(ref(tm.MultilabelRecall, average="none").tolist())
+    assert m["miou"] == pytest.approx(ref(tm.MultilabelJaccardIndex, average="macro").item())
+    assert m["fw_iou"] == pytest.approx(ref(tm.MultilabelJaccardIndex, average="weighted").item())
+    assert m["pixel_accuracy"] == pytest.approx(ref(tm.MultilabelAccuracy, average="micro").item())
+
+
+def test_labels_from_logits_and_task_errors():
+    logits = torch.tensor([[[[-1.0, 0.2]]]])  # sigmoid: 0.27, 0.55
+    assert labels_from_logits(logits, "binary").tolist() == [[[0, 1]]]
+    assert labels_from_logits(logits, "binary", threshold=0.6).tolist() == [[[0, 0]]]
+    assert labels_from_logits(logits, "multilabel").shape == (1, 1, 1, 2)
+    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\)"):
+        labels_from_logits(logits, "binary", threshold=1.5)
+    with pytest.raises(ValueError, match="multilabel pred and target must both be N x 3 x H x W"):
+        task_confusion(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 4), task="multilabel", num_classes=3)

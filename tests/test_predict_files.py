@@ -4,6 +4,7 @@ The torchrun runs go through the user's entry point, ``python -m torch.distribut
 """
 
 import csv
+import shlex
 import shutil
 import textwrap
 
@@ -251,3 +252,116 @@ def test_the_demo_val_split_used_above_has_pixels_of_several_classes():
     mask = torch.cat([DemoDataset(split="val", image_size=65, num_images=5).load(i)[1].flatten() for i in range(5)])
     assert len(torch.unique(mask)) >= 3
 
+
+
+# --- stops: SIGINT / SIGTERM ------------------------------------------------------------------------------------
+
+
+def _stop_line(stdout):
+    (line,) = [line for line in stdout.splitlines() if " received by " in line]
+    return line
+
+
+def test_sigint_stops_one_process_after_its_image_and_resume_finishes_the_set(scene, single, tmp_path, monkeypatch,
+                                                                              capsys):
+    import signal
+
+    from deeplab import predict_files
+
+    out, plain, written = tmp_path / "out", predict_files._write_outputs, []
+
+    def interrupted_after_two(*args):
+        plain(*args)
+        written.append(args[-1])
+        if len(written) == 2:
+            signal.raise_signal(signal.SIGINT)  # as Ctrl-C does: the image being written is finished first
+
+    monkeypatch.setattr(predict_files, "_write_outputs", interrupted_after_two)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(_predict_args(scene, out, "--workers", "0")) == 128 + signal.SIGINT
+        stdout = capsys.readouterr().out
+        line = _stop_line(stdout)
+        assert line.startswith(f"SIGINT received by 1 of 1 process(es): 2 of 9 image(s) have their outputs in {out}; "
+                               "continue with: deeplab predict --checkpoint ")
+        assert line.endswith(" --resume") and "wrote " not in stdout and not (out / "areas.csv").exists()
+        assert len(written) == 2 and len(list(out.iterdir())) == 6
+        monkeypatch.setattr(predict_files, "_write_outputs", plain)
+        assert main(shlex.split(line.split("continue with: deeplab ")[1])) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert "skipped 2 image(s) whose outputs exist (--resume)" in capsys.readouterr().out
+    assert _tree(out) == _tree(single)
+
+
+STOPPED_WORKER = """
+import os
+import signal
+import sys
+import time
+from deeplab import predict_files
+from deeplab.cli import main
+
+plain = predict_files._write_outputs
+
+
+def slow(*args):
+    plain(*args)
+    if os.environ["RANK"] == "0" and not os.path.exists(sys.argv[1]):
+        open(sys.argv[1], "w").close()
+        os.kill(os.getppid(), signal.SIGINT)  # Ctrl-C to torchrun, which forwards it to every process
+    time.sleep(0.3)  # an image takes this long: the signal comes before the last one
+
+
+predict_files._write_outputs = slow
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@needs_dist
+def test_sigint_to_torchrun_stops_every_process_without_a_traceback_and_resume_finishes(scene, single, tmp_path):
+    out, worker = tmp_path / "out", tmp_path / "worker.py"
+    worker.write_text(textwrap.dedent(STOPPED_WORKER))
+    result = run_processes(torchrun_command(str(worker), str(tmp_path / "signalled"), *_predict_args(scene, out)),
+                           timeout=120)
+    line = _stop_line(result.stdout)
+    done = sum(1 for path in out.glob("*_overlay.png"))
+    assert line.startswith(f"SIGINT received by 2 of 2 process(es): {done} of 9 image(s) have their outputs in "
+                           f"{out}; continue with: torchrun --nproc-per-node 2 -m deeplab predict "), line
+    assert 1 <= done < 8 and len(list(out.iterdir())) == 3 * done  # no areas.csv, no half-written image
+    # deeplab's processes print no traceback (torchrun adds its one own report of the signal, which it re-raises)
+    assert "KeyboardInterrupt" not in result.stderr and "[rank" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.count("Traceback (most recent call last)") == 1
+    assert "SignalException: Process" in result.stderr.splitlines()[-1]
+    command = shlex.split(line.split("continue with: ")[1])
+    assert command[:5] == ["torchrun", "--nproc-per-node", "2", "-m", "deeplab"] and command[-1] == "--resume"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # --resume on any number of processes: one here, in this process, to spare a launch
+        assert main([*command[5:], "--workers", "0"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert _tree(out) == _tree(single)
+
+
+def test_sigterm_stops_an_evaluation_with_one_line(scene, monkeypatch, capsys):
+    import signal
+
+    from deeplab.engine import evaluate as evaluate_module
+
+    root, _ = scene
+    plain, calls = evaluate_module.task_confusion, []
+
+    def terminated_after_one(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGTERM)
+        return plain(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "task_confusion", terminated_after_one)
+    assert main(["eval", "--checkpoint", str(root / "ck.pt"), "--set", "train.device=cpu"]) == 128 + signal.SIGTERM
+    stdout = capsys.readouterr().out
+    assert _stop_line(stdout) == ("SIGTERM received by 1 of 1 process(es): stopped after 1 of 5 image(s); no metrics "
+                                  "from part of the split (eval has no --resume: run the same command again)")
+    assert "mIoU" not in stdout and len(calls) == 1

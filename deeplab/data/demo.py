@@ -5,7 +5,7 @@ from __future__ import annotations
 import colorsys
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -280,3 +280,22 @@ class DemoDataset(SegmentationDataset):
         surface = _pattern(kind, rng, yy, xx, geometry, spot.unit)[..., None] * colour
         canvas[y0:y1, x0:x1][inside] = surface[inside]
         labels[y0:y1, x0:x1][inside] = kind if label is None else label
+
+
+class BinaryDemoDataset(DemoDataset):
+    """The demo scenes as a binary task: the shapes of class ``foreground`` (1 = ``disk`` ... 6 = ``cross``) are
+    1, everything else (other shapes, grey decoys, background) is 0. Same images as :class:`DemoDataset`."""
+
+    def __init__(self, root: str | None = None, split: str = "train", *, foreground: int = 1,
+                 **options: Any) -> None:
+        super().__init__(root, split, **options)
+        if not 1 <= foreground < len(DEMO_CLASSES):
+            raise ValueError(f"foreground must be a shape class 1..{len(DEMO_CLASSES) - 1} "
+                             f"({', '.join(DEMO_CLASSES[1:])}), got {foreground}")
+        self.foreground = foreground
+        self.classes = ("background", DEMO_CLASSES[foreground])
+        self.palette = [DEMO_PALETTE[0], DEMO_PALETTE[foreground]]
+
+    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        image, mask = super().load(index)
+        return image, tv_tensors.Mask((mask == self.foreground).to(torch.uint8))

@@ -15,6 +15,7 @@ from deeplab.data.base import SegmentationDataset
 from deeplab.data.cityscapes import CityscapesSegmentation, locate_cityscapes
 from deeplab.data.download import ChecksumError, extract, file_digest
 from deeplab.data.download import download as download_file
+from deeplab.data.stats import median_frequency_weights
 from deeplab.data.verify import Problem, verify_dataset
 from deeplab.data.voc import SBD_SUBDIR, locate_voc, prepare_voc_aug
 
@@ -140,6 +141,8 @@ class CheckReport:
     ignored_pixels: int
     problems: list[Problem] = field(default_factory=list)
     skipped: int = 0  # samples among ``num_images`` the loader had already left out (``skip_bad``)
+    mask_format: str = ""  # what the masks were recognised as (folder datasets)
+    advice: str | None = None  # the config line that fits them, if the current settings do not
 
 
 def check(dataset: SegmentationDataset, *, split: str | None = None, progress: bool = False) -> CheckReport:
@@ -150,12 +153,21 @@ def check(dataset: SegmentationDataset, *, split: str | None = None, progress: b
     neither a class id nor ``ignore_index``. The decoding is :func:`deeplab.data.verify.verify_dataset`:
     parallel, and cached per file, so a second check of unchanged files decodes nothing. Samples a
     loader left out when it was built (``FolderDataset(skip_bad=True)`` keeps them in ``skipped``) are
-    reported and counted with the rest: skipping a sample does not make it good.
+    reported and counted with the rest: skipping a sample does not make it good. A folder dataset has
+    decoded and judged every file when it was built: its findings, class pixels and the format of its masks
+    (:meth:`~deeplab.data.FolderDataset.mask_format`) are reported as they are.
     """
     split = split if split is not None else str(getattr(dataset, "split", ""))
-    verified = verify_dataset(dataset, progress=progress, desc=f"check {split}")
     skipped = list(getattr(dataset, "skipped", ()))
     count = len({problem.sample for problem in skipped})
+    if hasattr(dataset, "mask_format"):  # a folder checked every file when built: its counts and findings stand
+        classes = tuple(dataset.classes)
+        if dataset.task == "binary":
+            classes = ("background", *classes)
+        found, advice = dataset.mask_format()
+        return CheckReport(split, len(dataset) + count, classes, dataset.class_pixels.tolist(),
+                           dataset.ignored_pixels, skipped, skipped=count, mask_format=found, advice=advice)
+    verified = verify_dataset(dataset, progress=progress, desc=f"check {split}")
     return CheckReport(split, len(dataset) + count, tuple(dataset.classes),
                        verified.pixels[: dataset.num_classes].tolist(), int(verified.pixels[dataset.ignore_index]),
                        skipped + verified.problems, skipped=count)
@@ -169,6 +181,9 @@ def format_check_report(reports: CheckReport | Sequence[CheckReport]) -> str:
     splits = [[r.split, r.num_images, len(r.problems)] for r in reports]
     problems = [[r.split, p.sample, p.kind, p.detail] for r in reports for p in r.problems]
     sections = [_table(["split", "images", "problems"], splits), _histogram_table(reports)]
+    formats = dict.fromkeys((r.mask_format, r.advice) for r in reports if r.mask_format)
+    for found, advice in formats:
+        sections.insert(0, f"masks: {found}" + (f"\nconfig: {advice}" if advice else ""))
     if problems:
         sections.append(_table(["split", "sample", "problem", "detail"], problems))
     else:
@@ -181,9 +196,11 @@ def _histogram_table(reports: Sequence[CheckReport]) -> str:
     pixels = [sum(r.class_pixels[i] for r in reports) for i in range(len(classes))]
     ignored = sum(r.ignored_pixels for r in reports)
     total = max(sum(pixels) + ignored, 1)
-    rows = [[i, classes[i], n, f"{100 * n / total:.2f}%"] for i, n in enumerate(pixels)]
-    rows.append(["255", "(ignore)", ignored, f"{100 * ignored / total:.2f}%"])
-    return _table(["id", "class", "pixels", "share"], rows)
+    weights = median_frequency_weights(pixels)
+    rows = [[i, classes[i], n, f"{100 * n / total:.2f}%", f"{w:.3f}"]
+            for i, (n, w) in enumerate(zip(pixels, weights, strict=True))]
+    rows.append(["255", "(ignore)", ignored, f"{100 * ignored / total:.2f}%", ""])
+    return _table(["id", "class", "pixels", "share", "median-freq weight"], rows)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -1,8 +1,9 @@
 """Paired image + mask transforms (``torchvision.transforms.v2`` kernels on ``tv_tensors``).
 
 Both builders return a callable ``(image, mask) -> (image, mask)`` that takes the raw pair of
-``SegmentationDataset.load`` (uint8 ``3 x H x W`` image, uint8 ``H x W`` mask) and returns a float32
-normalised image and an int64 ``H x W`` mask, as plain tensors. Randomness comes from torch's global
+``SegmentationDataset.load`` (a ``C x H x W`` image, uint8 0..255 or float 0..1 for 16-bit and multi-band data;
+a uint8 ``H x W`` mask, or ``L x H x W`` with one 0/1 plane per label for multilabel targets) and returns a
+float32 normalised image and an int64 mask of the same layout, as plain tensors. Randomness comes from torch's global
 generator, which the ``DataLoader`` seeds differently in each worker.
 """
 
@@ -53,14 +54,15 @@ class TrainTransform:
     """Random scale, pad to the crop, random crop, random horizontal flip, normalise.
 
     Padding goes to the bottom and right (as in the reference implementation): the image gets the
-    mean colour, the mask ``ignore_index``. Returns ``(float32 3 x crop_h x crop_w, int64 crop_h x crop_w)``.
+    mean colour, the mask ``ignore_index``. Returns ``(float32 C x crop_h x crop_w, int64 [L x] crop_h x crop_w)``.
 
     Args:
         crop_size: Output size, an int or ``(height, width)``.
         scale_range: Smallest and largest random scale factor.
         scale_step: Scales are drawn from ``{low, low + step, ..., high}``; 0 draws uniformly.
         hflip: Flip horizontally with probability 0.5.
-        mean: Per-channel mean (0..1 scale) for normalisation; also the padding colour.
+        mean: Per-channel mean (0..1 scale, one entry per image channel) for normalisation; also the padding
+            colour.
         std: Per-channel standard deviation for normalisation.
         ignore_index: Mask value of padded pixels.
     """
@@ -129,7 +131,8 @@ class TrainTransform:
         if pad_bottom == 0 and pad_right == 0:
             return image, mask
         padding = [0, 0, pad_right, pad_bottom]
-        return F.pad(image, padding, fill=self.fill), F.pad(mask, padding, fill=self.ignore_index)
+        fill = self.fill if image.dtype == torch.uint8 else list(self.mean)  # float images are on the 0..1 scale
+        return F.pad(image, padding, fill=fill), F.pad(mask, padding, fill=self.ignore_index)
 
     def _crop(
         self, image: tv_tensors.Image, mask: tv_tensors.Mask
@@ -172,7 +175,7 @@ def _nearest_aligned(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class EvalTransform:
-    """The image normalised to float32, the mask to int64 ``H x W``; no geometry change unless ``resize_to_range``
+    """The image normalised to float32, the mask to int64 (same layout); no geometry change unless ``resize_to_range``
     (``(min_size, max_size, factor)``) asks for the TF reference's resize of both (:func:`resize_to_range_size`:
     the image bilinear with ``align_corners=True``, the mask nearest, as the reference's ``input_preprocess``)."""
 

@@ -22,7 +22,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,10 +34,19 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ..constants import IGNORE_INDEX, cache_dir, default_workers
-from ..imageio import MASK_MODES, atomic_write, mask_mode_problem
+from ..imageio import (
+    BAND_EXTENSIONS,
+    COLOUR_MASK_MODES,
+    MASK_MODES,
+    ImageReadError,
+    atomic_write,
+    decode_bands,
+    mask_mode_problem,
+)
 from .base import SegmentationDataset
+from .labels import colours_to_ids, pixel_keys, unknown_colours_problem
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: channels, colour-mask histograms
 # EXIF orientations 5-8 are the transposed ones: the displayed image swaps width and height.
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
@@ -68,7 +77,8 @@ class FileFacts:
     height: int = 0
     mode: str = ""
     orientation: int = 1  # EXIF orientation tag; 1 = stored upright
-    values: tuple[int, ...] = ()  # single-channel files: the distinct pixel values ...
+    channels: int = 0  # bands of a TIFF or .npy image (read by deeplab.imageio.read_bands); 0: a Pillow image
+    values: tuple[int, ...] = ()  # single-channel files: the distinct pixel values (colour masks: R<<16|G<<8|B) ...
     counts: tuple[int, ...] = ()  # ... and how many pixels hold each
     lasting: bool = field(default=True, compare=False)  # False: an access error worth retrying (not cached)
 
@@ -95,12 +105,23 @@ class FileFacts:
 _NO_FACTS = FileFacts()
 
 
-def inspect_file(path: str | Path) -> FileFacts:
-    """Decodes ``path`` completely (every pixel, not just the header) and returns what was learnt."""
+def inspect_file(path: str | Path, mask: bool = False) -> FileFacts:
+    """Decodes ``path`` completely (every pixel, not just the header) and returns what was learnt.
+
+    TIFF and ``.npy`` images are decoded band by band (:func:`deeplab.imageio.decode_bands`); a ``mask``
+    in RGB also gets the histogram of its colours.
+    """
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             return FileFacts(error="empty file")
+        if not mask and path.suffix.lower() in BAND_EXTENSIONS:
+            try:
+                bands = decode_bands(path)
+            except ImageReadError as err:
+                return FileFacts(error=str(err.__cause__ or err).replace(str(path), path.name))
+            return FileFacts(width=bands.shape[-1], height=bands.shape[-2], mode=str(bands.dtype),
+                             channels=bands.shape[0])
         with Image.open(path) as image:
             image.load()
             facts = FileFacts(width=image.width, height=image.height, mode=image.mode,
@@ -109,6 +130,9 @@ def inspect_file(path: str | Path) -> FileFacts:
                 histogram = np.bincount(np.asarray(image, dtype=np.uint8).ravel(), minlength=256)
                 values = np.flatnonzero(histogram)
                 facts = replace(facts, values=tuple(values.tolist()), counts=tuple(histogram[values].tolist()))
+            elif mask and image.mode in COLOUR_MASK_MODES:
+                keys, counts = np.unique(pixel_keys(np.asarray(image)), return_counts=True)
+                facts = replace(facts, values=tuple(keys.tolist()), counts=tuple(counts.tolist()))
             return facts
     except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
         return FileFacts(error=_describe(err, path), lasting=False)
@@ -206,11 +230,14 @@ def inspect_files(
     progress: bool = True,
     desc: str = "verify",
     workers: int | None = None,
+    masks: Collection[Path] = (),
 ) -> dict[Path, FileFacts]:
     """Facts for every path: from ``cache`` where size and mtime match, else decoded in a thread pool.
 
-    New verdicts are saved to the cache at the end, also when interrupted.
+    Paths in ``masks`` are inspected as masks (colour histograms of RGB ones). New verdicts are saved to the
+    cache at the end, also when interrupted.
     """
+    masks = {Path(p) for p in masks}
     facts: dict[Path, FileFacts] = {}
     todo: list[tuple[Path, str, os.stat_result]] = []
     folders: dict[Path, Path] = {}  # resolving each folder once keeps a cached start fast
@@ -234,7 +261,8 @@ def inspect_files(
     pool = ThreadPoolExecutor(workers, thread_name_prefix="deeplab-verify")
     bar = tqdm(total=len(todo), desc=desc, unit="file", disable=not progress, delay=0.5, dynamic_ncols=True)
     try:
-        for (path, key, stat), result in zip(todo, pool.map(inspect_file, [key for _, key, _ in todo]), strict=True):
+        jobs = pool.map(inspect_file, [key for _, key, _ in todo], [path in masks for path, _, _ in todo])
+        for (path, key, stat), result in zip(todo, jobs, strict=True):
             facts[path] = result
             if cache is not None:
                 cache.store(key, stat, result)
@@ -259,6 +287,8 @@ class SampleRules:
     num_classes: int | None = None  # None: no label range check (yet)
     ignore_index: int = IGNORE_INDEX
     label_map: np.ndarray | None = None  # 256 entries: stored value -> class id
+    colours: np.ndarray | None = None  # colour masks: the key (R<<16|G<<8|B) of each class id, in id order
+    in_channels: int = 3  # the channels the model takes (deeplab.imageio.read_bands)
 
     @classmethod
     def of(cls, dataset: SegmentationDataset) -> SampleRules:
@@ -267,10 +297,24 @@ class SampleRules:
                    label_map=getattr(dataset, "label_map", None))
 
 
+def channel_problem(name: str, facts: FileFacts, in_channels: int) -> str | None:
+    """Why image ``name`` cannot give ``in_channels`` channels (``deeplab.imageio.read_bands``' rules), or None."""
+    if facts.channels:  # TIFF or .npy: the stored bands, a single band may serve an RGB model
+        if facts.channels == in_channels or (facts.channels == 1 and in_channels == 3):
+            return None
+        found = f"{facts.channels} band(s)"
+    elif in_channels in (1, 3) or (in_channels == 4 and facts.mode == "RGBA"):
+        return None
+    else:
+        found = f"a {facts.mode} image"
+    return (f"{name}: {found} but model.in_channels={in_channels}; images with more than 3 channels are read "
+            "from TIFF (multi-band or multi-page) or .npy files")
+
+
 @dataclass(frozen=True)
 class Problem:
-    """One bad sample: ``kind`` is "missing", "unreadable", "mask mode", "size mismatch" or "out of
-    range"; ``detail`` names the file(s) and says what is wrong."""
+    """One bad sample: ``kind`` is "missing", "unreadable", "mask mode", "channels", "size mismatch",
+    "unknown colour" or "out of range"; ``detail`` names the file(s) and says what is wrong."""
 
     sample: str
     kind: str
@@ -292,6 +336,8 @@ def pair_problems(
             problems.append(Problem(sample, kind, f"{name}: unreadable {what} ({facts.error})"))
     if mask_facts.error is None and mask_facts.mode not in rules.mask_modes:
         problems.append(Problem(sample, "mask mode", mask_mode_problem(mask_name, mask_facts.mode, rules.mask_modes)))
+    if not problems and (channels := channel_problem(image_name, image_facts, rules.in_channels)):
+        problems.append(Problem(sample, "channels", channels))
     if problems:
         return problems
     image_size, mask_size = image_facts.size(rules.upright), mask_facts.size()
@@ -308,6 +354,11 @@ def label_problems(sample: str, mask: tuple[str, FileFacts], rules: SampleRules)
     if rules.num_classes is None or facts.error is not None or not facts.values:
         return []
     stored = np.asarray(facts.values, dtype=np.int64)
+    if facts.mode in COLOUR_MASK_MODES:
+        known = np.isin(stored, rules.colours if rules.colours is not None else [])
+        if not known.all():
+            return [Problem(sample, "unknown colour", unknown_colours_problem(name, stored[~known].tolist()))]
+        stored = colours_to_ids(stored, rules.colours, name).astype(np.int64)
     mapped = rules.label_map[stored] if rules.label_map is not None else stored
     valid = (mapped < rules.num_classes) | (mapped == rules.ignore_index)
     if valid.all():

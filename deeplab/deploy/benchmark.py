@@ -5,8 +5,11 @@ does by default), a TorchScript export, an ONNX Runtime export (fp32 and int8), 
 hardware has it. Timed runs are interleaved (one run of every path, then the next round), so machine noise
 hits all paths alike. Peak memory is measured separately, one fresh process per path: the peak resident
 memory during inference (weights included) above that of an idle interpreter with the libraries loaded.
-Weights are random (seeded). A progress bar on stderr moves with each step (building, each export, each
-round, each memory child); the report's header names the CPU (:func:`~deeplab.deploy.precision.cpu_kind`).
+Weights are random (seeded). Speed-ups are per-round pairs: in each round a path's time against the baseline's
+time of the same round (the machine's load then was the same for both), and the median of those ratios, with
+their range (:func:`paired_ratio`); a target is judged only when that range is narrow enough. A progress bar
+on stderr moves with each step (building, each export, each round, each memory child); the report's header
+names the CPU (:func:`~deeplab.deploy.precision.cpu_kind`).
 Other implementations of the same architectures (torchvision, segmentation_models_pytorch) are compared by
 ``benchmarks/peers.py``, which adds its paths through ``extra``.
 """
@@ -30,6 +33,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..constants import BENCHMARK_MODELS
 from ..inference import Predictor
 from ..modelfile import ModelCard, read_model
 from ..models import build_model
@@ -39,10 +43,7 @@ from .export import export_model
 from .precision import INT8_REFUSAL, check_precision, cpu_has_bf16, cpu_has_int8, cpu_kind
 from .runtimes import runtime_problem, runtime_runner
 
-# The README table: v3+ on the three backbones at OS 16 (MobileNetV2 full and light), and v3 ResNet-101 in
-# torchvision's layout.
-DEFAULT_MODELS = ("deeplabv3plus_resnet101", "deeplabv3plus_xception65", "deeplabv3plus_mobilenetv2",
-                  "deeplabv3plus_mobilenetv2_light", "deeplabv3_resnet101")
+DEFAULT_MODELS = BENCHMARK_MODELS
 NUM_CLASSES = 21
 # Untrained residual networks amplify fp32 rounding from layer to layer: on v3 ResNet-101 at output stride 8
 # the BatchNorm-folded model alone (no export) ends 2e-3 from the unfolded one with random weights. The
@@ -56,6 +57,14 @@ _FILE_PATHS = {"TorchScript fp32": ("ts", "torch", "fp32"), "ONNX Runtime fp32":
                "ONNX Runtime int8": ("int8.onnx", "onnxruntime", "int8"), "OpenVINO fp32": ("onnx", "openvino", "fp32"),
                "OpenVINO int8": ("int8.onnx", "openvino", "int8"), "OpenVINO bf16": ("onnx", "openvino", "bf16")}
 AUTO = "auto (the default runtime)"
+# A ratio is judged against a target only from at least this many rounds whose per-round ratios lie within
+# this share of their median (max - min): outside either, one busy moment of a shared machine can decide it.
+MIN_JUDGED_RUNS = 5
+MAX_SPREAD = 0.25
+RANDOM_WEIGHTS_NOTE = (
+    "weights are random (seeded), so class scores lie close together: bf16/int8 rounding flips the class of pixels "
+    "a trained model keeps (its export check measures val mIoU instead; --checkpoint measures a trained model "
+    "here); fp32 paths should read 100%")
 
 Run = Callable[[torch.Tensor], torch.Tensor]
 # extra(model name, our model) -> {label: zero-argument builder of a runner}: paths another module adds
@@ -83,6 +92,49 @@ class Timing:
         return min(self.times) if self.times else float("nan")
 
 
+@dataclass(frozen=True)
+class Ratio:
+    """How many times faster a path ran than a baseline, from rounds that timed both: the median of the per-round
+    ratios (baseline time / path time), their lowest and highest, and how many rounds there were."""
+
+    median: float
+    low: float
+    high: float
+    rounds: int
+
+    @property
+    def spread(self) -> float:
+        """The per-round ratios' range as a share of their median (0.1: they lie within 10% of it)."""
+        return (self.high - self.low) / self.median if self.median > 0 else float("inf")
+
+    @property
+    def judgeable(self) -> bool:
+        """Enough rounds, close enough together, that a target can be judged on :attr:`median`."""
+        return self.rounds >= MIN_JUDGED_RUNS and self.spread <= MAX_SPREAD
+
+    def judge(self, goal: float) -> str:
+        """``met`` / ``NOT met`` against ``goal``, or why it is not judged."""
+        if self.rounds < MIN_JUDGED_RUNS:
+            return f"not judged: {self.rounds} round(s), needs {MIN_JUDGED_RUNS}"
+        if self.spread > MAX_SPREAD:
+            return f"not judged: spread {100 * self.spread:.0f}% over {self.rounds} rounds, needs <= " \
+                   f"{100 * MAX_SPREAD:.0f}%"
+        return "met" if self.median >= goal else "NOT met"
+
+
+def paired_ratio(baseline: list[float], times: list[float]) -> Ratio:
+    """``baseline`` over ``times`` round by round (entry i of each timed in round i), summarised by the median.
+
+    A ratio of two medians mixes rounds: on a shared machine one path's median can come from a quiet moment and
+    the other's from a busy one. Interleaved runs put both paths in the same moments, so each round's ratio
+    cancels the load that round had; their median resists the odd disturbed round.
+    """
+    if len(baseline) != len(times) or not times:
+        raise ValueError(f"paired ratios need the same rounds on both sides, got {len(baseline)} and {len(times)}")
+    ratios = [b / t for b, t in zip(baseline, times, strict=True)]
+    return Ratio(statistics.median(ratios), min(ratios), max(ratios), len(ratios))
+
+
 @dataclass
 class BenchmarkResult:
     size: int
@@ -92,6 +144,7 @@ class BenchmarkResult:
     timings: list[Timing]
     skipped: list[str]
     cpu: str = ""  # cpu_kind() of the machine that ran it
+    trained: str | None = None  # the checkpoint whose trained weights ran on demo images (else random weights)
 
 
 def model_options(name: str) -> dict:
@@ -151,7 +204,8 @@ def build_paths(name: str, model: torch.nn.Module, workdir: Path, size: int, ski
     export."""
     bar = bar if bar is not None else tqdm(disable=True)
     paths: dict[str, Run] = {"eager fp32": model}
-    paths["fast fp32"] = Predictor(model, num_classes=NUM_CLASSES).logits_for_batch
+    num_classes = model.spec.num_classes
+    paths["fast fp32"] = Predictor(model, num_classes=num_classes).logits_for_batch
     calibration = _calibration_folder(workdir / "calibration", size)
     for label, (fmt, precision, suffix) in _EXPORTS.items():
         if precision == "int8" and not cpu_has_int8():
@@ -170,7 +224,7 @@ def build_paths(name: str, model: torch.nn.Module, workdir: Path, size: int, ski
             skipped.append(f"{name}: {label} not measured ({err})")
     try:
         check_precision("bf16", "cpu")
-        paths["fast bf16"] = Predictor(model, num_classes=NUM_CLASSES, precision="bf16").logits_for_batch
+        paths["fast bf16"] = Predictor(model, num_classes=num_classes, precision="bf16").logits_for_batch
     except ValueError as err:
         skipped.append(f"{name}: bf16 not measured ({err})")
     _doing(bar, f"{name}: choosing the default runtime")
@@ -195,12 +249,13 @@ def _file_path(workdir: Path, name: str, label: str) -> Run:
     if problem:
         raise ValueError(problem)
     runner = runtime_runner(runtime, model_file.open(), card, card.precision, torch.device("cpu"))
-    return Predictor(runner, num_classes=NUM_CLASSES, spec=card.spec).logits_for_batch
+    return Predictor(runner, num_classes=card.spec.num_classes, spec=card.spec).logits_for_batch
 
 
 def _auto_path(model: torch.nn.Module) -> Run:
     """What ``--runtime auto`` picks for ``model`` (verified, timed once at 513 px, as predict/eval/serve do)."""
-    card = ModelCard(model.spec, [f"class_{i}" for i in range(NUM_CLASSES)], default_palette(NUM_CLASSES),
+    count = model.spec.num_classes
+    card = ModelCard(model.spec, [f"class_{i}" for i in range(count)], default_palette(count),
                      "checkpoint")
     chosen = Predictor.from_runner(model, card, runtime="auto", tolerance=RANDOM_WEIGHTS_TOLERANCE)
     return chosen.logits_for_batch
@@ -209,19 +264,27 @@ def _auto_path(model: torch.nn.Module) -> Run:
 def run_benchmark(models: list[str], *, size: int = 513, batch: int = 1, runs: int = 7, warmup: int = 2,
                   memory: bool = True, workdir: str | Path | None = None,
                   build: Callable[[str], torch.nn.Module] = benchmark_model, extra: Extra | None = None,
-                  extra_name: str | None = None, progress: bool = False) -> BenchmarkResult:
+                  extra_name: str | None = None, progress: bool = False,
+                  checkpoint: str | Path | None = None) -> BenchmarkResult:
     """Times every path of every model (interleaved runs) and, with ``memory``, measures its peak memory.
 
     ``build`` makes our model for a name; ``extra`` adds other paths (``extra_name``, its ``"module:function"``,
     lets the memory child rebuild them, as it rebuilds ours with ``build``'s default). ``progress`` writes the
-    CPU line and a progress bar to stderr.
+    CPU line and a progress bar to stderr. ``checkpoint``: time that trained model instead of ``models`` (its
+    architecture's name labels the rows), on demo images, so that the argmax column says how many pixels each
+    path changes on a trained model; peak memory is then not measured.
     """
+    if checkpoint is not None:
+        model_file = read_model(checkpoint)
+        models, memory = [model_file.card.spec.name], False
+        build = lambda name: model_file.open()  # noqa: E731 - one model, already read
     cpu = cpu_kind()
     if progress:
         print(cpu, file=sys.stderr, flush=True)
     timings: list[Timing] = []
     skipped: list[str] = []
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    skipped += ["peak memory not measured (--checkpoint)"] if checkpoint is not None else []
     # One memory child per path; the count is exact once a model's paths are built (``extra`` adds some).
     expected_paths = 3 + len(_FILE_PATHS) - int(not cpu_has_bf16()) + int(cpu_has_bf16())
     steps_per_model = 1 + len(_EXPORTS) + warmup + runs + (expected_paths if memory else 0)
@@ -233,6 +296,8 @@ def run_benchmark(models: list[str], *, size: int = 513, batch: int = 1, runs: i
             model = build(name)
             bar.update()
             paths = build_paths(name, model, root, size, skipped, extra, bar)
+            if checkpoint is not None:
+                x = demo_batch(model.spec, size, batch)
             del model
             rows = {label: Timing(name, label) for label in paths}
             with torch.inference_mode():
@@ -262,7 +327,18 @@ def run_benchmark(models: list[str], *, size: int = 513, batch: int = 1, runs: i
                     row.peak_mb = peak_memory_mb(name, label, root, size, batch, extra_name)
                     bar.update()
             timings += rows.values()
-    return BenchmarkResult(size, batch, runs, torch.get_num_threads(), timings, skipped, cpu)
+    return BenchmarkResult(size, batch, runs, torch.get_num_threads(), timings, skipped, cpu,
+                           None if checkpoint is None else str(checkpoint))
+
+
+def demo_batch(spec, size: int, batch: int) -> torch.Tensor:
+    """``batch`` demo-dataset val scenes of ``size`` px, normalised as ``spec`` says: the input a model trained on
+    the demo set classes with its real margins."""
+    from ..data.demo import DemoDataset
+    from ..imageio import normalize_image
+
+    scenes = DemoDataset(split="val", image_size=size, num_images=batch)
+    return normalize_image(torch.stack([scenes.load(i)[0] for i in range(batch)]), spec.mean, spec.std)
 
 
 _MEMORY_CHILD = """
@@ -319,33 +395,58 @@ def _measure_in_child(name: str, label: str, root: str, size: int, batch: int, t
 
 
 def format_report(result: BenchmarkResult, targets: Callable[[BenchmarkResult], list[str]] | None = None) -> str:
-    """Markdown table (median/min latency, speed-up against the same model's plain eager fp32, peak memory),
-    then the int8 target and whatever ``targets`` adds, and anything that was skipped."""
+    """Markdown table (median/min latency, speed-up against the same model's plain eager fp32 with its per-round
+    range, argmax agreement, peak memory), then warnings about the timings' reliability, the int8 target and
+    whatever ``targets`` adds, and anything that was skipped."""
     lines = [*([result.cpu] if result.cpu else []),
              f"1x3x{result.size}x{result.size} (batch {result.batch}), CPU, {result.threads} threads, "
-             f"median/min of {result.runs} interleaved runs; argmax = eager: pixels of the first run whose class "
-             "is the eager fp32 path's; peak memory above an idle interpreter",
+             f"median/min of {result.runs} interleaved rounds (one run of every path per round)",
+             "speed-up vs eager: median over the rounds of eager fp32's time / the path's time in the same round; "
+             "per-round range: the lowest and highest of those ratios, spread = range / median",
+             "argmax = eager: pixels of the first round whose class is eager fp32's; "
+             + (RANDOM_WEIGHTS_NOTE if result.trained is None else
+                f"weights trained ({result.trained}), inputs demo val images: the pixels each path changes"),
+             "peak memory: above an idle interpreter",
              "",
-             "| model | path | median (s) | min (s) | speed-up vs eager | argmax = eager | peak memory (MB) |",
-             "|---|---|---|---|---|---|---|"]
-    eager = {t.model: t.median for t in result.timings if t.path == "eager fp32"}
+             "| model | path | median (s) | min (s) | speed-up vs eager | per-round range (spread) | argmax = eager "
+             "| peak memory (MB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    eager = {t.model: t.times for t in result.timings if t.path == "eager fp32"}
+    ratios = {}
     for t in result.timings:
+        ratio = ratios[t.model, t.path] = paired_ratio(eager[t.model], t.times)
         memory = "" if t.peak_mb is None else f"{t.peak_mb:.0f}"
         agreement = "" if t.agreement is None else f"{100 * t.agreement:.2f}%"
-        lines.append(f"| {t.model} | {t.path} | {t.median:.3f} | {t.min:.3f} | {eager[t.model] / t.median:.2f}x "
-                     f"| {agreement} | {memory} |")
-    lines += ["", *int8_targets(result), *(targets(result) if targets else [])]
+        lines.append(f"| {t.model} | {t.path} | {t.median:.3f} | {t.min:.3f} | {ratio.median:.2f}x "
+                     f"| {ratio.low:.2f}-{ratio.high:.2f}x ({100 * ratio.spread:.0f}%) | {agreement} | {memory} |")
+    lines += ["", *timing_warnings(result.runs, ratios), *int8_targets(result), *(targets(result) if targets else [])]
     lines += [f"skipped: {note}" for note in result.skipped]
     return "\n".join(lines)
 
 
+def timing_warnings(runs: int, ratios: dict[tuple[str, str], Ratio]) -> list[str]:
+    """Warnings when the rounds are too few, or the per-round ratios too far apart, for a speed-up to be trusted."""
+    out = []
+    if runs < MIN_JUDGED_RUNS:
+        out.append(f"warning: {runs} round(s) are too few to trust a speed-up (targets are judged from "
+                   f"{MIN_JUDGED_RUNS}); use --runs 7")
+    wide = [f"{model} {path} ({100 * r.spread:.0f}%)" for (model, path), r in ratios.items() if r.spread > MAX_SPREAD]
+    if wide and runs >= 2:
+        out.append(f"warning: per-round speed-ups spread by more than {100 * MAX_SPREAD:.0f}% of their median for "
+                   f"{', '.join(wide)}: the machine was busy or the path unsteady; run again on a quieter machine "
+                   "or with more --runs")
+    return out
+
+
 def int8_targets(result: BenchmarkResult) -> list[str]:
-    """int8 against plain eager fp32, per model where this run measured both (the target is 4x)."""
-    by_key = {(t.model, t.path): t.median for t in result.timings}
+    """int8 against plain eager fp32, per model where this run measured both (the target is 4x), judged only when
+    the per-round ratios allow it (:meth:`Ratio.judge`)."""
+    by_key = {(t.model, t.path): t.times for t in result.timings}
     out = []
     for model in dict.fromkeys(t.model for t in result.timings):
         eager, int8 = by_key.get((model, "eager fp32")), by_key.get((model, "ONNX Runtime int8"))
         if eager and int8:
-            out.append(f"target: int8 >= 4x plain eager fp32 ({model}): {eager / int8:.2f}x "
-                       f"[{'met' if eager / int8 >= 4 else 'NOT met'}]")
+            ratio = paired_ratio(eager, int8)
+            out.append(f"target: int8 >= 4x plain eager fp32 ({model}): {ratio.median:.2f}x "
+                       f"(rounds {ratio.low:.2f}-{ratio.high:.2f}x) [{ratio.judge(4.0)}]")
     return out

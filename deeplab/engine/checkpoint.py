@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..classes import dataset_classes, dataset_for_classes
 from ..config import Config, ModelConfig
 from ..imageio import atomic_write
 from ..modelfile import CHECKPOINT_FORMAT, create_model
@@ -73,3 +74,39 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
     }
     with atomic_write(path) as handle:
         torch.save(state, handle)
+
+
+def save_model(model: nn.Module, path: str | Path, *, classes: list[str] | None = None, palette: list | None = None,
+               dataset: str | None = None, config: Config | None = None,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Saves a model (from ``deeplab.create_model``, ``load_checkpoint`` or ``from_pretrained``) as a ``.pt``
+    checkpoint that ``deeplab export``, ``predict``, ``eval`` and ``serve`` read, and ``deeplab.load_checkpoint``
+    rebuilds. For sharing, ``model.save_pretrained(folder)`` writes the Hugging Face Hub's layout instead.
+
+    Args:
+        model: carries its spec as ``model.spec``.
+        path: the file to write (atomically).
+        classes, palette: class names and colours (default: those of ``dataset``, or of the class count).
+        dataset: the dataset the model predicts (``voc``, ``cityscapes``, ``folder``...): names the default
+            classes and the data ``deeplab eval`` reads (default: the standard dataset of the class count).
+        config: a training config to record instead of one that only names the model and the dataset.
+        extra: more top-level keys (plain values), e.g. where the weights came from.
+    """
+    spec = getattr(model, "spec", None)
+    if not isinstance(spec, ModelSpec):
+        raise ValueError("the model has no .spec; build it with deeplab.create_model or deeplab.load_checkpoint")
+    default_classes, default_palette = dataset_classes(dataset, spec.num_classes)
+    classes = list(classes or default_classes)
+    palette = list(palette or default_palette)
+    if len(classes) != spec.num_classes or len(palette) != spec.num_classes:
+        raise ValueError(f"{spec.name} predicts {spec.num_classes} classes; got {len(classes)} class names and "
+                         f"{len(palette)} palette colours")
+    if config is None:
+        config = Config()
+        config.model.name = spec.name
+        config.model.output_stride = spec.output_stride
+        config.data.name = dataset or dataset_for_classes(spec.num_classes) or "folder"
+        config.data.num_classes = spec.num_classes
+    save_checkpoint(path, model=model, optimizer=None, step=0, best_miou=-1.0, config=config, classes=classes,
+                    palette=palette, extra=extra)
+    return Path(path)

@@ -17,8 +17,10 @@ from .workers import worker_options
 DATASET_NAMES = ("demo", "folder", *STANDARD_DATASETS)
 
 
-def build_dataset(cfg: DataConfig, split: str, transforms: PairTransform | None) -> SegmentationDataset:
-    """The dataset named by ``cfg.name`` for one split."""
+def build_dataset(cfg: DataConfig, split: str, transforms: PairTransform | None, *, task: str = "multiclass",
+                  in_channels: int = 3) -> SegmentationDataset:
+    """The dataset named by ``cfg.name`` for one split; a folder's targets follow ``task`` (``model.task``) and its
+    images have ``in_channels`` channels (``model.in_channels``)."""
     if cfg.name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {cfg.name!r}; valid choices: {', '.join(DATASET_NAMES)}")
     if cfg.name == "demo":
@@ -28,11 +30,13 @@ def build_dataset(cfg: DataConfig, split: str, transforms: PairTransform | None)
         raise ValueError(f"data.root is required for data.name={cfg.name!r}")
     if cfg.name == "folder":
         return FolderDataset(cfg.root, split, transforms=transforms, val_ratio=cfg.val_ratio,
-                             num_classes=cfg.num_classes, ignore_index=cfg.ignore_index, skip_bad=cfg.skip_bad)
+                             num_classes=cfg.num_classes, ignore_index=cfg.ignore_index, skip_bad=cfg.skip_bad,
+                             task=task, in_channels=in_channels, label_map=cfg.label_map, max_value=cfg.max_value)
     return STANDARD_DATASETS[cfg.name](cfg.root, split, transforms=transforms)
 
 
-def build_train_val(cfg: DataConfig, *, progress: bool = True) -> tuple[SegmentationDataset, SegmentationDataset]:
+def build_train_val(cfg: DataConfig, *, progress: bool = True, task: str = "multiclass",
+                    in_channels: int = 3) -> tuple[SegmentationDataset, SegmentationDataset]:
     """The training and validation splits, both checked before any training step, without transforms yet.
 
     Every image and mask of both splits is decoded once (in parallel, cached per file), so that a
@@ -42,8 +46,8 @@ def build_train_val(cfg: DataConfig, *, progress: bool = True) -> tuple[Segmenta
     with a warning each. Transforms depend on the model's normalisation, known once the model is
     built: see :func:`attach_transforms`.
     """
-    train = build_dataset(cfg, cfg.train_split, None)
-    val = build_dataset(cfg, cfg.val_split, None)
+    train = build_dataset(cfg, cfg.train_split, None, task=task, in_channels=in_channels)
+    val = build_dataset(cfg, cfg.val_split, None, task=task, in_channels=in_channels)
     if cfg.verify and cfg.name in STANDARD_DATASETS:
         ensure_valid({cfg.train_split: train, cfg.val_split: val}, skip_bad=cfg.skip_bad, progress=progress)
     return train, val

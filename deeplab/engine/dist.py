@@ -143,6 +143,16 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     return tensor
 
 
+def all_reduce_sum_with_grad(tensor: Tensor) -> Tensor:
+    """Sums ``tensor`` over all processes into a new tensor that backpropagates (the gradient is summed over
+    the processes too); ``tensor`` itself in a single process."""
+    if _active():
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
 def barrier() -> None:
     """Waits for every process (nothing to wait for in a single process)."""
     if _active():
@@ -283,19 +293,38 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         self.running_var.lerp_(unbiased_var.to(self.running_var.dtype), momentum)
 
 
+class CPUSyncBatchNormAct(CPUSyncBatchNorm):
+    """:class:`CPUSyncBatchNorm` followed by the dropout and activation of timm's ``BatchNormAct2d`` (Xception
+    and many timm encoders fuse them into their norm layer; a plain BatchNorm in its place would drop them)."""
+
+    def __init__(self, *args, drop: nn.Module, act: nn.Module) -> None:
+        super().__init__(*args)
+        self.drop = drop
+        self.act = act
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self.act(self.drop(super().forward(input)))
+
+
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     """Replaces every BatchNorm layer by one that normalises over the global batch of all processes:
-    ``torch.nn.SyncBatchNorm`` on GPUs, :class:`CPUSyncBatchNorm` on CPU. Weights and running statistics
-    are kept; so are the names of the state dict, so checkpoints load into plain BatchNorm models."""
+    ``torch.nn.SyncBatchNorm`` on GPUs (timm's ``SyncBatchNormAct`` for its norm + activation layers),
+    :class:`CPUSyncBatchNorm` on CPU. Weights and running statistics are kept; so are the names of the
+    state dict, so checkpoints load into plain BatchNorm models."""
     if device.type != "cpu":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        from timm.layers import convert_sync_batchnorm as timm_convert  # torch's would drop BatchNormAct2d's act
+
+        return timm_convert(model)
     return _convert_cpu(model)
 
 
 def _convert_cpu(module: nn.Module) -> nn.Module:
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
-        synced = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                  module.track_running_stats)
+        arguments = (module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        if isinstance(getattr(module, "act", None), nn.Module):  # timm's BatchNormAct2d
+            synced = CPUSyncBatchNormAct(*arguments, drop=module.drop, act=module.act)
+        else:
+            synced = CPUSyncBatchNorm(*arguments)
         synced.load_state_dict(module.state_dict())
         synced.train(module.training)
         if module.affine:

@@ -1,7 +1,12 @@
-"""mIoU evaluation of a model on a dataset (multi-scale, flip, sliding windows, DenseCRF: the Predictor's options)."""
+"""Evaluation of a model on a dataset (multi-scale, flip, sliding windows, DenseCRF: the Predictor's options).
+
+The model's task (its spec's) says how logits become a prediction: argmax (multiclass), sigmoid > threshold
+of the one logit (binary) or of each (multilabel); :mod:`deeplab.metrics` says what is measured.
+"""
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -13,11 +18,12 @@ from tqdm import tqdm
 from ..config import Config, EvalConfig
 from ..data import SegmentationDataset, eval_transforms
 from ..inference import Predictor
-from ..metrics import confusion_matrix, segmentation_metrics
+from ..metrics import check_threshold, empty_confusion, labels_from_logits, task_confusion, task_metrics
 from ..options import InferenceOptions
 from ..postprocess import CRFParams, refine_many
 from . import dist
 from .data import build_dataset
+from .stops import in_lockstep
 from .workers import worker_options
 
 
@@ -25,9 +31,9 @@ def evaluate(
     model: torch.nn.Module, dataset: SegmentationDataset, *, num_classes: int, ignore_index: int = 255,
     device: str | torch.device = "cpu", batch_size: int = 1, num_workers: int = 0, progress: bool = True,
     fast: bool = True, crf_workers: int | None = None, distributed: bool = False,
-    options: InferenceOptions | None = None, **option_values: Any,
+    options: InferenceOptions | None = None, threshold: float = 0.5, **option_values: Any,
 ) -> dict[str, Any]:
-    """Accumulates one confusion matrix over ``dataset`` and returns :func:`segmentation_metrics` of it.
+    """Accumulates one confusion matrix over ``dataset`` and returns :func:`~deeplab.metrics.task_metrics` of it.
 
     The dataset must return normalised images (``eval_transforms``); batches larger than 1 need
     images of one size. The model runs through :class:`Predictor`'s fast path (a folded copy) unless
@@ -35,7 +41,7 @@ def evaluate(
     same by name: ``scales``, ``flip``, ``window``, ``precision``, ``crf``, ``pad_to``) say how each image is
     predicted; with a DenseCRF the softmax of every prediction is refined on the raw image
     (``deeplab.postprocess``), in ``crf_workers`` processes (default: one per core). ``distributed``: see
-    :func:`evaluate_predictor`.
+    :func:`evaluate_predictor`; ``threshold``: see there.
     """
     modes = [module.training for module in model.modules()]
     try:
@@ -43,7 +49,7 @@ def evaluate(
                               **option_values)
         return evaluate_predictor(predictor, dataset, ignore_index=ignore_index, batch_size=batch_size,
                                   num_workers=num_workers, progress=progress, crf_workers=crf_workers,
-                                  distributed=distributed)
+                                  distributed=distributed, threshold=threshold)
     finally:
         for module, training in zip(model.modules(), modes, strict=True):
             module.training = training
@@ -52,7 +58,7 @@ def evaluate(
 def evaluate_predictor(
     predictor: Predictor, dataset: SegmentationDataset, *, ignore_index: int = 255, batch_size: int = 1,
     num_workers: int = 0, progress: bool = True, crf_workers: int | None = None, distributed: bool = False,
-    label_offset: int = 0,
+    threshold: float = 0.5, stop: dict[str, str | None] | None = None, label_offset: int = 0,
 ) -> dict[str, Any]:
     """:func:`evaluate` for a ready :class:`Predictor` (any runner: eager, ONNX Runtime, TorchScript); its options
     (the DenseCRF included) say how each image is predicted.
@@ -60,31 +66,68 @@ def evaluate_predictor(
     With ``distributed`` every process of the current process group (torchrun) must call it: each evaluates
     its shard of ``dataset`` (:func:`deeplab.engine.dist.shard`) and the confusion matrices are summed, which
     gives exactly the single-process metrics, on every process. ``images`` in the result counts the images
-    evaluated by all processes. ``label_offset``: the model's class ``k + label_offset`` is the dataset's class
-    ``k`` (the zoo's ADE20K models: 1, their output 0 is "other", which the dataset ignores); the confusion matrix
-    is the model's, so a prediction of a class the dataset lacks counts against the true class, as in the
-    reference's ``mean_iou`` over all the model's classes.
+    evaluated by all processes. ``label_offset`` (multiclass): the model's class ``k + label_offset`` is the
+    dataset's class ``k`` (the zoo's ADE20K models: 1, their output 0 is "other", which the dataset ignores); the
+    confusion matrix is the model's, so a prediction of a class the dataset lacks counts against the true class, as
+    in the reference's ``mean_iou`` over all the model's classes.
+
+    The task of the predictor's spec (multiclass when it has none) says how logits become labels; binary and
+    multilabel models count a pixel (a label) as foreground where its sigmoid exceeds ``threshold``.
+
+    ``stop``: the flag of :func:`~deeplab.engine.stops.stop_on_signals`; after each batch the processes agree
+    whether any got SIGINT / SIGTERM, and if so all stop there and return only ``stopped`` (the
+    :class:`~deeplab.engine.stops.Stop`), ``images`` (how many were evaluated) and ``images_total``: no metrics of
+    a partial split.
     """
-    def confusion() -> torch.Tensor:
-        cm = torch.zeros(predictor.num_classes, predictor.num_classes, dtype=torch.long)
-        for pred, mask in _predictions(predictor, dataset, batch_size=batch_size, num_workers=num_workers,
-                                       crf_workers=crf_workers, progress=progress, distributed=distributed):
+    task = predictor_task(predictor)
+    if task != "multiclass" and predictor.crf is not None:
+        raise ValueError(f"the DenseCRF refines the softmax of a multiclass model; this model is {task}: "
+                         "evaluate it without eval.crf")
+    check_threshold(threshold)
+
+    def confusion() -> tuple[torch.Tensor, int, Any]:
+        cm = empty_confusion(task, predictor.num_classes)
+        seen = 0
+
+        def add(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+            nonlocal cm, seen
+            pred, mask = batch
             if label_offset:
                 mask = torch.where(mask == ignore_index, mask, mask + label_offset)
-            cm += confusion_matrix(pred, mask, predictor.num_classes, ignore_index)
-        return cm
+            cm += task_confusion(pred, mask, task=task, num_classes=predictor.num_classes, ignore_index=ignore_index)
+            seen += 1 if predictor.crf is not None else len(mask)  # the CRF yields one image at a time
 
-    cm = sum(dist.gather_results(confusion)) if distributed else confusion()
-    metrics = segmentation_metrics(cm)
+        batches = _predictions(predictor, dataset, batch_size=batch_size, num_workers=num_workers,
+                               crf_workers=crf_workers, progress=progress, distributed=distributed,
+                               task=task, threshold=threshold)
+        if stop is None:
+            for batch in batches:
+                add(batch)
+            return cm, seen, None
+        share = math.ceil(len(dataset) / dist.rank_and_size()[1]) if distributed else len(dataset)
+        rounds = share if predictor.crf is not None else math.ceil(share / batch_size)  # the same on every process
+        stopped = in_lockstep(batches, add, rounds=rounds, requested=stop, device=predictor.device)
+        return cm, seen, stopped
+
+    parts = dist.gather_results(confusion) if distributed else [confusion()]
+    if parts[0][2] is not None:
+        return {"stopped": parts[0][2], "images": sum(seen for _, seen, _ in parts), "images_total": len(dataset)}
+    cm = sum(cm for cm, _, _ in parts)
+    metrics = task_metrics(cm, task)
     metrics["confusion_matrix"] = cm.tolist()
     metrics["images"] = len(dataset)
     return metrics
 
 
+def predictor_task(predictor: Predictor) -> str:
+    """The task of the predictor's model (its spec's; multiclass for a model without one)."""
+    return getattr(predictor.spec, "task", "multiclass")
+
+
 def _predictions(predictor: Predictor, dataset: SegmentationDataset, *, batch_size: int, num_workers: int,
-                 crf_workers: int | None, progress: bool,
-                 distributed: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(class map, mask) batches of this process's share of ``dataset`` (all of it unless ``distributed``)."""
+                 crf_workers: int | None, progress: bool, distributed: bool, task: str = "multiclass",
+                 threshold: float = 0.5) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(label map, mask) batches of this process's share of ``dataset`` (all of it unless ``distributed``)."""
     def share(samples: Dataset) -> Dataset:
         return Subset(samples, dist.shard(len(dataset))) if distributed else samples
 
@@ -94,7 +137,7 @@ def _predictions(predictor: Predictor, dataset: SegmentationDataset, *, batch_si
         return
     loader = DataLoader(share(dataset), batch_size=batch_size, num_workers=num_workers, **worker_options(num_workers))
     for images, masks in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
-        yield predictor.logits_for_batch(images).argmax(1).cpu(), masks
+        yield labels_from_logits(predictor.logits_for_batch(images), task, threshold).cpu(), masks
 
 
 # ---------------------------------------------------------------- DenseCRF hook (v1/v2 post-processing)
@@ -138,12 +181,14 @@ def _crf_predictions(predictor: Predictor, samples: Dataset, crf: CRFParams, *, 
 
 
 def evaluate_on_config(predictor: Predictor, config: Config, source: str, *, progress: bool = True,
-                       distributed: bool = False) -> tuple[dict[str, Any], list[str]]:
+                       distributed: bool = False, threshold: float | None = None,
+                       stop: dict[str, str | None] | None = None) -> tuple[dict[str, Any], list[str]]:
     """``predictor`` on ``config.data``'s validation split, normalised as its spec says; ``source`` names it.
 
     The predictor carries the inference options (``InferenceOptions.from_eval_config(config.eval)`` gives
-    the config's); batch size, loader workers and CRF processes come from ``config``. ``distributed``: each
-    process of the group evaluates its shard (see :func:`evaluate_predictor`).
+    the config's); batch size, loader workers, CRF processes and the binary/multilabel ``threshold`` (unless
+    given) come from ``config``. ``distributed``: each process of the group evaluates its shard (see
+    :func:`evaluate_predictor`, also for ``stop``).
     """
     spec = predictor.spec
     resize = resize_to_range(config.eval)
@@ -151,15 +196,18 @@ def evaluate_on_config(predictor: Predictor, config: Config, source: str, *, pro
         raise ValueError("eval.min_resize_value/max_resize_value and eval.crf cannot be combined: the DenseCRF "
                          "reads the image at its stored size")
     dataset = build_dataset(config.data, config.data.val_split,
-                            eval_transforms(mean=spec.mean, std=spec.std, resize_to_range=resize))
+                            eval_transforms(mean=spec.mean, std=spec.std, resize_to_range=resize),
+                            task=spec.task, in_channels=spec.in_channels)
+    binary_pair = predictor_task(predictor) == "binary" and dataset.num_classes == 2  # background + foreground
     offset = label_offset(dataset, predictor.classes)
-    if offset is None:
+    if offset is None and not binary_pair:
         raise ValueError(f"dataset {config.data.name!r} has {dataset.num_classes} classes but {source} "
                          f"predicts {predictor.num_classes}")
     metrics = evaluate_predictor(predictor, dataset, ignore_index=dataset.ignore_index,
                                  batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
                                  progress=progress, crf_workers=config.eval.crf_workers, distributed=distributed,
-                                 label_offset=offset)
+                                 threshold=config.eval.threshold if threshold is None else threshold, stop=stop,
+                                 label_offset=offset or 0)
     return metrics, list(predictor.classes)
 
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..data import SegmentationDataset
-from ..imageio import atomic_write, overlay, save_rgb_png
+from ..imageio import atomic_write, overlay, save_rgb_png, to_uint8
 from ..inference import Predictor
 
 SIZE = (720, 400)
@@ -122,6 +122,7 @@ def save_previews(predictor: Predictor, dataset: SegmentationDataset, out_dir: P
     for index in range(min(count, len(dataset))):
         image, mask = dataset.load(index)
         prediction = predictor.predict(image)
+        image = to_uint8(image)  # 16-bit data is read as float 0..1
         truth = overlay(image, torch.as_tensor(mask).long(), predictor.palette, alpha=1.0)
         panels = [image.permute(1, 2, 0), truth, overlay(image, prediction, predictor.palette)]
         path = out_dir / f"{dataset.name(index)}.png"

@@ -11,10 +11,9 @@ before every step), so a run resumed from any step repeats the uninterrupted one
 from __future__ import annotations
 
 import math
-import signal
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,17 +27,19 @@ from tqdm import tqdm
 from ..config import Config, save_config
 from ..deploy.precision import AMP_CHOICES, autocast_dtype
 from ..inference import Predictor
-from ..losses import labelled_pixels, segmentation_loss
+from ..losses import SegmentationLoss, build_loss, labelled_pixels
+from ..metrics import metrics_to_json
 from ..modelfile import read_checkpoint
 from ..models import Segmenter, build_with_weights
 from . import dist
 from .checkpoint import model_from_config, save_checkpoint
+from .class_weights import resolve_class_weights
 from .data import attach_transforms, build_train_val, check_global_batch, train_loader
 from .evaluate import evaluate
 from .report import plot_training_curve, save_previews
 from .runlog import RunLog, Throughput
 from .schedule import poly_lr
-from .workers import STOP_SIGNALS, shielded
+from .stops import Stop, read_stop, stop_flags, stop_on_signals
 
 EVAL_PROTOCOLS = ("fast", "eval")
 
@@ -155,27 +156,6 @@ def reseed(seed: int, step: int, rank: int) -> None:
     torch.manual_seed(int(high) << 32 | int(low))
 
 
-@contextmanager
-def stop_on_signals():
-    """Turns Ctrl-C and SIGTERM into a flag the loop checks after each step, so it can save first.
-
-    Loader workers, which often get the same signal (torchrun forwards it to the process group, SLURM and
-    systemd signal every process of the job), ignore it meanwhile: killed, they would take the step down.
-    """
-    requested = {"signal": None}
-
-    def handler(signum, frame):
-        requested["signal"] = signal.Signals(signum).name
-
-    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
-    try:
-        with shielded():
-            yield requested
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 def train(cfg: Config, *, resume: bool = False, on_step_end: Callable[[StepInfo], None] | None = None
           ) -> TrainResult:
     """Trains ``cfg.model`` on ``cfg.data`` as ``cfg.train`` says; evaluates on the val split every
@@ -205,8 +185,11 @@ def _train(cfg: Config, env: dist.DistEnv, device: torch.device, resume: bool,
     _check_settings(cfg, env, device)
     torch.manual_seed(t.seed)  # the same initial weights in every process
     train_set, val_set = dist.first_on_each_node(
-        env, lambda: build_train_val(cfg.data, progress=t.progress and env.local_rank == 0))
+        env, lambda: build_train_val(cfg.data, progress=t.progress and env.local_rank == 0,
+                                  task=getattr(cfg.model, "task", "multiclass"),
+                                  in_channels=getattr(cfg.model, "in_channels", 3)))
     model = prepare_model(model_from_config(cfg, train_set.num_classes), cfg, env, device)
+    loss_fn = training_loss(cfg, model, train_set, progress=t.progress and env.is_main)
     attach_transforms(train_set, val_set, cfg.data, mean=model.spec.mean, std=model.spec.std)
     state = TrainState(model, build_optimizer(model, cfg), grad_scaler(t.amp, device))
     if resume or (dist.restart_count() > 0 and (run_dir / "last.pt").is_file()):
@@ -222,7 +205,7 @@ def _train(cfg: Config, env: dist.DistEnv, device: torch.device, resume: bool,
     log, meter = RunLog(run_dir, enabled=env.is_main), Throughput(t.batch_size, device)
     bar = tqdm(total=t.iterations, initial=state.step, desc="train", unit="it", dynamic_ncols=True,
                disable=not (t.progress and env.is_main))
-    _announce(bar, log, cfg, state, env)
+    _announce(bar, log, cfg, state, env, loss_fn)
     metrics, stopped, saved_at = None, None, -1
     try:
         with stop_on_signals() as stop:
@@ -232,7 +215,7 @@ def _train(cfg: Config, env: dist.DistEnv, device: torch.device, resume: bool,
                                                       power=t.poly_power, warmup=t.warmup_iterations))
                 images, masks = _to_device(next(loader), device, t.channels_last)
                 reseed(t.seed, state.step, env.rank)
-                loss = train_step(module, state.optimizer, state.scaler, images, masks, cfg, env)
+                loss = train_step(module, state.optimizer, state.scaler, images, masks, cfg, env, loss_fn)
                 loss_value, stopped = _synchronise(loss, stop, env)
                 _check_finite(loss_value, state.step, cfg)
                 state.step += 1
@@ -255,21 +238,30 @@ def _train(cfg: Config, env: dist.DistEnv, device: torch.device, resume: bool,
     if not stopped:
         _finish(state.model, val_set, run_dir, env, device)
     return TrainResult(run_dir, state.step, state.best_miou, metrics, stopped is not None,
-                       stopped[0] if stopped else None, env.rank)
+                       stopped.signal if stopped else None, env.rank)
+
+
+def training_loss(cfg: Config, model: Segmenter, train_set, *, progress: bool = False) -> SegmentationLoss:
+    """``train.loss`` for the model's task (its spec's), with ``train.class_weights`` resolved."""
+    spec = model.spec
+    weights = resolve_class_weights(cfg.train.class_weights, train_set, task=spec.task, progress=progress)
+    return build_loss(cfg.train.loss, task=spec.task, num_classes=spec.num_classes,
+                      ignore_index=cfg.data.ignore_index, aux_weight=cfg.train.aux_weight, class_weights=weights)
 
 
 def train_step(module: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, images: Tensor,
-               masks: Tensor, cfg: Config, env: dist.DistEnv) -> Tensor:
+               masks: Tensor, cfg: Config, env: dist.DistEnv, loss_fn: SegmentationLoss) -> Tensor:
     """One optimizer step on this process's share of the global batch; returns its (detached) loss.
 
-    The loss of each process is its summed cross-entropy over the global batch's labelled pixels
-    divided by the number of processes, so that DDP's averaged gradients are those of the global batch.
+    Pixel terms (ce, bce, focal) sum over this process's pixels and divide by the global batch's labelled
+    pixels over the number of processes; dice and tversky sum their per-class counts over the processes
+    (with gradients): either way DDP's averaged gradients are those of the global batch. Lovasz and
+    hard-pixel mining are each process's, averaged by DDP.
     """
     normalizer = dist.all_reduce_sum(labelled_pixels(masks, cfg.data.ignore_index)) / env.world_size
     with autocast_for(cfg.train.amp, images.device):
         outputs = module(images)
-    loss = segmentation_loss(outputs, masks, ignore_index=cfg.data.ignore_index, aux_weight=cfg.train.aux_weight,
-                             normalizer=normalizer)
+    loss = loss_fn(outputs, masks, normalizer=normalizer, reduce=dist.all_reduce_sum_with_grad)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -317,17 +309,15 @@ def _to_device(batch: tuple[Tensor, Tensor], device: torch.device, channels_last
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images, masks
 
 
-def _synchronise(loss: Tensor, stop: dict[str, str | None], env: dist.DistEnv) -> tuple[float, tuple[str, int] | None]:
+def _synchronise(loss: Tensor, stop: dict[str, str | None], env: dist.DistEnv) -> tuple[float, Stop | None]:
     """One all-reduce per step: the global batch's loss, and how many processes got SIGINT / SIGTERM.
 
-    Returns the loss and ``(signal name, processes that got it)`` if any process is asked to stop, so
-    that every process stops after the same step.
+    Returns the loss and the :class:`~deeplab.engine.stops.Stop` if any process is asked to stop, so that every
+    process stops after the same step.
     """
-    flags = [float(stop["signal"] == "SIGINT"), float(stop["signal"] == "SIGTERM")]
-    stats = dist.all_reduce_sum(torch.cat([loss.float().view(1), torch.tensor(flags, device=loss.device)]))
+    stats = dist.all_reduce_sum(torch.cat([loss.float().view(1), torch.tensor(stop_flags(stop), device=loss.device)]))
     total, sigint, sigterm = stats.tolist()
-    stopped = ("SIGTERM", int(sigterm)) if sigterm else ("SIGINT", int(sigint)) if sigint else None
-    return total / env.world_size, stopped
+    return total / env.world_size, read_stop(sigint, sigterm, env.world_size)
 
 
 def _check_finite(loss: float, step: int, cfg: Config) -> None:
@@ -389,10 +379,10 @@ def validate(model: Segmenter, dataset, cfg: Config, env: dist.DistEnv, device: 
     if protocol["output_stride"] != model.spec.output_stride:  # same weights, another dilation
         net = build_with_weights(model.spec.at_output_stride(protocol["output_stride"]), model.state_dict(),
                                  device=device)
-    metrics = evaluate(net, dataset, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index,
+    metrics = evaluate(net, dataset, num_classes=model.spec.num_classes, ignore_index=dataset.ignore_index,
                        device=device, scales=protocol["scales"], flip=protocol["flip"], window=protocol["window"],
                        batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, progress=False,
-                       distributed=env.distributed)
+                       distributed=env.distributed, threshold=cfg.eval.threshold)
     set_train_mode(model, cfg.train.freeze_bn)
     return metrics
 
@@ -400,17 +390,29 @@ def validate(model: Segmenter, dataset, cfg: Config, env: dist.DistEnv, device: 
 def _evaluate_and_keep_best(state: TrainState, val_set, cfg: Config, env: dist.DistEnv, device: torch.device,
                             log: RunLog, bar: tqdm, meta: dict[str, Any]) -> dict[str, Any]:
     metrics = validate(state.model, val_set, cfg, env, device)
+    summary = metrics_to_json(metrics, _metric_names(meta["classes"], metrics))
     log.write({"step": state.step, "miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"],
-               "val_pixels": int(torch.tensor(metrics["confusion_matrix"]).sum())})
+               "val_pixels": int(torch.tensor(metrics["confusion_matrix"]).sum()), "metrics": summary})
     if env.is_main:
-        bar.write(f"step {state.step}: val mIoU {metrics['miou']:.4f}")
+        what = "foreground IoU" if metrics["task"] == "binary" else "mIoU"
+        bar.write(f"step {state.step}: val {what} {metrics['miou']:.4f}, Dice/F1 {metrics['mdice']:.4f}, "
+                  f"precision {metrics['mprecision']:.4f}, recall {metrics['mrecall']:.4f}, pixel accuracy "
+                  f"{metrics['pixel_accuracy']:.4f}, frequency-weighted IoU {metrics['fw_iou']:.4f}")
     if metrics["miou"] > state.best_miou:
         state.best_miou = metrics["miou"]
         _save(Path(cfg.train.run_dir) / "best.pt", state, meta, env, optimizer=False)
     return metrics
 
 
-def _announce(bar: tqdm, log: RunLog, cfg: Config, state: TrainState, env: dist.DistEnv) -> None:
+def _metric_names(classes: list[str], metrics: dict[str, Any]) -> list[str]:
+    """Class names for the metrics' entries (generic ones where the dataset's do not fit the model)."""
+    count = len(metrics["per_class_iou"])
+    fits = len(classes) == count or (metrics["task"] == "binary" and len(classes) in (1, 2))
+    return classes if fits else [f"class_{i}" for i in range(count)]
+
+
+def _announce(bar: tqdm, log: RunLog, cfg: Config, state: TrainState, env: dist.DistEnv,
+              loss_fn: SegmentationLoss) -> None:
     """States, once, how the run is distributed and how best.pt is selected (log and console)."""
     if not env.is_main:
         return
@@ -419,21 +421,22 @@ def _announce(bar: tqdm, log: RunLog, cfg: Config, state: TrainState, env: dist.
            f"{p['scales']}, flip {'on' if p['flip'] else 'off'}" + (f", window {p['window']}" if p["window"] else ""))
     lines = [f"{env.world_size} process(es), global batch {cfg.train.batch_size} "
              f"({cfg.train.batch_size // env.world_size} per process); best.pt: the highest {how} "
-             f"(train.eval_protocol={cfg.train.eval_protocol})"]
+             f"(train.eval_protocol={cfg.train.eval_protocol})", f"loss: {loss_fn.describe()}"]
     if state.resumed_from:
         lines.append(f"resuming from step {state.resumed_from[0]} (saved by {state.resumed_from[1]} process(es))")
     for line in lines:
         bar.write(line)
     log.write({"step": state.step, "world_size": env.world_size, "global_batch": cfg.train.batch_size,
-               "eval_protocol": {"name": cfg.train.eval_protocol, **p}})
+               "eval_protocol": {"name": cfg.train.eval_protocol, **p}, "loss_terms": loss_fn.describe(),
+               "class_weights": loss_fn.class_weights})
 
 
 def _stop(bar: tqdm, run_dir: Path, state: TrainState, meta: dict[str, Any], env: dist.DistEnv,
-          stopped: tuple[str, int], saved_at: int) -> None:
+          stopped: Stop, saved_at: int) -> None:
     if saved_at != state.step:
         _save(run_dir / "last.pt", state, meta, env)
     if env.is_main:
-        bar.write(f"{stopped[0]} received by {stopped[1]} of {env.world_size} process(es): saved "
+        bar.write(f"{stopped.describe()}: saved "
                   f"{run_dir / 'last.pt'} at step {state.step}; continue with --resume")
     dist.barrier()  # no process leaves (and lets torchrun stop the others) before the checkpoint is written
 
@@ -442,6 +445,8 @@ def _finish(model: Segmenter, val_set, run_dir: Path, env: dist.DistEnv, device:
     """Rank 0 draws the training curve and prediction previews; the others wait for it."""
     if env.is_main:
         plot_training_curve(run_dir / "log.jsonl", run_dir / "training_curve.png")
-        predictor = Predictor(model, num_classes=val_set.num_classes, palette=val_set.palette, device=device)
+        count = model.spec.num_classes
+        classes = list(val_set.classes) if len(val_set.classes) == count else None
+        predictor = Predictor(model, num_classes=count, classes=classes, palette=val_set.palette, device=device)
         save_previews(predictor, val_set, run_dir / "previews")
     dist.barrier()

@@ -246,15 +246,13 @@ class XceptionBackbone(nn.Module):
     OUTPUT_STRIDES = (8, 16, 32)
 
     def __init__(self, depth: int = 65, *, output_stride: int = 16, pretrained: bool = False,
-                 weights_file: str | None = None, low_level_preact: bool = False) -> None:
+                 low_level_preact: bool = False) -> None:
         super().__init__()
         import timm  # imported here: only the Xception models need it
 
         check_output_stride(f"Xception-{depth}", output_stride, self.OUTPUT_STRIDES)
-        overlay = {"file": weights_file} if weights_file else None
         self.body = timm.create_model(
             f"xception{depth}", features_only=True, output_stride=output_stride, pretrained=pretrained,
-            pretrained_cfg_overlay=overlay,
         )
         info = self.body.feature_info
         self._low_level_index = info.reduction().index(4)

@@ -15,7 +15,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, size: int | tuple[int, int] = 513) -> int:
-    """Multiply-adds of one forward pass of a 1 x 3 x size x size image (the auxiliary head excluded).
+    """Multiply-adds of one forward pass of a 1 x C x size x size image (the auxiliary head excluded).
 
     Build the model under ``torch.device("meta")`` to count without computing anything.
     """
@@ -26,7 +26,7 @@ def count_macs(model: nn.Module, size: int | tuple[int, int] = 513) -> int:
     counter = FlopCounterMode(display=False)
     try:
         with torch.no_grad(), counter:
-            model(torch.zeros(1, 3, height, width, device=device))
+            model(torch.zeros(1, getattr(model, "in_channels", 3), height, width, device=device))
     finally:
         model.train(was_training)
     flops = sum(

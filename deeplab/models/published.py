@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torchvision.models import segmentation as tv_segmentation
@@ -26,7 +25,6 @@ from torchvision.models import segmentation as tv_segmentation
 from ..classes import ADE20K_CLASSES_WITH_OTHER, CITYSCAPES_CLASSES, VOC_CLASSES
 from ..constants import Colour
 from ..palettes import CITYSCAPES_PALETTE, voc_palette
-from ..torchfile import fetch_torch_file
 
 TF_ZOO_URL = "http://download.tensorflow.org/models/"
 
@@ -191,18 +189,3 @@ def published_weights(name: str) -> PublishedWeights:
     if name not in PUBLISHED_WEIGHTS:
         raise ValueError(f"unknown published weights {name!r}; valid names: {', '.join(sorted(PUBLISHED_WEIGHTS))}")
     return PUBLISHED_WEIGHTS[name]
-
-
-def fetch_published(weights: PublishedWeights) -> dict[str, Any]:
-    """The weights, from torch.hub's cache or downloaded into it.
-
-    torchvision's: a state dict (with torchvision's hash check). The TF zoo's: ``{"model_spec": ...,
-    "model": state dict, "classes", "palette"}``, imported once and cached (see ``tf_hub``).
-    """
-    if weights.source == "tf":
-        from .tf_hub import converted_zoo_weights
-
-        return converted_zoo_weights(weights)
-    return fetch_torch_file(weights.url, what=f"published weights {weights.name!r}", check_hash=True,
-                            hint=f"Without internet, download that file elsewhere and place it at "
-                                 f"{weights.cache_path()}.")

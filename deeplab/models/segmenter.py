@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -41,10 +45,12 @@ class Segmenter(nn.Module):
         self.num_classes = num_classes
         self.output_stride = output_stride
         self.align_corners = align_corners
+        self.in_channels = 3  # the model's builder sets it from the spec, after adapting the first convolutions
+        self.init_notes: list[str] = []  # what the builder says about the initial weights (fine-tuning, adapting)
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected an N x 3 x H x W image batch, got shape {tuple(x.shape)}")
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected an N x {self.in_channels} x H x W image batch, got shape {tuple(x.shape)}")
 
     def forward(self, x: Tensor) -> Tensor:
         return upsample_to(self.coarse_logits(x), x.shape[-2:], self.align_corners)
@@ -77,3 +83,51 @@ class Segmenter(nn.Module):
         if self.aux_head is not None:
             outputs["aux"] = upsample_to(self.aux_head(features["aux"]), size, self.align_corners)
         return outputs
+
+    def save_pretrained(self, folder: str | Path, *, classes: Sequence[str] | None = None,
+                        palette: Sequence[Sequence[int]] | None = None, dataset: str | None = None,
+                        config: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None,
+                        repo_id: str | None = None, license: str = "apache-2.0") -> Path:
+        """Writes the model as the Hugging Face Hub shows one: ``config.json`` (spec, classes, palette,
+        normalisation, task, training essentials, metrics), ``model.safetensors`` and a ``README.md`` model card.
+
+        ``deeplab.from_pretrained(folder)`` reads it back; ``deeplab push`` (or huggingface_hub's
+        ``upload_folder``) publishes it, after which ``hf-hub:ORG/NAME`` loads it anywhere a model name is taken.
+
+        Args:
+            folder: created if needed; the three files are replaced.
+            classes, palette: class names and colours (default: those of ``dataset``, or of the class count).
+            dataset: a standard dataset name for the default classes and palette (``voc``, ``cityscapes``, ...).
+            config: the training config as a dict (``Config.to_dict()``); only its essentials are kept, no paths.
+            metrics: evaluation results as ``deeplab eval --json`` writes them (fractions: ``miou`` ...).
+            repo_id: the Hub repo it will live in (``org/name``), for the card's title and usage snippet.
+            license: the card's license identifier.
+        """
+        from ..classes import dataset_classes
+        from ..hubfolder import model_card, pretrained_config, write_model_folder
+
+        spec = getattr(self, "spec", None)
+        if spec is None:
+            raise ValueError("the model has no .spec; build it with deeplab.create_model or deeplab.load_checkpoint")
+        default_classes, default_palette = dataset_classes(dataset, spec.num_classes)
+        record = pretrained_config(spec.to_dict(), list(classes or default_classes),
+                                   [tuple(c) for c in (palette or default_palette)], training=config,
+                                   metrics=metrics)
+        write_model_folder(folder, record, self.state_dict(), model_card(record, repo_id=repo_id, license=license))
+        return Path(folder)
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, classes: Sequence[str] | None = None,
+                    palette: Sequence[Sequence[int]] | None = None, dataset: str | None = None,
+                    config: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None,
+                    license: str = "apache-2.0") -> str:
+        """:meth:`save_pretrained` into a temporary folder, uploaded to the Hub repo ``repo_id`` (``org/name``,
+        created if needed) with huggingface_hub's ``create_repo`` and ``upload_folder``; returns the commit URL.
+        ``deeplab push`` does the same for a training run or checkpoint."""
+        import tempfile
+
+        from ..hub import upload_model_folder
+
+        with tempfile.TemporaryDirectory(prefix="deeplab-push-") as staging:
+            folder = self.save_pretrained(staging, classes=classes, palette=palette, dataset=dataset, config=config,
+                                          metrics=metrics, repo_id=repo_id, license=license)
+            return upload_model_folder(folder, repo_id, private=private, message=f"Upload {self.spec.name}")

@@ -8,6 +8,7 @@ import torch
 
 from .complexity import count_macs, count_parameters
 from .published import PUBLISHED_WEIGHTS, TF_BACKBONES
+from .timm_encoder import EncoderRow
 from .zoo import build_model, list_models, model_entry
 
 OUTPUT_STRIDES = (16, 8)
@@ -75,4 +76,16 @@ def format_published_table() -> str:
         lines.append(f"| {backbone.name} | {', '.join(backbone.models)} | {backbone.description} |")
     lines.append("\nThe TF model zoo's figures are the authors' (g3doc/model_zoo.md); see docs/tf_models.md for the "
                  "commands that evaluate them.")
+    return "\n".join(lines)
+
+
+def format_encoder_table(rows: list[EncoderRow]) -> str:
+    """The timm encoders (``deeplab models --encoders``): a Markdown table and how to name a model on one."""
+    lines = ["| timm encoder | family | output stride 8 / 16 | ImageNet weights |", "|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row.name} | {row.family} | {'yes' if row.dilates else 'no (32 only)'} "
+                     f"| {'yes' if row.pretrained else 'no'} |")
+    lines.append(f"\n{len(rows)} timm models, {sum(r.dilates for r in rows)} of them at output stride 8 and 16 (one "
+                 "model per family built to check). A model on one: deeplabv3plus_tu-NAME or deeplabv3_tu-NAME; "
+                 "pretrained_backbone=true loads timm's ImageNet weights. The v3+ decoder needs a stride-4 feature.")
     return "\n".join(lines)

@@ -6,7 +6,7 @@ Files are read by :mod:`deeplab.torchfile` (never unpickled); which file becomes
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -95,11 +95,38 @@ def _listing(title: str, items: list[str], most: int = 5) -> str:
 
 
 def load_backbone_weights(backbone: nn.Module, source: str, *, what: str) -> None:
-    """Loads ImageNet weights into a backbone, ignoring the classifier layers it does not have."""
+    """Loads ImageNet weights from a path or URL into a backbone, strictly (see :func:`load_backbone_state`)."""
     state = fetch_torch_file(source, what=f"{what} weights", hint="Without internet, download that file elsewhere "
                              "and pass its local path as pretrained_backbone='/path/to/file.pth'.")
+    load_backbone_state(backbone, state, what=what, source=source)
+
+
+def load_backbone_state(backbone: nn.Module, state: Mapping[str, Tensor], *, what: str, source: str,
+                        rename: Callable[[str], str] | None = None) -> None:
+    """Loads an ImageNet state dict into a backbone: every backbone tensor must come from it, with its shape.
+
+    Keys the backbone does not have (the ImageNet classifier) are ignored. ``rename`` maps a backbone key to
+    the name it has in ``state`` when they differ (timm's feature wrappers flatten module names).
+
+    Raises:
+        ValueError: naming how many of the backbone's tensors matched, and the first that did not.
+    """
     own = backbone.state_dict()
-    missing = sorted(set(own) - set(state))
-    if missing:
-        raise ValueError(f"{what} weights from {source} lack {len(missing)} backbone keys, e.g. {missing[:3]}")
-    backbone.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
+    rename = rename or (lambda key: key)
+    matched, missing, mismatched = {}, [], []
+    for key, tensor in own.items():
+        source_key = rename(key)
+        value = state.get(source_key)
+        if value is None:
+            missing.append(key)
+        elif not isinstance(value, Tensor) or value.shape != tensor.shape:
+            mismatched.append(f"{key}: {tuple(getattr(value, 'shape', ()))} vs {tuple(tensor.shape)}")
+        else:
+            matched[key] = value
+    if missing or mismatched:
+        raise ValueError(
+            f"{what} weights from {source} do not fit this backbone: {len(matched)} of {len(own)} tensors "
+            f"matched ({len(state)} in the file)" + _listing("missing", missing, 3)
+            + _listing("shape mismatches (file vs backbone)", mismatched, 3)
+        )
+    backbone.load_state_dict(matched, strict=True)

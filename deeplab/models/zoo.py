@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +29,15 @@ from .msc import MSCSegmenter, check_scales
 from .resnet_beta import ResNetV1BetaBackbone
 from .segmenter import Segmenter
 from .spec import RATE_OPTIONS, ModelSpec, scaled_rates
+from .timm_encoder import (
+    TIMM_PREFIX,
+    TimmEncoder,
+    check_timm_name,
+    load_timm_file,
+    pretrained_normalization,
+    timm_version,
+    timm_weights_problem,
+)
 from .weights import load_backbone_weights, load_weights, weights_and_implied
 
 # ImageNet weights published by torchvision, fetched through torch.hub's download path and cache.
@@ -64,12 +75,14 @@ class ModelEntry:
     paper_rates: tuple[int, ...] = ()
     rates_stride: int = 16
     paper_macs: Mapping[int, float] = field(default_factory=dict)  # output stride -> GMACs at 513x513
+    # (mean, std) the backbone's weights expect when no preset names them (a timm encoder's pretrained config).
+    mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def options(self) -> dict[str, Any]:
         """The constructor's architecture arguments with their defaults (``mean``/``std`` included)."""
         params = inspect.signature(self.construct).parameters
         defaults = {k: p.default for k, p in params.items() if k not in INIT_ARGUMENTS}
-        mean, std = NORMALIZATIONS[self.normalization]
+        mean, std = self.mean_std or NORMALIZATIONS[self.normalization]
         return {**defaults, "mean": mean, "std": std}
 
 
@@ -95,27 +108,36 @@ def _register(version: str, backbone: str, *, normalization: str = "imagenet", p
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`build_model` and ``deeplab.create_model``."""
+    """Names accepted by :func:`build_model` and ``deeplab.create_model``, besides the ``HEAD_tu-ENCODER`` ones
+    (:data:`TIMM_HEADS` over any fitting timm model)."""
     return sorted(_MODELS)
 
 
 def model_entry(name: str) -> ModelEntry:
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; valid choices: {', '.join(list_models())}")
-    return _MODELS[name]
+    """The registry row of ``name``: a registered model, or ``HEAD_tu-ENCODER`` for a timm encoder."""
+    if name in _MODELS:
+        return _MODELS[name]
+    head, sep, encoder = name.partition("_" + TIMM_PREFIX)
+    if sep and encoder:
+        return _timm_entry(head, encoder)
+    raise ValueError(f"unknown model {name!r}; valid choices: {', '.join(list_models())}, or "
+                     f"{{{', '.join(TIMM_HEADS)}}}_{TIMM_PREFIX}<timm model> (`deeplab models --encoders`)")
 
 
 def build_model(name: str, *, weights: Mapping[str, Tensor] | None = None, pretrained_backbone: bool | str = False,
                 **options: Any) -> Segmenter:
-    """Builds a registered model by name; ``deeplab.create_model`` is the same with weight files and names.
+    """Builds a registered model by name, with the ImageNet weights its builder loads itself.
+
+    :func:`deeplab.models.build_model` (above, in :mod:`deeplab.models.pretrained`) is this plus the backbone
+    weights that live above the builders (the TF zoo's by name, timm's for ``tu-`` encoders);
+    ``deeplab.create_model`` is that with weight files and names.
 
     Args:
-        name: one of :func:`list_models`.
+        name: one of :func:`list_models`, or ``HEAD_tu-ENCODER``.
         weights: a state dict or a checkpoint's dict in memory (ours, or torchvision's DeepLabV3). Weights
             that imply an architecture (torchvision's head layout at output stride 8, a checkpoint's spec)
             set the defaults; explicit ``options`` still win.
-        pretrained_backbone: True for the backbone's ImageNet weights, a local path / URL, or the name of
-            a TF model-zoo ImageNet checkpoint (``deeplab.models.published.TF_BACKBONES``).
+        pretrained_backbone: True for torchvision's / timm's Xception ImageNet weights, or a local path / URL.
         **options: the model's architecture arguments (``num_classes``, ``output_stride``,
             ``atrous_rates``, ...; see each builder), plus ``mean``/``std`` for the input normalisation.
             A key the model does not take is an error that lists the ones it does.
@@ -130,6 +152,10 @@ def build_model(name: str, *, weights: Mapping[str, Tensor] | None = None, pretr
     spec = resolve_spec(name, options, implied)
     if state is not None:
         return build_with_weights(spec, state)  # the weights replace any ImageNet backbone anyway
+    if isinstance(pretrained_backbone, str) and not any(c in pretrained_backbone for c in "/.") and \
+            not os.path.exists(pretrained_backbone):
+        raise ValueError(f"pretrained_backbone={pretrained_backbone!r} is neither a file nor a URL; a TF model-zoo "
+                         f"checkpoint's name loads through deeplab.create_model or deeplab.models.build_model")
     return build_from_spec(spec, pretrained_backbone=pretrained_backbone)
 
 
@@ -167,11 +193,14 @@ def _rescale_rates(arguments: Mapping[str, Any], output_stride: int) -> dict[str
 def _checked_spec(name: str, values: dict[str, Any]) -> ModelSpec:
     num_classes, output_stride = values.pop("num_classes"), values.pop("output_stride")
     mean, std = values.pop("mean"), values.pop("std")
+    in_channels = values.pop("in_channels", 3)
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if isinstance(output_stride, bool) or not isinstance(output_stride, int):
         raise ValueError(f"output_stride must be an int (8, 16 or 32), got {output_stride!r}")
-    check_normalization(mean, std)
+    check_normalization(mean, std, in_channels)
     dropout = values.get("dropout")
     if dropout is not None and not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
@@ -184,25 +213,22 @@ def _checked_spec(name: str, values: dict[str, Any]) -> ModelSpec:
     scales = () if scales is None else check_scales(scales)
     if scales:  # recorded only when on, so a plain model's spec is the same as before MSC existed
         values["msc_scales"] = scales
-    return ModelSpec(name, num_classes, output_stride, values, tuple(mean), tuple(std))
+    return ModelSpec(name, num_classes, output_stride, values, tuple(mean), tuple(std), in_channels=in_channels)
 
 
 def build_from_spec(spec: ModelSpec, *, pretrained_backbone: bool | str = False) -> Segmenter:
-    """Builds exactly the network a spec describes (random or ImageNet-initialised weights)."""
-    from .published import TF_BACKBONES
-
+    """Builds exactly the network a spec describes (random weights, or the ImageNet weights its builder loads:
+    torchvision's and timm's Xception; the TF zoo's and timm encoders' come from :mod:`deeplab.models.pretrained`)."""
     arguments = spec.builder_arguments()
     generic = {key: arguments.pop(key, default) for key, default in GENERIC_OPTIONS.items()}
-    tf_backbone = TF_BACKBONES.get(pretrained_backbone) if isinstance(pretrained_backbone, str) else None
-    model = model_entry(spec.name).construct(**arguments,
-                                             pretrained_backbone=False if tf_backbone else pretrained_backbone)
+    construct = model_entry(spec.name).construct
+    if "in_channels" in inspect.signature(construct).parameters:  # built for its input channels (timm's in_chans)
+        arguments["in_channels"] = spec.in_channels
+    model = construct(**arguments, pretrained_backbone=pretrained_backbone)
     if generic["msc_scales"]:
         model = MSCSegmenter.from_segmenter(model, generic["msc_scales"])
     model.spec = spec
-    if tf_backbone is not None:  # a TF model-zoo ImageNet checkpoint, by name
-        from .tf_hub import load_tf_backbone
-
-        load_tf_backbone(model, tf_backbone)
+    model.in_channels = spec.in_channels
     return model
 
 
@@ -423,17 +449,17 @@ def deeplabv3plus_resnet101(
 
 def _xception(depth: int, output_stride: int, pretrained_backbone: bool | str,
               low_level_preact: bool = False) -> XceptionBackbone:
-    weights_file = pretrained_backbone if isinstance(pretrained_backbone, str) else None
+    if isinstance(pretrained_backbone, str):  # a file: read by us and loaded strictly, never silently partly
+        backbone = XceptionBackbone(depth, output_stride=output_stride, low_level_preact=low_level_preact)
+        load_timm_file(backbone.body, pretrained_backbone, what=f"ImageNet xception{depth}")
+        return backbone
     try:
         return XceptionBackbone(depth, output_stride=output_stride, pretrained=bool(pretrained_backbone),
-                                weights_file=weights_file, low_level_preact=low_level_preact)
+                                low_level_preact=low_level_preact)
     except (OSError, RuntimeError, ValueError) as err:
         if not pretrained_backbone:
             raise
-        raise RuntimeError(
-            f"could not load timm's ImageNet xception{depth} weights ({type(err).__name__}: {err}). "
-            f"Without internet, download them elsewhere and pass pretrained_backbone='/path/to/file'."
-        ) from err
+        raise RuntimeError(timm_weights_problem(f"xception{depth}", err)) from err
 
 
 # timm's aligned Xception weights expect inputs scaled to -1..1 (mean = std = 0.5), as in the TF reference.
@@ -607,3 +633,73 @@ def deeplabv3_resnet101_beta(
                     multi_grid=multi_grid, separable=separable, dropout=dropout, aux_loss=aux_loss,
                     align_corners=align_corners, bn_eps=bn_eps, tf_padding=tf_padding,
                     pretrained_backbone=pretrained_backbone)
+
+
+# ---------------------------------------------------------------- timm encoders: HEAD_tu-ENCODER
+# Any timm ``features_only`` network under the v3 or v3+ head. The rows are made when a name is first asked
+# for (timm has over a thousand models), with the input normalisation of the encoder's pretrained weights.
+
+TIMM_HEADS = ("deeplabv3", "deeplabv3plus")
+_TIMM_ENTRIES: dict[str, ModelEntry] = {}
+
+
+def _timm_entry(head: str, encoder: str) -> ModelEntry:
+    name = f"{head}_{TIMM_PREFIX}{encoder}"
+    if name in _TIMM_ENTRIES:
+        return _TIMM_ENTRIES[name]
+    if head not in TIMM_HEADS:
+        raise ValueError(f"unknown model {name!r}: a timm encoder goes under one of {', '.join(TIMM_HEADS)} "
+                         f"(e.g. deeplabv3plus_{TIMM_PREFIX}{encoder})")
+    check_timm_name(encoder)
+    entry = ModelEntry(name, "v3+" if head == "deeplabv3plus" else "v3", f"timm {encoder}",
+                       _timm_constructor(head, encoder), paper_rates=(6, 12, 18),
+                       mean_std=pretrained_normalization(encoder))
+    _TIMM_ENTRIES[name] = entry
+    return entry
+
+
+def _timm_constructor(head: str, encoder: str) -> Callable[..., Segmenter]:
+    installed = timm_version()
+
+    def construct(
+        *, num_classes: int = 21, output_stride: int = 16, atrous_rates: Sequence[int] | None = None,
+        multi_grid: Sequence[int] | None = None, separable: bool = False, dropout: float = 0.1, aux_loss: bool = False,
+        in_channels: int = 3, encoder: str = encoder, timm_version: str = installed,
+        pretrained_backbone: bool | str = False,
+    ) -> Segmenter:
+        """DeepLab v3 / v3+ on a timm encoder (``features_only``, dilated to the output stride by timm).
+
+        Args:
+            output_stride: 8 or 16 where the timm family dilates (timm's ``output_stride``), 32 for any.
+            multi_grid: last-stage unit rates (v3's Multi_Grid, e.g. (1, 2, 4)); ``None`` keeps timm's.
+            in_channels: input channels (timm's ``in_chans``).
+            encoder: the timm model (fixed by the name; recorded in the spec).
+            timm_version: the timm the model was built with (recorded in the spec; a warning if it differs).
+            pretrained_backbone: not here: timm's ImageNet weights load above the builders
+                (:func:`deeplab.models.build_model`, ``deeplab.create_model``).
+            Others as in :func:`deeplabv3plus_resnet101`.
+        """
+        if encoder != construct.encoder:
+            raise ValueError(f"{construct.model_name} is built on timm's {construct.encoder}, not {encoder!r}: "
+                             f"the encoder is part of the model's name")
+        if timm_version != installed:
+            warnings.warn(f"{construct.model_name} was built with timm {timm_version}; timm {installed} is installed "
+                          f"(a layer that changed between them would not load)", stacklevel=2)
+        if pretrained_backbone:
+            raise ValueError(f"{construct.model_name}: timm's ImageNet weights load through deeplab.models.build_model "
+                             f"or deeplab.create_model, not the registry's builder")
+        backbone = TimmEncoder(encoder, output_stride=output_stride, in_channels=in_channels, multi_grid=multi_grid)
+        if head == "deeplabv3":
+            head_module = DeepLabV3Head(backbone.feature_specs["out"].channels, num_classes, atrous_rates,
+                                        dropout=dropout, separable=separable)
+            return Segmenter(backbone, head_module, _aux(backbone, num_classes, aux_loss), num_classes=num_classes,
+                             output_stride=output_stride)
+        if "low_level" not in backbone.feature_specs:
+            raise ValueError(f"timm's {encoder} has no stride-4 feature for the v3+ decoder (its features are at "
+                             f"strides {backbone.body.feature_info.reduction()}); use deeplabv3_{TIMM_PREFIX}{encoder}")
+        return _deeplabv3plus(backbone, num_classes=num_classes, output_stride=output_stride,
+                              atrous_rates=atrous_rates, separable=separable, dropout=dropout, aux_loss=aux_loss)
+
+    construct.encoder, construct.model_name = encoder, f"{head}_{TIMM_PREFIX}{encoder}"
+    construct.__name__ = construct.model_name
+    return construct

@@ -164,7 +164,7 @@ def _garbage_mask(root: Path) -> str:
 
 def _colour_mask(root: Path) -> str:
     Image.new("RGB", (W, H), (128, 0, 0)).save(root / "masks" / "img_01.png")
-    return "masks/img_01.png: mask mode is 'RGB'"
+    return "masks/img_01.png: an RGB colour mask, but there is no classes.txt"
 
 
 def _bad_labels(root: Path) -> str:
@@ -285,7 +285,12 @@ def test_image_modes_load_as_rgb(tmp_path, mode):
     expected = _save_mode(tmp_path / "images" / "a.png", mode)
     assert Image.open(tmp_path / "images" / "a.png").mode.startswith(mode[:3])
     image, _ = FolderDataset(tmp_path, val_ratio=0.0).load(0)
-    assert image.dtype == torch.uint8 and image.shape == (3, H, W)
+    assert image.shape == (3, H, W)
+    if mode == "I;16":  # 16-bit data keeps its precision: float32 on the 0..1 scale (value / 65535)
+        assert image.dtype == torch.float32
+        image = image * 255
+    else:
+        assert image.dtype == torch.uint8
     np.testing.assert_allclose(image.permute(1, 2, 0).numpy(), expected, atol=1)
 
 

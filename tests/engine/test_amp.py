@@ -10,6 +10,7 @@ from deeplab.cli import main
 from deeplab.config import load_config
 from deeplab.engine import dist
 from deeplab.engine.train import TrainingModule, autocast_for, grad_scaler, train, train_step
+from deeplab.losses import build_loss
 from deeplab.modelfile import read_checkpoint
 
 
@@ -40,7 +41,7 @@ def _one_step(scaler):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     images, masks = torch.randn(2, 3, 33, 33), torch.randint(0, 3, (2, 33, 33))
     cfg = load_config(None, ["train.aux_weight=0.4"])
-    train_step(TrainingModule(model), optimizer, scaler, images, masks, cfg, dist.DistEnv())
+    train_step(TrainingModule(model), optimizer, scaler, images, masks, cfg, dist.DistEnv(), build_loss("ce"))
     return model.state_dict()
 
 

@@ -46,6 +46,19 @@ def test_conversion_keeps_weights_statistics_and_state_dict_names():
     assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
 
 
+def test_timms_batchnorm_with_activation_keeps_its_activation():
+    """timm's encoders (and Xception) fuse norm and activation in BatchNormAct2d: synced, the model still
+    computes the same (a plain synced BatchNorm in its place would drop the activation)."""
+    torch.manual_seed(0)
+    model = create_model("deeplabv3_tu-test_efficientnet", num_classes=3).eval()
+    x = torch.randn(1, 3, 65, 65)
+    with torch.no_grad():
+        expected = model(x)
+        synced = convert_sync_batchnorm(model, torch.device("cpu"))
+        assert any(hasattr(m, "act") and isinstance(m, CPUSyncBatchNorm) for m in synced.modules())
+        assert torch.equal(synced(x), expected)
+
+
 def test_in_one_process_it_is_plain_batchnorm():
     torch.manual_seed(0)
     x = torch.randn(3, 4, 5, 6) * 3 + 1

@@ -31,7 +31,10 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 EQUAL = ["model.name=deeplabv3plus_mobilenetv2", "model.dropout=0", "data.name=demo", "data.image_size=65",
          "data.num_images=5", "data.crop_size=65", "data.num_workers=0", "train.batch_size=4",
          "train.iterations=4", "train.eval_every=2", "train.log_every=1", "train.lr=0.002",
-         "train.backbone_lr_mult=0", "train.progress=false"]
+         "train.backbone_lr_mult=0", "train.progress=false",
+         # pixel terms with class weights (each process divides by the global labelled pixels) and dice (its
+         # per-class counts summed over the processes with gradients): the global batch's loss either way
+         "train.loss=[{name: ce}, {name: focal, gamma: 2}, {name: dice, weight: 0.5}]", "train.class_weights=auto"]
 
 
 def _weights(run_dir):

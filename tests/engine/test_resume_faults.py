@@ -88,15 +88,22 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny, tmp_path, capsys):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch, capsys):
-    original = train_module.segmentation_loss
+    original = train_module.build_loss
     calls = {"n": 0}
 
-    def poisoned(*args, **kwargs):
-        calls["n"] += 1
-        loss = original(*args, **kwargs)
-        return loss * float("nan") if calls["n"] == 3 else loss
+    def poisoned_loss(*args, **kwargs):
+        loss_fn = original(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "segmentation_loss", poisoned)
+        def poisoned(*args, **kwargs):
+            calls["n"] += 1
+            loss = loss_fn(*args, **kwargs)
+            return loss * float("nan") if calls["n"] == 3 else loss
+
+        poisoned.describe = loss_fn.describe
+        poisoned.class_weights = loss_fn.class_weights
+        return poisoned
+
+    monkeypatch.setattr(train_module, "build_loss", poisoned_loss)
     assert main(["train", "--set", *tiny()]) == 2
     assert "loss became nan at step 3" in capsys.readouterr().err
     kept = read_checkpoint(tmp_path / "run" / "last.pt")

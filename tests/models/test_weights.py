@@ -130,8 +130,48 @@ def test_backbone_weights_lacking_keys_are_an_error(tmp_path):
     state = MobileNetV2Backbone().state_dict()
     del state["features.3.conv.0.0.weight"]
     torch.save(state, tmp_path / "partial.pth")
-    with pytest.raises(ValueError, match="lack 1 backbone keys.*features.3.conv.0.0.weight"):
+    total = len(state) + 1
+    with pytest.raises(ValueError, match=rf"(?s)do not fit this backbone: {total - 1} of {total} tensors matched"
+                                         r".*missing: features.3.conv.0.0.weight"):
         create_model("deeplabv3_mobilenetv2", pretrained_backbone=str(tmp_path / "partial.pth"))
+
+
+# Every kind of backbone that loads ImageNet weights from a file: (model, the module the file loads into).
+BACKBONE_KINDS = {
+    "deeplabv3_resnet50": lambda model: model.backbone,
+    "deeplabv1_vgg16": lambda model: model.backbone,
+    "deeplabv3_mobilenetv2": lambda model: model.backbone,
+    "deeplabv3plus_xception41": lambda model: model.backbone.body,
+    "deeplabv3plus_tu-test_convnext": lambda model: model.backbone.body,
+}
+
+
+def _file_key(key: str) -> str:
+    """The name a weights file gives a tensor of timm's feature wrapper, which flattens ``stem.0`` to ``stem_0``."""
+    head, _, rest = key.partition(".")
+    parent, _, child = head.rpartition("_")
+    return f"{parent}.{child}.{rest}" if parent and child.isdigit() else key
+
+
+@pytest.mark.parametrize("name", BACKBONE_KINDS)
+def test_every_backbone_loader_refuses_a_file_that_does_not_fit_saying_how_many_tensors_matched(tmp_path, name):
+    """A file with one fitting tensor, one of the wrong shape and one the backbone lacks: refused, never loaded
+    in part (Xception's used to load 0 of its tensors and train from random weights)."""
+    with torch.device("meta"):
+        own = BACKBONE_KINDS[name](create_model(name)).state_dict()
+    first, second = [k for k, v in own.items() if v.dim() == 4][:2]
+    state = {_file_key(first): torch.zeros(own[first].shape), _file_key(second): torch.zeros(3, 1, 1, 1),
+             "fc.weight": torch.zeros(2, 2)}
+    torch.save(state, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match=rf"(?s)weights from .*other.pth do not fit this backbone: 1 of {len(own)} "
+                                         rf"tensors matched \(3 in the file\).*shape mismatches.*{second}"):
+        create_model(name, pretrained_backbone=str(tmp_path / "other.pth"))
+
+
+def test_the_tf_references_resnet_beta_takes_no_imagenet_file(tmp_path):
+    torch.save({}, tmp_path / "any.pth")
+    with pytest.raises(ValueError, match="ResNet-v1-50-beta has no torchvision ImageNet weights"):
+        create_model("deeplabv3_resnet50_beta", pretrained_backbone=str(tmp_path / "any.pth"))
 
 
 def test_xception_pretrained_backbone_from_local_file(tmp_path):
