@@ -161,7 +161,7 @@ def _throughput(images: int, seconds: float, processes: int) -> str:
 
 
 def _open_predictor(source: str | Path, device_name: str, output_stride: int | None, options, runtime: str | None,
-                    local_rank: int = 0):
+                    local_rank: int = 0, check_folder: Path | None = None):
     """The Predictor for any model source (read once), on the device ``device_name`` resolves to and the runtime
     ``runtime`` picks (what it picked and why goes to stderr)."""
     from .inference import Predictor
@@ -171,7 +171,7 @@ def _open_predictor(source: str | Path, device_name: str, output_stride: int | N
     device = _device(device_name, model_file.card, local_rank)
     runner = model_file.open(output_stride=output_stride, device=device)
     predictor = Predictor.from_runner(runner, model_file.card, device=device, runtime=runtime, log=_note,
-                                      options=options)
+                                      options=options, check_folder=check_folder)
     _note(predictor.runtime.describe())
     return predictor
 
@@ -201,7 +201,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     env = dist.env_from_torchrun()
     predictor = _open_predictor(args.pretrained or args.model or args.checkpoint, args.device, args.output_stride,
                                 _inference_options(args, parse_crf_params(args.crf_params, args.crf)), args.runtime,
-                                local_rank=env.local_rank)
+                                local_rank=env.local_rank, check_folder=args.check_images)
     with dist.process_group(env, predictor.device):  # under torchrun each process predicts its share
         report = predict_paths(predictor, args.inputs, args.out, area_table=args.areas, progress=env.is_main,
                                workers=args.workers, resume=args.resume, distributed=env.distributed)
@@ -253,7 +253,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise RuntimeError(str(err)) from err
 
     source = args.model or args.checkpoint
-    predictor = _open_predictor(source, args.device, args.output_stride, _inference_options(args), args.runtime)
+    predictor = _open_predictor(source, args.device, args.output_stride, _inference_options(args), args.runtime,
+                                check_folder=args.check_images)
     info = model_info(predictor, source)
     settings = ServeSettings(max_upload_bytes=round(args.max_upload_mb * 2**20), max_side=args.max_side,
                              max_batch=args.max_batch)
@@ -329,8 +330,8 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_source(p: argparse.ArgumentParser, *, pretrained: bool = False) -> None:
-    from .deploy.precision import EAGER_PRECISIONS
+def _model_source(p: argparse.ArgumentParser, *, pretrained: bool = False, precision: str = "auto") -> None:
+    from .deploy.precision import PRECISION_CHOICES
     from .deploy.runtimes import RUNTIMES
 
     source = p.add_mutually_exclusive_group(required=True)
@@ -344,9 +345,14 @@ def _model_source(p: argparse.ArgumentParser, *, pretrained: bool = False) -> No
     p.add_argument("--runtime", choices=RUNTIMES, default=None,
                    help="what runs the model: auto (default, or $DEEPLAB_RUNTIME) times the runtimes verified for it "
                         "and keeps the fastest; torch, onnxruntime, openvino (pip install 'deeplab[openvino]')")
-    p.add_argument("--precision", default="fp32", choices=EAGER_PRECISIONS,
-                   help="eager arithmetic: bf16 on GPUs and CPUs with AVX512-BF16/AMX, fp16 on GPUs "
-                        "(an export runs at the precision it was exported at)")
+    p.add_argument("--precision", default=precision, choices=PRECISION_CHOICES,
+                   help=f"arithmetic (default {precision}): auto runs bf16 where the CPU has bf16 units (AVX512-BF16, "
+                        "AMX) and it passes a check on real images, else fp32; fp32 keeps exact numerics; bf16 on "
+                        "GPUs and such CPUs, fp16 on GPUs (an export runs at the precision it was exported at)")
+    if precision == "auto":
+        p.add_argument("--check-images", type=Path, default=None, metavar="DIR",
+                       help="images like yours for the reduced-precision check (default: the sample images "
+                            "deeplab ships; up to 8 are used)")
 
 
 def _inference_args(p: argparse.ArgumentParser) -> None:
@@ -377,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p, "train")
 
     p = _command(commands, "eval", cmd_eval)
-    _model_source(p, pretrained=True)
+    _model_source(p, pretrained=True, precision="fp32")
     p.add_argument("--config", type=Path, help="YAML config for the data and eval sections (e.g. "
                                                "configs/eval/tf_zoo_*.yaml; default: the checkpoint's own config)")
     p.add_argument("--json", type=Path, help="also write the metrics as JSON here")

@@ -129,7 +129,8 @@ class Predictor:
     @classmethod
     def from_file(
         cls, source: str | Path, *, output_stride: int | None = None, device: str | torch.device = "cpu",
-        runtime: str | None = None, options: InferenceOptions | None = None, **option_values: Any,
+        runtime: str | None = None, options: InferenceOptions | None = None, check_folder: str | Path | None = None,
+        **option_values: Any,
     ) -> Predictor:
         """A predictor for any model source :func:`deeplab.modelfile.read_model` reads: a training checkpoint, an
         export (ONNX, TorchScript), a TF checkpoint, a published weights name, a ``save_pretrained`` folder or a
@@ -144,13 +145,18 @@ class Predictor:
             device: where the model runs (ONNX Runtime: ``cpu``, or ``cuda`` with onnxruntime-gpu).
             runtime: ``auto`` (default, or ``$DEEPLAB_RUNTIME``), ``torch``, ``onnxruntime`` or ``openvino``; see
                 :mod:`deeplab.deploy.runtimes`. The choice is in the predictor's ``runtime`` attribute.
-            options, **option_values: see the class. An export runs at the precision it was exported at;
-                ``fp32`` (the default) or that precision is accepted, anything else is an error.
+            options, **option_values: see the class. Without ``options``, ``precision`` is ``auto`` unless given:
+                bf16 where the CPU computes it natively and it passes the real-image check, else fp32 (see
+                :mod:`deeplab.deploy.runtimes`); ``precision="fp32"`` keeps exact numerics. An export runs at the
+                precision it was exported at; ``auto``, ``fp32`` or that precision is accepted.
+            check_folder: images for the reduced-precision check (default: the sample images deeplab ships).
         """
         model_file = read_model(source)
         runner = model_file.open(output_stride=output_stride, device=device)
+        if options is None:
+            option_values.setdefault("precision", "auto")
         return cls.from_runner(runner, model_file.card, device=device, runtime=runtime, options=options,
-                               **option_values)
+                               check_folder=check_folder, **option_values)
 
     from_published = from_file  # a published weights name is one of the sources from_file reads
 
@@ -158,22 +164,23 @@ class Predictor:
     def from_runner(cls, runner: Runner, card: ModelCard, *, device: str | torch.device = "cpu",
                     runtime: str | None = None, log: Callable[[str], None] | None = None,
                     tolerance: float = FP32_TOLERANCE, options: InferenceOptions | None = None,
-                    **option_values: Any) -> Predictor:
+                    check_folder: str | Path | None = None, **option_values: Any) -> Predictor:
         """A predictor for a runner :meth:`deeplab.modelfile.ModelFile.open` gave, with its card, on the runtime
         ``runtime`` asks for (see :meth:`from_file`; ``log`` receives a line for each slow step of choosing it;
-        ``tolerance`` bounds the runtimes' fp32 check, see :func:`deeplab.deploy.runtimes.open_with_runtime`)."""
+        ``tolerance`` bounds the runtimes' fp32 check, see :func:`deeplab.deploy.runtimes.open_with_runtime`).
+        A ``precision`` of ``auto`` is resolved here; the predictor's options carry the one chosen."""
         options = (options or InferenceOptions()).replace(**option_values)
         if card.is_export:
-            if options.precision not in ("fp32", card.precision):
+            if options.precision not in ("auto", "fp32", card.precision):
                 raise ValueError(f"{card.source} is a {card.precision} export; its precision is fixed at export "
                                  f"time (export again with --precision {options.precision})")
             options = options.replace(precision=card.precision)
         spec = getattr(runner, "spec", None) or card.spec  # a rebuilt model's spec has its output stride
         runtime = _reference_runtime(runner, spec, options, runtime, log)
         chosen, choice = open_with_runtime(runner, card, runtime=runtime, precision=options.precision, device=device,
-                                           log=log, tolerance=tolerance)
+                                           log=log, tolerance=tolerance, check_folder=check_folder)
         predictor = cls(chosen, num_classes=spec.num_classes, classes=card.classes, palette=card.palette,
-                        device=device, spec=spec, options=options)
+                        device=device, spec=spec, options=options.replace(precision=choice.precision))
         predictor.runtime = choice
         return predictor
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .config import EvalConfig
-from .deploy.precision import precision_entry
+from .deploy.precision import AUTO, precision_entry
 from .postprocess import CRFParams
 
 
@@ -35,7 +35,8 @@ class InferenceOptions:
             window gets exactly the plain forward pass.
         overlap: fraction of the window shared by neighbouring tiles, in ``[0, 1)``.
         precision: ``fp32``; ``bf16`` (autocast) on a GPU or a CPU with AVX512-BF16/AMX; ``fp16`` on a GPU;
-            an export runs at the precision baked into it (see ``deeplab.deploy.precision``).
+            an export runs at the precision baked into it (see ``deeplab.deploy.precision``); ``auto`` (what
+            ``Predictor.from_file`` runs by default) becomes one of them when the model is opened.
         crf: DenseCRF settings (v1/v2's post-processing), or ``None`` for no CRF.
         pad_to: pad each input at its bottom and right to at least ``(h, w)`` (an int for a square)
             with the mean pixel (zero once normalised) before any scaling, and crop the scores back:
@@ -56,7 +57,8 @@ class InferenceOptions:
             raise ValueError(f"scales must be a non-empty list of positive numbers, got {list(self.scales)}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
-        precision_entry(self.precision)
+        if self.precision != AUTO:  # auto: resolved when a model is opened (Predictor.from_file)
+            precision_entry(self.precision)
         if self.crf is not None and not isinstance(self.crf, CRFParams):
             raise TypeError(f"crf must be CRFParams or None, got {type(self.crf).__name__}")
         object.__setattr__(self, "scales", scales)

@@ -146,7 +146,7 @@ def export_model(
         candidate = Path(tmp) / f"candidate.{'onnx' if format == 'onnx' else 'pt'}"
         if format == "onnx":
             fp32_path = Path(tmp) / "fp32.onnx"
-            write_onnx(model, fp32_path, info.to_json() if precision == "fp32" else None)
+            _write(write_onnx, model, fp32_path, info.to_json() if precision == "fp32" else None, format=format)
             if precision == "int8":
                 images = calibration_inputs(run_config, model.spec.mean, model.spec.std, calibration_images,
                                             calibration)
@@ -156,7 +156,7 @@ def export_model(
             else:
                 fp32_path.replace(candidate)
         else:
-            _write_torchscript(model, candidate, info)
+            _write(_write_torchscript, model, candidate, info, format=format)
         _verify_logits(model, candidate, report, tolerance)
         if precision == "int8":
             _verify_accuracy(model, run_config, candidate, report, max_miou_drop, eval_images, progress)
@@ -191,6 +191,15 @@ def _source(checkpoint: str | Path | Segmenter, output_stride: int | None, class
     card = ModelCard(model.spec, list(source.classes), list(source.palette), "onnx", config=source.config or {},
                      source=str(checkpoint), extra={"source": Path(checkpoint).name, **source.extra})
     return model, card, from_dict(source.config) if source.config else None
+
+
+def _write(writer: Any, *args: Any, format: str) -> None:
+    """``writer(*args)``; an exporter that cannot take the model is an :class:`ExportError` saying why."""
+    try:
+        writer(*args)
+    except Exception as err:  # the exporters raise many types (tracer, ONNX symbolic, TorchScript errors)
+        raise ExportError(f"this model cannot be exported to {format} ({type(err).__name__}: {err}); "
+                          "nothing written") from err
 
 
 class _CastTo(nn.Module):

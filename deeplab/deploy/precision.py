@@ -38,6 +38,8 @@ PRECISIONS: dict[str, Precision] = {
     "int8": Precision("int8", None, eager=False, exports=("onnx",)),
 }
 EAGER_PRECISIONS = tuple(name for name, p in PRECISIONS.items() if p.eager)
+AUTO = "auto"  # predict/serve's default: the fastest reduced precision that passes the real-image check, else fp32
+PRECISION_CHOICES = (AUTO, *EAGER_PRECISIONS)  # what --precision of predict, eval and serve takes
 EXPORT_PRECISIONS = tuple(name for name, p in PRECISIONS.items() if p.exports)
 AMP_CHOICES = ("off", "bf16", "fp16")  # train.amp: the reduced eager precisions, or off
 
@@ -154,6 +156,9 @@ def check_precision(precision: str, device: str | torch.device) -> str:
     to exports (``deeplab export --precision int8``).
     """
     device = torch.device(device)
+    if precision == AUTO:
+        raise ValueError("precision auto is chosen when a model is opened (Predictor.from_file / from_runner, "
+                         "deeplab.deploy.runtimes.open_with_runtime); pass fp32, bf16 or fp16 here")
     entry = precision_entry(precision)
     if not entry.eager:
         raise ValueError("int8 inference runs from an export: `deeplab export --precision int8 --out model.onnx`, "

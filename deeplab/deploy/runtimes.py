@@ -1,10 +1,15 @@
-"""Which runtime runs a model: our fast eager path (torch), ONNX Runtime or OpenVINO.
+"""Which runtime runs a model: our fast eager path (torch), ONNX Runtime or OpenVINO, and at what precision.
 
-Every runtime is checked against the fp32 reference when a model is opened (logits within 1e-4 of the largest
-reference logit in fp32; the same class on >= 99.9% of pixels in reduced precision) and refused, with the
-reason, if it disagrees. ``auto`` then times each verified runtime on one input of the probe size and keeps the
-fastest; the choice is cached per model, input size, precision, CPU kind and library versions, so the probe runs
-once. ONNX Runtime and OpenVINO run a checkpoint from an ONNX file written once into the same cache.
+Every runtime is checked against the fp32 reference when a model is opened and refused, with the reason, if it
+disagrees: in fp32 its logits must lie within 1e-4 of the largest reference logit (on one noise input: rounding
+does not depend on the picture); in reduced precision (bf16, int8) its class maps must agree with fp32's on real
+images (:mod:`deeplab.deploy.imagecheck`: the user's images, else the sample images shipped with the package).
+``auto`` then times each verified runtime on one input of the probe size and keeps the fastest. ``precision
+auto`` tries bf16 where the CPU computes it natively (AVX512-BF16 or AMX) and keeps it if it passes the real-image
+check, else runs fp32. The choice is cached per model, input size, precision, CPU kind and library versions, so
+the probe runs once; under torchrun, rank 0 decides and the other processes read its choice from torchrun's
+store. ONNX Runtime and OpenVINO run a checkpoint from an ONNX file written once into the same cache; a model
+that cannot be written as ONNX is refused by both, with the reason.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import hashlib
 import json
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -25,18 +32,39 @@ from ..constants import cache_dir
 from ..imageio import atomic_write
 from ..modelfile import ModelCard, Runner
 from .fastpath import fast_copy
+from .imagecheck import check_images, compare_on_images
 from .onnxfile import write_onnx
-from .precision import INT8_REFUSAL, autocast_dtype, check_precision, cpu_flags, cpu_has_bf16, cpu_has_int8
+from .precision import (
+    AUTO,
+    INT8_REFUSAL,
+    PRECISION_CHOICES,
+    autocast_dtype,
+    check_precision,
+    cpu_flags,
+    cpu_has_bf16,
+    cpu_has_int8,
+)
 from .runners import OnnxRunner, OpenVinoRunner, load_torchscript
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 RUNTIME_ENV = "DEEPLAB_RUNTIME"  # the default runtime where none is asked for (else auto)
+PRECISION_ENV = "DEEPLAB_PRECISION"  # what precision auto means where it is set (else the check's choice)
 PROBE_SIZE = 513
 FP32_TOLERANCE = 1e-4  # of the largest reference logit
-REDUCED_AGREEMENT = 0.999  # fraction of pixels with the reference's class, for bf16 and int8
+ONNX_FAILURE = "the model cannot be written as ONNX"
+SHARED_TIMEOUT = timedelta(minutes=30)  # how long torchrun's other processes wait for rank 0's choice
 _VERIFY_SHAPE = (1, 3, 97, 129)
 # what each runtime can run at each precision (an int8 or bf16 export runs at the precision baked into it)
 _PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8")}
+
+
+def default_precision() -> str:
+    """What ``precision auto`` means: ``$DEEPLAB_PRECISION`` if set (a deployment or a test suite pins it there,
+    e.g. to fp32), else ``auto``."""
+    precision = os.environ.get(PRECISION_ENV, AUTO)
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"{PRECISION_ENV}={precision!r}; valid choices: {', '.join(PRECISION_CHOICES)}")
+    return precision
 
 
 def default_runtime() -> str:
@@ -57,7 +85,10 @@ class RuntimeChoice:
         seconds: median latency of each verified runtime on the probe input (``auto`` only).
         refused: runtime -> why it was not used (not installed, disagreed with the reference, ...).
         probe_size: side of the square probe input.
-        cached: the choice came from the cache (the chosen runtime was verified again).
+        cached: the choice came from the cache (its key holds what the checks depend on, so they are not rerun).
+        check: the check the chosen runtime passed, in words.
+        precision_note: under ``precision auto``, why this precision.
+        decided_by: who made the choice when it was not this process (``process 0`` under torchrun).
     """
 
     runtime: str
@@ -66,6 +97,9 @@ class RuntimeChoice:
     refused: dict[str, str] = field(default_factory=dict)
     probe_size: int = PROBE_SIZE
     cached: bool = False
+    check: str = ""
+    precision_note: str = ""
+    decided_by: str = ""
 
     def describe(self) -> str:
         """One line for the user."""
@@ -76,55 +110,52 @@ class RuntimeChoice:
             why = f"fastest verified at 1x3x{self.probe_size}x{self.probe_size} on this CPU: {times}"
         elif self.seconds or self.refused:
             why = "the only verified runtime"
+        notes = [why] + (["cached choice"] if self.cached else []) + ([f"chosen by {self.decided_by}"]
+                                                                     if self.decided_by else [])
+        line = f"runtime: {self.runtime} {self.precision} ({'; '.join(notes)})"
+        if self.precision_note:
+            line += f"; precision auto: {self.precision_note}"
+        if self.check:
+            line += f"; check passed: {self.check}"
         refused = "; ".join(f"{name}: {reason}" for name, reason in self.refused.items())
-        return (f"runtime: {self.runtime} {self.precision} ({why}{'; cached choice' if self.cached else ''})"
-                + (f"; not used: {refused}" if refused else ""))
+        return line + (f"; not used: {refused}" if refused else "")
 
 
 def open_with_runtime(runner: Runner, card: ModelCard, *, runtime: str | None = None, precision: str = "fp32",
-                      device: str | torch.device = "cpu", probe_size: int = PROBE_SIZE,
-                      log: Callable[[str], None] | None = None,
-                      tolerance: float = FP32_TOLERANCE) -> tuple[Runner, RuntimeChoice]:
+                      device: str | torch.device = "cpu", probe_size: int | None = None,
+                      log: Callable[[str], None] | None = None, tolerance: float = FP32_TOLERANCE,
+                      check_folder: str | Path | None = None) -> tuple[Runner, RuntimeChoice]:
     """(the runner to use, the choice) for a model opened by :mod:`deeplab.modelfile`.
 
     Args:
         runner: the eager model (checkpoint, published weights, TF checkpoint) or an export's runner.
         card: its card (an ONNX export's ``source`` is the file ONNX Runtime and OpenVINO read).
         runtime: ``auto``, ``torch``, ``onnxruntime``, ``openvino``; default :func:`default_runtime`.
-        precision: ``fp32``, ``bf16``, ``fp16`` for an eager model; an export keeps the one baked into it.
+        precision: ``auto`` (bf16 where the CPU has bf16 units and it passes the real-image check, else fp32),
+            ``fp32``, ``bf16``, ``fp16`` for an eager model; an export keeps the one baked into it.
         device: ONNX Runtime and OpenVINO run here on the CPU; a GPU gets the torch runtime.
-        probe_size: side of the input ``auto`` times the runtimes on.
+        probe_size: side of the input ``auto`` times the runtimes on (default :data:`PROBE_SIZE`).
         log: receives a line for each slow step (writing the ONNX file, timing), e.g. ``print`` to stderr.
         tolerance: the fp32 check's bound, relative to the largest reference logit (the benchmark, on random
             weights whose deep residual stacks amplify rounding, allows more).
+        check_folder: images for the reduced-precision check (default: the sample images shipped with deeplab).
 
     Raises:
         ValueError: an unknown runtime, one that cannot run this model at this precision, or one that disagrees
             with the reference.
     """
     device = torch.device(device)
-    precision = card.precision if card.is_export else precision
+    precision = card.precision if card.is_export else default_precision() if precision == AUTO else precision
     if runtime is None:
         runtime = default_runtime()
         if card.is_export and runtime != "auto" and runtime_problem(runtime, card, precision, device):
             runtime = "torch" if card.format == "torchscript" else "onnxruntime"  # a pin that cannot run this file
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; valid choices: {', '.join(RUNTIMES)}")
-    if runtime != "auto":
-        problem = runtime_problem(runtime, card, precision, device)
-        if problem:
-            raise ValueError(f"--runtime {runtime}: {problem}")
-        if runtime == "torch":  # the fast path checks its own BatchNorm folding (deploy.fastpath)
-            return runner, RuntimeChoice(runtime, precision, probe_size=probe_size)
-        candidate = runtime_runner(runtime, runner, card, precision, device, log)
-        if card.format == "onnx" and runtime == "onnxruntime":  # the reference itself (verified at export)
-            return candidate, RuntimeChoice(runtime, precision, probe_size=probe_size)
-        problem = _disagreement(candidate, _reference(runner, card), precision, runtime, tolerance)
-        if problem:
-            raise ValueError(f"--runtime {runtime} disagrees with the fp32 reference on this model ({problem}); "
-                             "use --runtime torch")
-        return candidate, RuntimeChoice(runtime, precision, probe_size=probe_size)
-    return _auto(runner, card, precision, device, probe_size, log, tolerance)
+    opening = _Opening(runner, card, device, probe_size or PROBE_SIZE, log, tolerance, check_folder)
+    if runtime != "auto" and precision != AUTO:
+        return opening.open(runtime, precision, verify_torch=False)
+    return opening.shared(runtime, precision)
 
 
 def runtime_problem(runtime: str, card: ModelCard, precision: str, device: torch.device) -> str | None:
@@ -157,10 +188,23 @@ def runtime_problem(runtime: str, card: ModelCard, precision: str, device: torch
     return None
 
 
+def auto_precision_candidate(device: torch.device) -> tuple[str | None, str]:
+    """(the reduced precision ``precision auto`` tries here, or None; why none)."""
+    if device.type != "cpu":
+        return None, f"on {device} auto keeps fp32 (ask for --precision bf16 or fp16)"
+    if not cpu_has_bf16():
+        return None, "this CPU has no bf16 units (AVX512-BF16 or AMX), so bf16 would be slower than fp32"
+    return "bf16", ""
+
+
 def runtime_runner(runtime: str, runner: Runner, card: ModelCard, precision: str, device: torch.device,
                    log: Callable[[str], None] | None = None, digest: str | None = None) -> Runner:
     """``runtime``'s runner for the model, NOT verified (:func:`open_with_runtime` verifies; the benchmark, which
-    measures speed on random weights, takes it as it is). Check :func:`runtime_problem` first."""
+    measures speed on random weights, takes it as it is). Check :func:`runtime_problem` first.
+
+    Raises:
+        ValueError: the model cannot be written as ONNX, or the runtime cannot load it (with the reason).
+    """
     if runtime == "torch":
         return runner
     if card.format == "onnx":
@@ -172,14 +216,190 @@ def runtime_runner(runtime: str, runner: Runner, card: ModelCard, precision: str
     return OpenVinoRunner(path, device, precision="bf16" if precision == "bf16" else "fp32")
 
 
-def _reference(runner: Runner, card: ModelCard) -> Callable[[torch.Tensor], torch.Tensor]:
-    """fp32 logits to verify against: the eager model itself, or for an ONNX export ONNX Runtime on the file
-    (which the exporter verified against the eager model)."""
-    if card.format == "onnx":
-        return OnnxRunner(card.source)
-    if card.format == "torchscript":
-        return load_torchscript(card.source)
-    return runner
+class _Opening:
+    """One model being opened: its reference, its check images (read once) and the steps of choosing."""
+
+    def __init__(self, runner: Runner, card: ModelCard, device: torch.device, probe_size: int,
+                 log: Callable[[str], None] | None, tolerance: float, check_folder: str | Path | None) -> None:
+        self.runner, self.card, self.device = runner, card, device
+        self.probe_size, self.log, self.tolerance, self.check_folder = probe_size, log, tolerance, check_folder
+        self._reference: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._images: tuple[list[torch.Tensor], str] | None = None
+        self._digest: str | None = None
+
+    @property
+    def digest(self) -> str:
+        if self._digest is None:
+            self._digest = _model_digest(self.runner, self.card)
+        return self._digest
+
+    def reference(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """fp32 logits to verify against: the eager model itself, or for an export ONNX Runtime / TorchScript on
+        the file (which the exporter verified against the eager model)."""
+        if self._reference is None:
+            if self.card.format == "onnx":
+                self._reference = OnnxRunner(self.card.source)
+            elif self.card.format == "torchscript":
+                self._reference = load_torchscript(self.card.source)
+            else:
+                self._reference = self.runner
+        return self._reference
+
+    def images(self) -> tuple[list[torch.Tensor], str]:
+        if self._images is None:
+            spec = self.card.spec
+            self._images = check_images(spec.mean, spec.std, self.check_folder)
+        return self._images
+
+    def check(self, candidate: Runner, runtime: str, precision: str) -> tuple[str | None, str]:
+        """(why ``candidate`` fails its check or None, the check it passed in words)."""
+        run = _as_used(candidate, runtime, precision)
+        if precision == "fp32":
+            x = torch.randn(*_VERIFY_SHAPE, generator=torch.Generator().manual_seed(0))
+            with torch.inference_mode():
+                expected, got = self.reference()(x).float(), run(x).float()
+            if got.shape != expected.shape:
+                return f"it returned {tuple(got.shape)} for {tuple(expected.shape)}", ""
+            ratio = ((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
+            if ratio > self.tolerance:
+                return f"max |d logits| = {ratio:.1e} of the largest, > {self.tolerance:g}", ""
+            return None, f"fp32 logits within {self.tolerance:g} of the reference's largest"
+        if self.card.spec.in_channels != 3:
+            return f"the real-image check needs an RGB model (this one takes {self.card.spec.in_channels} " \
+                   "channels)", ""
+        images, source = self.images()
+        agreement = compare_on_images(self.reference(), run, images, source)
+        return (None if agreement.passed else agreement.describe()), agreement.describe()
+
+    def open(self, runtime: str, precision: str, *, verify_torch: bool) -> tuple[Runner, RuntimeChoice]:
+        """The runner of one asked-for runtime at one precision, checked (the torch runtime in fp32, or in a
+        reduced precision the user asked for, runs as asked: the fast path checks its own BatchNorm folding)."""
+        problem = runtime_problem(runtime, self.card, precision, self.device)
+        if problem:
+            raise ValueError(f"--runtime {runtime}: {problem}")
+        if runtime == "torch" and (precision == "fp32" or not verify_torch):
+            return self.runner, RuntimeChoice(runtime, precision, probe_size=self.probe_size)
+        try:
+            candidate = runtime_runner(runtime, self.runner, self.card, precision, self.device, self.log,
+                                       self.digest if not self.card.is_export else None)
+        except ValueError as err:
+            raise ValueError(f"--runtime {runtime}: {err}") from err
+        if self.card.format == "onnx" and runtime == "onnxruntime":  # the reference itself (verified at export)
+            return candidate, RuntimeChoice(runtime, precision, probe_size=self.probe_size)
+        problem, passed = self.check(candidate, runtime, precision)
+        if problem:
+            at = "" if precision == "fp32" else f" at {precision}"
+            raise ValueError(f"--runtime {runtime} disagrees with the fp32 reference on this model{at} ({problem}); "
+                             + ("use --runtime torch" if precision == "fp32" else "use --precision fp32"))
+        return candidate, RuntimeChoice(runtime, precision, probe_size=self.probe_size, check=passed)
+
+    def shared(self, runtime: str, precision: str) -> tuple[Runner, RuntimeChoice]:
+        """:meth:`decide`, made once under torchrun: by process 0, whose choice the others read and follow."""
+        store, rank = _torchrun_store()
+        if store is None:
+            return self.decide(runtime, precision)
+        key = f"deeplab/runtime_choice/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{self.digest}/" \
+              f"{runtime}/{precision}"
+        if rank == 0:
+            try:
+                chosen, choice = self.decide(runtime, precision)
+            except Exception as err:
+                store.set(key, json.dumps({"error": f"{type(err).__name__}: {err}"}))
+                raise
+            store.set(key, json.dumps(asdict(choice)))
+            return chosen, choice
+        posted = json.loads(store.get(key))
+        if "error" in posted:
+            raise ValueError(f"process 0 could not open the model: {posted['error']}")
+        choice = RuntimeChoice(**{**posted, "decided_by": "process 0"})
+        candidate = runtime_runner(choice.runtime, self.runner, self.card, choice.precision, self.device, self.log,
+                                   self.digest if not self.card.is_export else None)
+        return candidate, choice
+
+    def decide(self, runtime: str, precision: str) -> tuple[Runner, RuntimeChoice]:
+        """The runner and choice for ``runtime`` (``auto`` or one) at ``precision`` (``auto`` or one)."""
+        if precision != AUTO:
+            return self.fastest(precision)  # runtime auto (open_with_runtime handles the rest)
+        reduced, why = auto_precision_candidate(self.device)
+        if reduced is not None and runtime != "auto":
+            why = runtime_problem(runtime, self.card, reduced, self.device) or ""
+        if reduced is not None and not why:
+            try:
+                chosen, choice = self.open(runtime, reduced, verify_torch=True) if runtime != "auto" \
+                    else self.fastest(reduced)
+                choice.precision_note = f"{reduced}, this CPU's bf16 units, passed the real-image check"
+                return chosen, choice
+            except ValueError as err:
+                why = str(err)
+        chosen, choice = self.open(runtime, "fp32", verify_torch=False) if runtime != "auto" \
+            else self.fastest("fp32")
+        choice.precision_note = f"fp32 ({reduced + ' not used: ' if reduced else ''}{why})"
+        return chosen, choice
+
+    def fastest(self, precision: str) -> tuple[Runner, RuntimeChoice]:
+        """``runtime auto``: every runtime that can run the model, checked; the fastest on the probe input."""
+        refused: dict[str, str] = {}
+        names = [name for name in RUNTIMES[1:] if not _skip(name, self.card, precision, self.device, refused)]
+        if not names:
+            raise ValueError(f"no runtime can run this model at {precision} here: "
+                             + "; ".join(f"{name}: {why}" for name, why in refused.items()))
+        checked_on = "" if precision == "fp32" else str(Path(self.check_folder).resolve()) if self.check_folder else "*"
+        key = _cache_key(self.digest, precision, self.device, self.probe_size, names, checked_on)
+        cached = _cached_choice(key)
+        if cached is not None and cached.get("runtime") is None:  # a precision every runtime failed before
+            raise ValueError(cached["error"])
+        if cached is not None and cached["runtime"] in names:
+            # not checked again: the key holds all the check depends on (model, precision, CPU, library versions)
+            try:
+                candidate = runtime_runner(cached["runtime"], self.runner, self.card, precision, self.device,
+                                           self.log, self.digest)
+            except ValueError:
+                candidate = None
+            if candidate is not None:
+                return candidate, RuntimeChoice(cached["runtime"], precision, dict(cached["seconds"]),
+                                                dict(cached.get("refused", {})), self.probe_size, cached=True,
+                                                check=cached.get("check", ""))
+        verified: dict[str, tuple[Runner, str]] = {}
+        for name in names:
+            unwritable = [why for why in refused.values() if why.startswith(ONNX_FAILURE)]
+            if name != "torch" and self.card.format != "onnx" and unwritable:  # not written twice
+                refused[name] = unwritable[0]
+                continue
+            try:
+                candidate = runtime_runner(name, self.runner, self.card, precision, self.device, self.log,
+                                           self.digest)
+            except ValueError as err:
+                refused[name] = str(err)
+                continue
+            # the torch runtime at fp32 is the fast path, which checks its own BatchNorm folding (the fallback)
+            problem, passed = (None, "the fast path (BatchNorm folding checked against the model)") \
+                if (name, precision) == ("torch", "fp32") else self.check(candidate, name, precision)
+            if problem:
+                refused[name] = f"disagrees with fp32 ({problem})"
+            else:
+                verified[name] = (candidate, passed)
+        if not verified:
+            error = f"no runtime agrees with the fp32 reference on this model at {precision}: " \
+                    + "; ".join(f"{name}: {why}" for name, why in refused.items())
+            _store_choice(key, {"runtime": None, "error": error})
+            raise ValueError(error)
+        runners = {name: runner for name, (runner, _) in verified.items()}
+        seconds = _time(runners, precision, self.probe_size, self.log) if len(verified) > 1 else {}
+        best = min(seconds, key=seconds.get) if seconds else next(iter(verified))
+        _store_choice(key, {"runtime": best, "seconds": seconds, "refused": refused, "check": verified[best][1]})
+        return verified[best][0], RuntimeChoice(best, precision, seconds, refused, self.probe_size,
+                                                check=verified[best][1])
+
+
+def _torchrun_store() -> tuple[torch.distributed.Store | None, int]:
+    """(torchrun's key-value store, this process's rank) when several processes run under torchrun's agent
+    (which hosts the store every worker can reach), else (None, 0)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size < 2 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None, 0
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                                       is_master=False, timeout=SHARED_TIMEOUT)
+    return store, int(os.environ.get("RANK", "0"))
 
 
 def _as_used(candidate: Runner, runtime: str, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -197,58 +417,6 @@ def _as_used(candidate: Runner, runtime: str, precision: str) -> Callable[[torch
             return fast(x).float()
 
     return run
-
-
-def _disagreement(candidate: Runner, reference: Callable[[torch.Tensor], torch.Tensor], precision: str,
-                  runtime: str = "", tolerance: float = FP32_TOLERANCE) -> str | None:
-    """Why ``candidate`` fails the check against ``reference``, or None."""
-    x = torch.randn(*_VERIFY_SHAPE, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        expected = reference(x).float()
-        got = _as_used(candidate, runtime, precision)(x).float()
-    if got.shape != expected.shape:
-        return f"it returned {tuple(got.shape)} for {tuple(expected.shape)}"
-    if precision == "fp32":
-        ratio = ((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
-        return None if ratio <= tolerance else f"max |d logits| = {ratio:.1e} of the largest, > {tolerance:g}"
-    agreement = (got.argmax(1) == expected.argmax(1)).float().mean().item()
-    return None if agreement >= REDUCED_AGREEMENT else (f"same class on {100 * agreement:.2f}% of pixels, "
-                                                         f"< {100 * REDUCED_AGREEMENT:.1f}%")
-
-
-def _auto(runner: Runner, card: ModelCard, precision: str, device: torch.device, probe_size: int,
-          log: Callable[[str], None] | None, tolerance: float) -> tuple[Runner, RuntimeChoice]:
-    refused: dict[str, str] = {}
-    names = [name for name in RUNTIMES[1:] if not _skip(name, card, precision, device, refused)]
-    if not names:
-        raise ValueError(f"no runtime can run this model at {precision} here: "
-                         + "; ".join(f"{name}: {why}" for name, why in refused.items()))
-    digest = _model_digest(runner, card)
-    key = _cache_key(digest, precision, device, probe_size, names)
-    cached = _cached_choice(key)
-    if cached is not None and cached["runtime"] in names:
-        candidate = runtime_runner(cached["runtime"], runner, card, precision, device, log, digest)
-        if _disagreement(candidate, _reference(runner, card), precision, cached["runtime"], tolerance) is None:
-            return candidate, RuntimeChoice(cached["runtime"], precision, dict(cached["seconds"]),
-                                            dict(cached.get("refused", {})), probe_size, cached=True)
-    reference = _reference(runner, card)
-    verified: dict[str, Runner] = {}
-    for name in names:
-        candidate = runtime_runner(name, runner, card, precision, device, log, digest)
-        # the torch runtime at fp32 is the fast path, which checks its own BatchNorm folding (the fallback)
-        problem = None if (name, precision) == ("torch", "fp32") else _disagreement(candidate, reference, precision,
-                                                                                   name, tolerance)
-        if problem:
-            refused[name] = f"disagrees with fp32 ({problem})"
-        else:
-            verified[name] = candidate
-    if not verified:
-        raise ValueError("no runtime agrees with the fp32 reference on this model: "
-                         + "; ".join(f"{name}: {why}" for name, why in refused.items()))
-    seconds = _time(verified, precision, probe_size, log) if len(verified) > 1 else {}
-    best = min(seconds, key=seconds.get) if seconds else next(iter(verified))
-    _store_choice(key, {"runtime": best, "seconds": seconds, "refused": refused})
-    return verified[best], RuntimeChoice(best, precision, seconds, refused, probe_size)
 
 
 def _skip(name: str, card: ModelCard, precision: str, device: torch.device, refused: dict[str, str]) -> bool:
@@ -308,11 +476,13 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _cache_key(digest: str, precision: str, device: torch.device, size: int, names: list[str]) -> str:
+def _cache_key(digest: str, precision: str, device: torch.device, size: int, names: list[str],
+               checked_on: str = "") -> str:
     flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
                                   "amx_int8"})
     parts = {"model": digest, "precision": precision, "device": str(device), "size": size,
-             "runtimes": names, "cpu": flags, "threads": torch.get_num_threads(), "versions": _versions()}
+             "runtimes": names, "checked_on": checked_on, "cpu": flags, "threads": torch.get_num_threads(),
+             "versions": _versions()}
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -343,13 +513,23 @@ def _store_choice(key: str, choice: dict) -> None:
 
 
 def _onnx_file(model: Runner, digest: str, log: Callable[[str], None] | None) -> Path:
-    """The ONNX file of an eager model, written once into the cache (named by the model's digest)."""
+    """The ONNX file of an eager model, written once into the cache (named by the model's digest).
+
+    Raises:
+        ValueError: the exporter cannot write this model (the reason; both ONNX runtimes are then refused).
+    """
     path = cache_dir() / "onnx" / f"{digest}.onnx"
     if not path.is_file():
         if log:
             log(f"writing the model as ONNX once, for onnxruntime and openvino: {path}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        write_onnx(model, partial)
+        # a name of this process's own: torchrun's processes on one node may write the same file at once
+        handle, partial = tempfile.mkstemp(suffix=".partial", dir=path.parent)
+        os.close(handle)
+        try:
+            write_onnx(model, partial)
+        except Exception as err:  # the exporter raises many types; the model then runs on torch, with the reason
+            Path(partial).unlink(missing_ok=True)
+            raise ValueError(f"{ONNX_FAILURE} ({type(err).__name__}: {err})") from err
         os.replace(partial, path)
     return path

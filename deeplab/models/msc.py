@@ -35,6 +35,18 @@ def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return values
 
 
+def scaled_side(side: int | Tensor, scale: float) -> int | Tensor:
+    """``max(1, round(side * scale))``, rounding half to even as Python does.
+
+    While a model is traced for export a side is a 0-d tensor, which Python's ``round`` cannot take; then the
+    same arithmetic is done with tensor operations (in float64, as Python's), so the export records it and
+    computes the side of every input size rather than the traced one's.
+    """
+    if isinstance(side, Tensor):
+        return torch.round(side.to(torch.float64) * scale).clamp_min(1).to(torch.int64)
+    return max(1, round(side * scale))
+
+
 class MSCSegmenter(Segmenter):
     """A :class:`Segmenter` that runs its network on every scale of the input and fuses by max.
 
@@ -64,8 +76,7 @@ class MSCSegmenter(Segmenter):
     def _rescaled(self, x: Tensor, scale: float) -> Tensor:
         if scale == 1.0:
             return x
-        size = (max(1, round(x.shape[-2] * scale)), max(1, round(x.shape[-1] * scale)))
-        return upsample_to(x, size)
+        return upsample_to(x, (scaled_side(x.shape[-2], scale), scaled_side(x.shape[-1], scale)))
 
     def _scores(self, x: Tensor, *, with_aux: bool) -> tuple[dict[float, Tensor], Tensor | None]:
         """Each scale's score map at its own resolution, and the largest scale's aux logits."""

@@ -1,4 +1,5 @@
-"""Exports: every model round-trips through ONNX Runtime and TorchScript; int8 keeps its accuracy; the CLI."""
+"""Exports: at another output stride, the card they carry, int8 keeps its accuracy, the CLI (every model round-trips
+through both formats in test_defaults.py)."""
 
 import json
 import sys
@@ -16,7 +17,6 @@ from deeplab.deploy.export import ExportError, export_model
 from deeplab.engine.checkpoint import save_checkpoint
 from deeplab.inference import Predictor
 from deeplab.modelfile import load_checkpoint, read_checkpoint, read_export
-from deeplab.models import list_models
 from tests.fixtures import with_random_statistics
 
 pytest.importorskip("onnxruntime", reason="the deploy extra (onnx, onnxruntime) is not installed")
@@ -48,31 +48,7 @@ def _round_trip(checkpoint, out, fmt, output_stride=None):
         assert (predictor.logits_for_batch(x) - expected).abs().max().item() < 1e-3
 
 
-# One model of each kind of network: the ResNet-101s stack more of the blocks the ResNet-50s have, Xception-65 and
-# 71 more of Xception-41's (65 also exports below, at output stride 8), so they trace to the same operators.
-STAND_INS = {"deeplabv3_resnet101": "deeplabv3_resnet50", "deeplabv3_resnet101_beta": "deeplabv3_resnet50_beta",
-             "deeplabv3plus_resnet101": "deeplabv3plus_resnet50",
-             "deeplabv3plus_resnet101_beta": "deeplabv3plus_resnet50_beta",
-             "deeplabv3plus_xception65": "deeplabv3plus_xception41",
-             "deeplabv3plus_xception71": "deeplabv3plus_xception41"}
-EXPORTED = [name for name in list_models() if name not in STAND_INS]
-
-
-@pytest.mark.parametrize(("name", "stand_in"), STAND_INS.items())
-def test_a_model_not_exported_here_is_built_of_the_modules_of_one_that_is(name, stand_in):
-    def layers(model_name):
-        with torch.device("meta"):  # the structure only: no memory, no initialisation
-            return {type(module) for module in create_model(model_name, num_classes=3).modules()}
-
-    assert stand_in in EXPORTED and layers(name) == layers(stand_in)
-
-
-@pytest.mark.parametrize("name", EXPORTED)
-def test_every_model_or_its_stand_in_round_trips_through_export(tmp_path, name):
-    checkpoint = _checkpoint(tmp_path / "ck.pt", name)  # one checkpoint (up to 0.7 GB) for both formats
-    for fmt, suffix in (("onnx", "onnx"), ("torchscript", "pt")):
-        _round_trip(checkpoint, tmp_path / f"model.{suffix}", fmt)
-        (tmp_path / f"model.{suffix}").unlink()  # the suite's disk use: one export at a time
+# Every model (or its stand-in) round-trips through both formats in tests/deploy/test_defaults.py.
 
 
 @pytest.mark.parametrize("name, fmt", [("deeplabv3plus_mobilenetv2", "onnx"), ("deeplabv3_resnet50", "onnx"),

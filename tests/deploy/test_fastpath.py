@@ -27,6 +27,22 @@ def test_folding_keeps_the_outputs(name):
         assert _relative_difference(fast(x), reference) < 1e-5
 
 
+def test_an_msc_model_folds_every_batchnorm_without_a_warning(recwarn):
+    # v2's multi-scale fusion runs one backbone at three scales: each BN is called three times, always on its
+    # conv's output, so every pair folds (issue 24 reported a folding warning for such a model)
+    torch.manual_seed(0)
+    model = with_random_statistics(create_model("deeplabv3_mobilenetv2", num_classes=3,
+                                                msc_scales=[1.0, 0.75, 0.5])).eval()
+    x = torch.randn(1, 3, 71, 57, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = model(x)
+    fast = fast_copy(model, channels_last=False)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert not [w for w in recwarn if "BatchNorm folding" in str(w.message)]
+    with torch.no_grad():
+        assert _relative_difference(fast(x), reference) < 1e-5
+
+
 def test_xceptions_batchnormact_keeps_its_activation_after_folding():
     model = with_random_statistics(create_model("deeplabv3plus_xception41", num_classes=3)).eval()
     acts = {name: m.act for name, m in model.named_modules() if type(m).__name__ == "BatchNormAct2d"}

@@ -115,3 +115,83 @@ def test_predict_says_which_runtime_it_used_and_writes_the_same_masks(checkpoint
         masks[runtime] = read_image(out / "x_color.png")
     agreement = (masks["torch"] == masks[OTHER]).all(dim=0).float().mean().item()
     assert agreement >= 0.999
+
+
+def test_a_model_onnx_cannot_take_is_refused_with_its_reason_never_a_traceback(checkpoint, monkeypatch, tmp_path,
+                                                                                 capsys):
+    path, _ = checkpoint
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("forced: this exporter cannot trace the model")
+
+    monkeypatch.setattr(runtimes, "write_onnx", fail)
+    monkeypatch.delenv("DEEPLAB_RUNTIME")
+    choice = Predictor.from_file(path, precision="fp32").runtime
+    assert choice.runtime == "torch"
+    reason = "the model cannot be written as ONNX (RuntimeError: forced: this exporter cannot trace the model)"
+    assert choice.refused["onnxruntime"] == reason
+    if HAS_OPENVINO:  # written once: the reason is given for both ONNX runtimes
+        assert choice.refused["openvino"] == reason
+    assert f"not used: onnxruntime: {reason}" in choice.describe()
+    with pytest.raises(ValueError, match=r"--runtime onnxruntime: the model cannot be written as ONNX \(RuntimeError"):
+        Predictor.from_file(path, runtime="onnxruntime")
+    image = torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    save_rgb_png(image.permute(1, 2, 0), tmp_path / "x.png")
+    assert main(["predict", "--checkpoint", str(path), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"),
+                 "--runtime", "onnxruntime"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --runtime onnxruntime: the model cannot be written as ONNX" in err and "Traceback" not in err
+
+
+def _torchrun_env(monkeypatch, store, rank: int) -> None:
+    """What torchrun's agent gives a worker of a 2-process job: its rank and the address of the agent's store."""
+    for key, value in {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": 2, "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": store.port, "TORCHELASTIC_USE_AGENT_STORE": "True",
+                       "TORCHELASTIC_RESTART_COUNT": 0}.items():
+        monkeypatch.setenv(key, str(value))
+
+
+def test_under_torchrun_process_0_decides_and_the_others_follow_its_choice(checkpoint, monkeypatch):
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    path, _ = checkpoint
+    monkeypatch.delenv("DEEPLAB_RUNTIME")
+    monkeypatch.setattr(runtimes, "PROBE_SIZE", 65)  # the choice, not its timing, is the subject
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=60))
+    _torchrun_env(monkeypatch, store, rank=0)
+    first = Predictor.from_file(path, precision="fp32").runtime
+    assert not first.decided_by and len(first.seconds) >= 2  # process 0 timed the runtimes
+    # process 1 reads the choice from torchrun's store (not from the cache): it neither checks nor times anything
+    _torchrun_env(monkeypatch, store, rank=1)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("process 1 must follow process 0's choice, not make its own")
+
+    monkeypatch.setattr(runtimes, "_time", must_not_run)
+    monkeypatch.setattr(runtimes._Opening, "check", must_not_run)
+    second = Predictor.from_file(path, precision="fp32")
+    assert (second.runtime.runtime, second.runtime.seconds) == (first.runtime, first.seconds)
+    assert "chosen by process 0" in second.runtime.describe()
+    x = torch.randn(1, 3, 33, 41, generator=torch.Generator().manual_seed(3))
+    assert second.logits_for_batch(x).shape == (1, 3, 33, 41)
+
+
+def test_under_torchrun_a_failure_of_process_0_reaches_the_others(checkpoint, monkeypatch):
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    path, _ = checkpoint
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=60))
+
+    def fail(self, precision):
+        raise ValueError("no runtime agrees (forced)")
+
+    monkeypatch.setattr(runtimes._Opening, "fastest", fail)
+    for rank, message in ((0, r"^no runtime agrees \(forced\)"),
+                          (1, r"process 0 could not open the model: ValueError: no runtime agrees \(forced\)")):
+        _torchrun_env(monkeypatch, store, rank)
+        with pytest.raises(ValueError, match=message):
+            Predictor.from_file(path, runtime="auto", precision="fp32")
