@@ -79,7 +79,7 @@ class MultiScaleResult:
 
 def compare_multi_scale(folder: Path) -> list[MultiScaleResult]:
     """Each multi-scale case of ``folder``: the imported checkpoint at the eval output stride through
-    ``Predictor.from_file`` with the protocol's options (runtime chosen as for ``deeplab eval``)."""
+    ``Predictor.from_file`` with the protocol's options in fp32 (the runtime chosen as for ``deeplab eval``)."""
     from deeplab.imageio import read_image
     from deeplab.inference import Predictor
 
@@ -90,7 +90,7 @@ def compare_multi_scale(folder: Path) -> list[MultiScaleResult]:
         sub = folder / result.case
         try:
             predictor = Predictor.from_file(folder / "imported.pt", output_stride=cases.EVAL_OUTPUT_STRIDE,
-                                            scales=cases.EVAL_SCALES, flip=True, pad_to=padded)
+                                            scales=cases.EVAL_SCALES, flip=True, pad_to=padded, precision="fp32")
             result.runtime, result.reference_steps = predictor.runtime.runtime, predictor.uses_reference_steps
             reference = np.load(sub / "probabilities.npy").astype(np.float64)
             ours = predictor.predict_logits(read_image(sub / "image.png")).softmax(dim=0).permute(1, 2, 0).numpy()
