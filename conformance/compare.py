@@ -12,7 +12,13 @@ and for each input size that
 3. the model from ``deeplab.load_checkpoint``, fed the PNG normalised as the checkpoint's spec says, in float32,
    gives logits within ``max|ours - ref| <= 1e-4 * max|ref|`` of the reference's (float64 is shown as well, to
    tell arithmetic error from a difference in the network), and its argmax agrees on >= 99.9% of pixels;
-4. ``deeplab predict --checkpoint`` writes a mask equal to the reference's argmax on >= 99.9% of pixels.
+4. ``deeplab predict --checkpoint`` writes a mask equal to the reference's argmax on >= 99.9% of pixels;
+
+and for each multi-scale case (``cases.MULTI_SCALE_CASES``) that
+
+5. ``Predictor.from_file`` on the imported checkpoint at output stride 8 with the VOC protocol's options (scales
+   0.5:0.25:1.75, flip, ``pad_to`` where the case pads; what ``deeplab eval`` builds) gives averaged class
+   probabilities within 1e-4 of ``predict_labels_multi_scale``'s, and their argmax agrees on >= 99.9% of pixels.
 
 It prints a table, writes ``OUT/results.json`` and exits 1 if anything failed.
 """
@@ -50,6 +56,67 @@ class SizeResult:
         return (not self.errors and self.ratio <= cases.MAX_RELATIVE_DIFFERENCE
                 and self.agree_model >= cases.MIN_ARGMAX_AGREEMENT
                 and self.agree_predict >= cases.MIN_ARGMAX_AGREEMENT)
+
+
+@dataclass
+class MultiScaleResult:
+    """One multi-scale + flip case: our Predictor (what ``deeplab eval`` runs) against predict_labels_multi_scale."""
+
+    variant: str
+    case: str
+    max_diff: float = float("nan")  # of the averaged class probabilities
+    agree: float = float("nan")
+    max_diff_resized: float = float("nan")  # the same when each pass's input-size logits are resized (before #28)
+    runtime: str = ""
+    reference_steps: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return (not self.errors and self.max_diff <= cases.MAX_PROBABILITY_DIFFERENCE
+                and self.agree >= cases.MIN_ARGMAX_AGREEMENT)
+
+
+def compare_multi_scale(folder: Path) -> list[MultiScaleResult]:
+    """Each multi-scale case of ``folder``: the imported checkpoint at the eval output stride through
+    ``Predictor.from_file`` with the protocol's options in fp32 (the runtime chosen as for ``deeplab eval``)."""
+    from deeplab.imageio import read_image
+    from deeplab.inference import Predictor
+
+    results = []
+    for size, padded in cases.MULTI_SCALE_CASES:
+        result = MultiScaleResult(folder.name, cases.multi_scale_name(size, padded))
+        results.append(result)
+        sub = folder / result.case
+        try:
+            predictor = Predictor.from_file(folder / "imported.pt", output_stride=cases.EVAL_OUTPUT_STRIDE,
+                                            scales=cases.EVAL_SCALES, flip=True, pad_to=padded, precision="fp32")
+            result.runtime, result.reference_steps = predictor.runtime.runtime, predictor.uses_reference_steps
+            reference = np.load(sub / "probabilities.npy").astype(np.float64)
+            ours = predictor.predict_logits(read_image(sub / "image.png")).softmax(dim=0).permute(1, 2, 0).numpy()
+            if ours.shape != reference.shape:
+                raise ValueError(f"probabilities {ours.shape}, the reference's {reference.shape}")
+            result.max_diff = float(np.abs(ours - reference).max())
+            result.agree = float((ours.argmax(-1) == np.load(sub / "labels.npy")).mean())
+            # for comparison: the model as a plain callable (an export's view) gets each pass's input-size logits
+            resized = Predictor(predictor.model.forward, num_classes=predictor.num_classes, spec=predictor.spec,
+                                options=predictor.options)
+            old = resized.predict_logits(read_image(sub / "image.png")).softmax(dim=0).permute(1, 2, 0).numpy()
+            result.max_diff_resized = float(np.abs(old - reference).max())
+        except Exception as err:  # noqa: BLE001 (a failure is a failed row; the other cases still run)
+            result.errors.append(f"{type(err).__name__}: {err}")
+    return results
+
+
+def multi_scale_table(rows: list[MultiScaleResult]) -> str:
+    head = ("| variant | case (OS 8, scales 0.5:0.25:1.75, flip) | max abs diff of averaged probabilities (<= 1e-4) "
+            "| argmax agreement | runtime | reference's steps | the same, input-size logits resized | result |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(f"| {r.variant} | {r.case} | {r.max_diff:.2e} | {r.agree:.4%} | {r.runtime} | "
+                     f"{'yes' if r.reference_steps else 'no'} | {r.max_diff_resized:.2e} | "
+                     f"{'pass' if r.passed else 'FAIL'} |")
+    return "\n".join(lines)
 
 
 def deeplab_cli() -> list[str]:
@@ -174,12 +241,20 @@ def main(argv: list[str] | None = None) -> int:
         for r in results:
             for error in r.errors:
                 print(f"{variant} {r.size}: {error}")
-    text = table(rows, readers)
+    multi: list[MultiScaleResult] = []
+    for variant in args.variants:
+        if variant in cases.MULTI_SCALE_VARIANTS:
+            multi.extend(compare_multi_scale(args.out / variant))
+    for r in multi:
+        for error in r.errors:
+            print(f"{r.variant} {r.case}: {error}")
+    text = table(rows, readers) + ("\n\n" + multi_scale_table(multi) if multi else "")
     print(text)
     (args.out / "results.json").write_text(json.dumps(
-        {"rows": [asdict(r) | {"passed": r.passed} for r in rows], "reader": readers}, indent=1) + "\n")
+        {"rows": [asdict(r) | {"passed": r.passed} for r in rows], "reader": readers,
+         "multi_scale": [asdict(r) | {"passed": r.passed} for r in multi]}, indent=1) + "\n")
     (args.out / "table.md").write_text(text + "\n")
-    failed = any(not r.passed for r in rows) or any(readers.values())
+    failed = any(not r.passed for r in [*rows, *multi]) or any(readers.values())
     print("conformance:", "FAILED" if failed else "passed")
     return 1 if failed else 0
 

@@ -7,7 +7,8 @@ The reference imports ``tensorflow.contrib`` (gone since TF 2.0) and calls TF1 n
   against ``tf_slim`` (the maintained continuation of contrib.slim);
 - the reference's ``deeplab.*`` sources are compiled with ``import tensorflow as tf`` read as
   ``import tensorflow.compat.v1 as tf`` (in memory; the ``research/slim/nets`` modules already do this themselves);
-- three incompatibilities of today's libraries with that old code are patched, each noted where it is done.
+- three incompatibilities of today's libraries with that old code are patched, each noted where it is done;
+  and one slow path (``Variable.__hash__`` in graph mode), for speed only.
 
 Run this with the TF venv only; it never imports the project's own ``deeplab`` package (same top-level name).
 """
@@ -194,6 +195,25 @@ def _patch_libraries() -> None:
         NOTES.append("tf_keras.legacy_tf_layers.normalization -> keras.src.legacy_tf_layers.normalization")
 
 
+def _patch_variable_hash() -> None:
+    """A reused layer (predict_labels_multi_scale builds the network once per scale and flip) hashes every global
+    variable for each weight it adds, and each hash asks TensorFlow whether it runs eagerly: building 12 copies of
+    Xception-65 took 15 minutes. With eager execution off (``install``), ``Variable.__hash__`` is ``id(self)``
+    anyway; this answers that directly."""
+    from tensorflow.python.ops import variables
+
+    original = variables.Variable.__dict__["__hash__"]
+    classes, stack = [], [variables.Variable]
+    while stack:
+        cls = stack.pop()
+        classes.append(cls)
+        stack.extend(cls.__subclasses__())
+    for cls in classes:
+        if cls.__dict__.get("__hash__") is original:
+            cls.__hash__ = object.__hash__
+    NOTES.append("tf.Variable.__hash__ -> id (what it returns in graph mode, without asking for eager mode each time)")
+
+
 def install(research: str | Path | None) -> Path:
     """Makes ``import deeplab.model`` load the reference under ``research``, in TF1 graph mode."""
     root = check_research(research)
@@ -206,6 +226,7 @@ def install(research: str | Path | None) -> Path:
     warnings.filterwarnings("ignore", module=r"(tensorflow|keras|tf_slim)\.")
     tf.compat.v1.disable_eager_execution()
     _patch_libraries()
+    _patch_variable_hash()
     _install_contrib()
     slim_dir = str(root / "slim")  # research/slim holds the `nets` package the reference imports
     if slim_dir not in sys.path:

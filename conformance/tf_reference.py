@@ -9,7 +9,10 @@ gives every variable a seeded random value, and writes to ``OUT/<variant>/``:
 - ``variables.npz``: every entry as TensorFlow's own checkpoint reader returns it (to check our reader against);
 - ``meta.json``: the settings, seeds and versions;
 - ``<H>x<W>/image.png`` (the random uint8 input, lossless), ``logits.npy`` (H x W x C float32, input size),
-  ``labels.npy`` (H x W, the reference's argmax) and, with ``--dump REGEX``, ``tensors.npz`` (matching graph tensors).
+  ``labels.npy`` (H x W, the reference's argmax) and, with ``--dump REGEX``, ``tensors.npz`` (matching graph tensors);
+- for ``cases.MULTI_SCALE_VARIANTS``, ``ms_flip_<H>x<W>[_pad<H>x<W>]/``: the reference's
+  ``predict_labels_multi_scale`` (the zoo's VOC protocol) on that image: ``image.png``, ``probabilities.npy``
+  (the averaged softmax, H x W x C) and ``labels.npy``.
 """
 
 from __future__ import annotations
@@ -165,6 +168,76 @@ def build(variant: str, size: tuple[int, int]):
     return graph, images, logits, labels
 
 
+def build_multi_scale(variant: str, crop: tuple[int, int]):
+    """The reference's ``predict_labels_multi_scale`` for one variant on a ``crop``-sized (padded) input, with the
+    zoo's VOC protocol (``cases.EVAL_*``, flipped images added): (graph, image placeholder, averaged softmax
+    probabilities, labels)."""
+    import tensorflow as tf
+
+    from deeplab import common, model
+
+    tf1 = tf.compat.v1
+    _flags(variant)
+    graph = tf1.Graph()
+    with graph.as_default():
+        images = tf1.placeholder(tf.float32, [1, *crop, 3], name="ImageTensor")
+        model_options = common.ModelOptions(  # eval.py's: crop_size is the eval crop the image is padded to
+            outputs_to_num_classes={common.OUTPUT_TYPE: cases.NUM_CLASSES}, crop_size=list(crop),
+            atrous_rates=cases.eval_atrous_rates(variant), output_stride=cases.EVAL_OUTPUT_STRIDE)
+        predictions = model.predict_labels_multi_scale(images, model_options, eval_scales=cases.EVAL_SCALES,
+                                                       add_flipped_images=True)
+        labels = predictions[common.OUTPUT_TYPE]
+        probabilities = labels.op.inputs[0]  # the mean of every pass's softmax, the argmax's input
+        if probabilities.shape.as_list() != [1, *crop, cases.NUM_CLASSES]:
+            raise RuntimeError(f"{variant} {crop}: unexpected probabilities {probabilities.shape} (argmax input)")
+    return graph, images, probabilities, labels
+
+
+def run_multi_scale(variant: str, folder: Path, variables: dict[str, np.ndarray], report: dict) -> None:
+    """The multi-scale + flip cases (``cases.MULTI_SCALE_CASES``) with the variant's variables: writes
+    ``<case>/image.png`` (unpadded), ``probabilities.npy`` (H x W x C, cropped to the image) and ``labels.npy``."""
+    import tensorflow as tf
+    from deeplab.core import feature_extractor
+
+    tf1 = tf.compat.v1
+    for size, padded in cases.MULTI_SCALE_CASES:
+        started = time.perf_counter()
+        crop = padded or size
+        graph, images, probabilities, labels = build_multi_scale(variant, crop)
+        image = random_image(size)
+        mean_pixel = np.asarray(feature_extractor.mean_pixel(variant), np.float32)
+        fed = np.broadcast_to(mean_pixel, (*crop, 3)).copy()  # eval.py pads with the mean pixel
+        fed[: size[0], : size[1]] = image
+        with graph.as_default(), tf1.Session(graph=graph, config=session_config()) as session:
+            restore(graph, session, variables, report["checkpoint"])
+            probs, labels_value = session.run([probabilities, labels], {images: fed[None]})
+            png = session.run(tf.io.encode_png(image))
+        probs, labels_value = probs[0, : size[0], : size[1]], labels_value[0, : size[0], : size[1]]
+        name = cases.multi_scale_name(size, padded)
+        sub = folder / name
+        sub.mkdir(exist_ok=True)
+        (sub / "image.png").write_bytes(png)
+        np.save(sub / "probabilities.npy", probs)
+        np.save(sub / "labels.npy", labels_value)
+        top = np.sort(probs, axis=-1)
+        report.setdefault("multi_scale", {})[name] = {
+            "classes_present": int(len(np.unique(labels_value))), "max_probability": float(probs.max()),
+            "near_ties": float((top[..., -1] - top[..., -2] <= 2 * cases.MAX_PROBABILITY_DIFFERENCE).mean()),
+            "seconds": round(time.perf_counter() - started, 1)}
+        print(f"{variant} {name}: {report['multi_scale'][name]}", flush=True)
+
+
+def restore(graph, session, variables: dict[str, np.ndarray], checkpoint: str) -> None:
+    """Loads the variant's checkpoint into ``graph`` (one run, where loading variable by variable re-prunes a graph of
+    12 networks each time), after checking that it holds exactly those variables."""
+    import tensorflow as tf
+
+    graph_vars = graph.get_collection("variables")
+    if sorted(v.op.name for v in graph_vars) != sorted(variables):
+        raise RuntimeError("the multi-scale graph holds other variables than the single-scale one")
+    tf.compat.v1.train.Saver(graph_vars).restore(session, checkpoint)
+
+
 def assign_random(graph, session, variables: dict[str, np.ndarray] | None, rng: np.random.Generator
                   ) -> dict[str, np.ndarray]:
     """Gives every global variable a value (drawn now, or the given ones) and returns them all."""
@@ -193,8 +266,15 @@ def session_config():
 
 
 def random_image(size: tuple[int, int]) -> np.ndarray:
+    """A seeded uint8 image with structure at several scales: per-pixel noise plus blobs of 4, 16 and 48 pixels
+    (what multi-scale evaluation is about: a structure's response changes with the scale it is seen at)."""
     rng = np.random.default_rng([cases.SEED, *size])
-    return rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    image = np.zeros((*size, 3))
+    for cell, weight in ((1, 0.6), (4, 0.8), (16, 1.0), (48, 1.0)):
+        coarse = rng.normal(size=(-(-size[0] // cell), -(-size[1] // cell), 3))
+        image += weight * np.repeat(np.repeat(coarse, cell, axis=0), cell, axis=1)[: size[0], : size[1]]
+    image = (image - image.mean()) / (3 * image.std()) * 127.5 + 127.5
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
 def dump_tensors(graph, session, feed, pattern: str) -> dict[str, np.ndarray]:
@@ -253,6 +333,8 @@ def run_variant(variant: str, out: Path, dump: str | None) -> dict:
             "spatial_std": float(logits_value[0].std(axis=(0, 1)).mean()), **top2_gap(logits_value[0]),
             "classes_present": int(len(np.unique(labels_value))), "seconds": round(time.perf_counter() - started, 1)}
         print(f"{variant} {cases.size_name(size)}: {report['sizes'][cases.size_name(size)]}", flush=True)
+    if variant in cases.MULTI_SCALE_VARIANTS:
+        run_multi_scale(variant, folder, variables, report)
     reader = tf.train.load_checkpoint(report["checkpoint"])
     stored = {name: reader.get_tensor(name) for name in sorted(reader.get_variable_to_shape_map())}
     np.savez(folder / "variables.npz", **stored)

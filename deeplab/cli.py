@@ -59,7 +59,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint, an export or published weights on a dataset's val split: metrics table, optional JSON."""
     from .config import apply_overrides, from_dict, load_config, parse_override
     from .engine import dist
-    from .engine.evaluate import evaluate_on_config
+    from .engine.evaluate import describe_protocol, eval_protocol, evaluate_on_config
     from .engine.stops import stop_on_signals
     from .inference import Predictor
     from .modelfile import read_model
@@ -87,6 +87,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     options = InferenceOptions.from_eval_config(config.eval, precision=args.precision)
     predictor = Predictor.from_runner(runner, card, device=device, runtime=args.runtime, log=_note, options=options)
     _note(predictor.runtime.describe())
+    protocol = eval_protocol(predictor, card.spec.output_stride if card.spec is not None else None)
+    if env.is_main:
+        print(describe_protocol(protocol), flush=True)
     with dist.process_group(env, device), stop_on_signals() as stop:  # each process evaluates its shard
         started = time.perf_counter()
         metrics, classes = evaluate_on_config(predictor, config, str(source), progress=env.is_main,
@@ -96,7 +99,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _report_stopped_eval(metrics, env.is_main)
     if not env.is_main:
         return 0
-    return _report_eval(args, config, metrics, classes, _throughput(metrics["images"], seconds, env.world_size))
+    return _report_eval(args, config, metrics, classes, _throughput(metrics["images"], seconds, env.world_size),
+                        protocol)
 
 
 def _report_stopped_eval(metrics: dict, is_main: bool) -> int:
@@ -121,7 +125,8 @@ def _resume_command(argv: Sequence[str], processes: int) -> str:
     return f"torchrun --nproc-per-node {processes} -m deeplab {words}" if processes > 1 else f"deeplab {words}"
 
 
-def _report_eval(args: argparse.Namespace, config: Config, metrics: dict, classes: list[str], speed: str) -> int:
+def _report_eval(args: argparse.Namespace, config: Config, metrics: dict, classes: list[str], speed: str,
+                 protocol: dict | None = None) -> int:
     from .imageio import atomic_write
     from .metrics import format_metrics_table, metrics_to_json
     from .options import crf_from_eval_config
@@ -132,7 +137,7 @@ def _report_eval(args: argparse.Namespace, config: Config, metrics: dict, classe
         print(f"with the DenseCRF: {crf_from_eval_config(config.eval).describe()}")
     if args.json:
         with atomic_write(args.json, "w") as handle:
-            json.dump(metrics_to_json(metrics, classes), handle, indent=2)
+            json.dump({**metrics_to_json(metrics, classes), "protocol": protocol}, handle, indent=2)
         print(f"wrote {args.json}")
     return 0
 

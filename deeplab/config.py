@@ -109,6 +109,11 @@ class EvalConfig:
     crf_w2: float | None = None  # smoothness kernel weight (default 3, fixed in the papers)
     crf_sigma_gamma: float | None = None  # its position width in pixels (default 3, fixed in the papers)
     crf_workers: int | None = None  # CRF processes; None: one per CPU core
+    # The TF reference's resize before padding (its min_resize_value / max_resize_value / resize_factor flags; the
+    # zoo's ADE20K: 513 / 513 / 16, longer side 513): the image bilinear (align_corners), the label nearest.
+    min_resize_value: int | None = None
+    max_resize_value: int | None = None
+    resize_factor: int | None = None
     threshold: float = 0.5  # binary and multilabel models: a pixel is foreground where the sigmoid exceeds it
 
 

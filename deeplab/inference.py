@@ -16,7 +16,7 @@ from torch import nn
 from .constants import IMAGENET_MEAN, IMAGENET_STD, Palette
 from .deploy.fastpath import fast_copy
 from .deploy.precision import autocast_dtype, check_precision
-from .deploy.runtimes import FP32_TOLERANCE, RuntimeChoice, open_with_runtime
+from .deploy.runtimes import FP32_TOLERANCE, RuntimeChoice, default_runtime, open_with_runtime
 from .imageio import normalize_image, overlay
 from .modelfile import ModelCard, Runner, read_model
 from .models.segmenter import upsample_to
@@ -125,6 +125,21 @@ class Predictor:
         """The network's output stride (from its spec), or ``None`` when unknown."""
         return self.spec.output_stride if self.spec is not None else getattr(self.model, "output_stride", None)
 
+    def protocol(self) -> dict[str, Any]:
+        """What a prediction runs, as plain values (``deeplab eval`` prints it and records it in its JSON): the
+        output stride, scales, flip, padding, sliding window, precision, runtime and the numerics, one of
+        ``tf-reference`` (the TF reference's ``predict_labels_multi_scale`` steps, ``align_corners=True``),
+        ``tf-align-corners`` (TF resizes, but each pass's input-size logits resized back: an export or a sliding
+        window) and ``pytorch`` (``align_corners=False``)."""
+        if self.uses_reference_steps:
+            numerics = "tf-reference"
+        else:
+            numerics = "tf-align-corners" if self._tf_numerics else "pytorch"
+        return {"output_stride": self.output_stride, "scales": list(self.scales), "flip": self.flip,
+                "pad_to": list(self.pad_to) if self.pad_to else None,
+                "window": list(self.window) if self.window else None, "precision": self.precision,
+                "runtime": self.runtime.runtime, "numerics": numerics}
+
     @classmethod
     def from_file(
         cls, source: str | Path, *, output_stride: int | None = None, device: str | torch.device = "cpu",
@@ -175,6 +190,7 @@ class Predictor:
                                  f"time (export again with --precision {options.precision})")
             options = options.replace(precision=card.precision)
         spec = getattr(runner, "spec", None) or card.spec  # a rebuilt model's spec has its output stride
+        runtime = _reference_runtime(runner, spec, options, runtime, log)
         chosen, choice = open_with_runtime(runner, card, runtime=runtime, precision=options.precision, device=device,
                                            log=log, tolerance=tolerance, check_folder=check_folder)
         predictor = cls(chosen, num_classes=spec.num_classes, classes=card.classes, palette=card.palette,
@@ -275,11 +291,13 @@ class Predictor:
 
     def _pass(self, x: torch.Tensor, scale: float, flipped: bool) -> torch.Tensor:
         """Logits of one (scale, flip) pass, resized back to the input's size."""
+        if self.uses_reference_steps:
+            return self._reference_pass(x, scale, flipped)
         size = x.shape[-2:]
         aligned = self._tf_numerics
         if scale != 1.0:
             if aligned:  # the TF reference's scale_dimension
-                scaled = (max(1, int((size[0] - 1) * scale + 1)), max(1, int((size[1] - 1) * scale + 1)))
+                scaled = (_scale_dimension(size[0], scale), _scale_dimension(size[1], scale))
             else:
                 scaled = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
             x = upsample_to(x, scaled, aligned)
@@ -296,6 +314,36 @@ class Predictor:
     def _tf_numerics(self) -> bool:
         return bool(self.spec is not None and self.spec.options.get("align_corners"))
 
+    @property
+    def uses_reference_steps(self) -> bool:
+        """Whether each pass follows the TF reference's ``predict_labels_multi_scale`` step by step: a model whose
+        spec asks for TF numerics, run eagerly (it gives its logits before their final resize), without a sliding
+        window (the reference has none). Exports and other models resize the model's input-size logits instead."""
+        return (self._tf_numerics and self.window is None and callable(getattr(self.model, "coarse_logits", None))
+                and hasattr(self.model, "logits_stride"))
+
+    def _reference_pass(self, x: torch.Tensor, scale: float, flipped: bool) -> torch.Tensor:
+        """One pass as the reference's ``multi_scale_logits`` + ``predict_labels_multi_scale`` compute it.
+
+        The (padded) input is scaled to ``int((side - 1) * scale + 1)``; the network's logits (at its own stride)
+        are resized to ``int((side - 1) * max(1, scale) / stride + 1)`` (the scale-1 logit size for scales below 1,
+        their own size otherwise); a flipped pass's logits are flipped back there; then one resize to the input's
+        size. Every resize is bilinear with ``align_corners=True``.
+        """
+        size = x.shape[-2:]
+        if scale != 1.0:
+            x = upsample_to(x, (_scale_dimension(size[0], scale), _scale_dimension(size[1], scale)), True)
+        if flipped:
+            x = x.flip(-1)
+        logits = self._forward(x, coarse=True)
+        step = max(1.0, scale) / self.model.logits_stride
+        merged = (_scale_dimension(size[0], step), _scale_dimension(size[1], step))
+        if logits.shape[-2:] != merged:
+            logits = upsample_to(logits, merged, True)
+        if flipped:
+            logits = logits.flip(-1)
+        return upsample_to(logits, size, True)
+
     def _windowed(self, x: torch.Tensor) -> torch.Tensor:
         """Runs the model on overlapping tiles and averages the logits where tiles overlap."""
         height, width = x.shape[-2:]
@@ -311,14 +359,18 @@ class Predictor:
                 count[:, :, rows, cols] += 1
         return total / count
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, *, coarse: bool = False) -> torch.Tensor:
+        """The model's logits for ``x``: at ``x``'s size, or with ``coarse`` at the network's own resolution."""
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        run = self.model.coarse_logits if coarse else self.model
         if self._autocast is not None:
             with torch.autocast(self.device.type, dtype=self._autocast):
-                logits = self.model(x)
+                logits = run(x)
         else:
-            logits = self.model(x)
+            logits = run(x)
+        if coarse:
+            return logits.float()
         expected = (x.shape[0], self.num_classes, *x.shape[-2:])
         if tuple(logits.shape) != expected:
             raise ValueError(
@@ -338,6 +390,26 @@ def _binary_names(classes: Sequence[str] | None) -> list[str]:
     if classes is None or len(classes) == 0:
         return ["background", "foreground"]
     return ["background", classes[0]] if len(classes) == 1 else list(classes)
+
+
+def _reference_runtime(runner: Runner, spec: ModelSpec, options: InferenceOptions, runtime: str | None,
+                       log: Callable[[str], None] | None) -> str | None:
+    """``torch`` where the runtime is left to choose (``auto``) and the TF reference's multi-scale steps apply: they
+    need the network's logits before their final resize, which only the eager model gives (an export's graph ends
+    with that resize). Otherwise ``runtime`` as asked."""
+    scaled = options.passes > 1 or options.scales != (1.0,)
+    if (runtime or default_runtime()) != "auto" or not scaled or not spec.options.get("align_corners"):
+        return runtime
+    if options.window is not None or not callable(getattr(runner, "coarse_logits", None)):
+        return runtime
+    if log is not None:
+        log("runtime torch: the TF reference's multi-scale steps need the logits before their final resize")
+    return "torch"
+
+
+def _scale_dimension(side: int, scale: float) -> int:
+    """The TF reference's ``scale_dimension``: ``int((side - 1) * scale + 1)`` (at least 1)."""
+    return max(1, int((side - 1) * scale + 1))
 
 
 def _tile_starts(size: int, tile: int, overlap: float) -> list[int]:

@@ -551,3 +551,52 @@ def test_tf_numerics_scale_like_the_reference():
     torch.testing.assert_close(predictor.logits_for_batch(x), (sum(probs) / 2).log())
     native = Predictor(model, num_classes=4, scales=(0.5, 0.75), fast=False).logits_for_batch(x)
     assert not torch.allclose(native, predictor.logits_for_batch(x))
+
+
+class StridedTiny(nn.Module):
+    """A TF-style network in miniature: logits at stride 4 ('SAME': ceil(n / 4)), resized to the input with
+    align_corners=True by ``forward``, given before that resize by ``coarse_logits``."""
+
+    logits_stride = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv2d(3, 4, kernel_size=3, stride=4, padding=1)
+
+    def coarse_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.coarse_logits(x), size=x.shape[-2:], mode="bilinear", align_corners=True)
+
+
+def test_tf_numerics_follow_the_reference_multi_scale_steps():
+    """predict_labels_multi_scale's steps, sizes written out: scale 0.5 -> input 9 x 11 -> logits 3 x 3 -> the
+    scale-1 logit size 5 x 6 -> the image; scale 1.25 -> 21 x 26 -> 6 x 7 (already the merge size) -> the image;
+    the flipped passes flipped back at the logit resolution; softmax probabilities averaged."""
+    from deeplab.models.spec import ModelSpec
+
+    model = StridedTiny().eval()
+    x = torch.randn(1, 3, 17, 21)
+
+    def resize(t, size):
+        return F.interpolate(t, size=size, mode="bilinear", align_corners=True)
+
+    probs = []
+    with torch.no_grad():
+        for scaled, merged in [((9, 11), (5, 6)), ((21, 26), (6, 7))]:
+            for flipped in (False, True):
+                inp = resize(x, scaled)
+                coarse = model.coarse_logits(inp.flip(-1) if flipped else inp)
+                coarse = resize(coarse, merged)
+                probs.append(resize(coarse.flip(-1) if flipped else coarse, (17, 21)).softmax(1))
+    spec = ModelSpec("tiny", 4, 16, {"align_corners": True})
+    predictor = Predictor(model, num_classes=4, scales=(0.5, 1.25), flip=True, spec=spec, fast=False)
+    assert predictor.uses_reference_steps and predictor.protocol()["numerics"] == "tf-reference"
+    torch.testing.assert_close(predictor.logits_for_batch(x), (sum(probs) / 4).log())
+    # model(x) still gives input-size logits; each pass resized from the input size (the old way) differs
+    assert model(x).shape == (1, 4, 17, 21)
+    windowed = Predictor(model, num_classes=4, scales=(0.5, 1.25), flip=True, spec=spec, fast=False, window=64)
+    assert not windowed.uses_reference_steps and windowed.protocol()["numerics"] == "tf-align-corners"
+    assert (windowed.logits_for_batch(x) - predictor.logits_for_batch(x)).abs().max() > 1e-3

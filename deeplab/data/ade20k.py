@@ -60,6 +60,9 @@ class ADE20KSegmentation(PathListDataset):
     # No official colours ship with the archive; the VOC colour map (minus black) keeps them distinct.
     palette = voc_palette(len(ADE20K_CLASSES) + 1)[1:]
     splits = ("train", "val")
+    # The annotation PNGs' label 0, ignored here; a model with 151 outputs (the TF zoo's) predicts it as its class 0
+    # and the dataset's class k as k + 1 (deeplab.engine.evaluate.label_offset).
+    unlabeled_class = "other"
 
     def __init__(self, root: str | Path, split: str, *, transforms: PairTransform | None = None) -> None:
         super().__init__(root, check_split(split, self.splits, "ade20k"), transforms)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import InterpolationMode
@@ -143,18 +144,59 @@ class TrainTransform:
         return F.crop(image, top, left, crop_h, crop_w), F.crop(mask, top, left, crop_h, crop_w)
 
 
-class EvalTransform:
-    """No geometry change: the image is normalised to float32, the mask becomes int64 (same layout)."""
+def resize_to_range_size(height: int, width: int, min_size: int, max_size: int,
+                         factor: int | None = None) -> tuple[int, int]:
+    """The size the TF reference's ``preprocess_utils.resize_to_range`` gives an image (its float32 arithmetic):
+    the shorter side scaled to ``min_size`` unless the longer one would then pass ``max_size`` (then the longer
+    side scaled to ``max_size``, lowered first to a multiple of ``factor`` plus one), each side then raised to a
+    multiple of ``factor`` plus one. The zoo's ADE20K models: 513, 513, 16 (longer side 513)."""
+    f32 = np.float32
+    if factor is not None:
+        max_size = max_size - (max_size - 1) % factor
+    scale = f32(min_size) / f32(min(height, width))
+    size = [int(np.floor(f32(height) * scale)), int(np.floor(f32(width) * scale))]
+    if max(size) > max_size:
+        scale = f32(max_size) / f32(max(height, width))
+        size = [int(np.floor(f32(height) * scale)), int(np.floor(f32(width) * scale))]
+    if factor is not None:
+        size = [side + (factor - (side - 1) % factor) % factor for side in size]
+    return size[0], size[1]
 
-    def __init__(self, *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+
+def _nearest_aligned(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """TF's ``resize_nearest_neighbor(..., align_corners=True)`` of an ``... x H x W`` mask: source row
+    ``round(i * (H - 1) / (h - 1))`` (half away from zero), the same for columns."""
+    def index(new: int, old: int) -> torch.Tensor:
+        step = (old - 1) / (new - 1) if new > 1 else 0.0
+        return torch.floor(torch.arange(new, dtype=torch.float32) * step + 0.5).long().clamp_(max=old - 1)
+
+    rows = mask.index_select(-2, index(size[0], mask.shape[-2]))
+    return rows.index_select(-1, index(size[1], mask.shape[-1]))
+
+
+class EvalTransform:
+    """The image normalised to float32, the mask to int64 (same layout); no geometry change unless ``resize_to_range``
+    (``(min_size, max_size, factor)``) asks for the TF reference's resize of both (:func:`resize_to_range_size`:
+    the image bilinear with ``align_corners=True``, the mask nearest, as the reference's ``input_preprocess``)."""
+
+    def __init__(self, *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 resize_to_range: tuple[int, int, int | None] | None = None) -> None:
         self.mean = tuple(mean)
         self.std = tuple(std)
+        self.resize_to_range = tuple(resize_to_range) if resize_to_range is not None else None
 
     def __repr__(self) -> str:
-        return f"EvalTransform(mean={self.mean}, std={self.std})"
+        extra = f", resize_to_range={self.resize_to_range}" if self.resize_to_range else ""
+        return f"EvalTransform(mean={self.mean}, std={self.std}{extra})"
 
     def __call__(self, image: tv_tensors.Image, mask: tv_tensors.Mask) -> tuple[torch.Tensor, torch.Tensor]:
-        return normalize_image(image, self.mean, self.std), _mask_to_long(mask)
+        x, target = normalize_image(image, self.mean, self.std), _mask_to_long(mask)
+        if self.resize_to_range is not None:
+            size = resize_to_range_size(x.shape[-2], x.shape[-1], *self.resize_to_range)
+            # bilinear commutes with the per-channel normalisation: resizing the normalised image is the same
+            x = torch.nn.functional.interpolate(x[None], size=size, mode="bilinear", align_corners=True)[0]
+            target = _nearest_aligned(target, size)
+        return x, target
 
 
 train_transforms = TrainTransform
@@ -162,7 +204,9 @@ train_transforms = TrainTransform
 
 
 def eval_transforms(
-    *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+    resize_to_range: tuple[int, int, int | None] | None = None,
 ) -> PairTransform:
-    """Evaluation transform: normalise the image, keep the geometry, mask to int64."""
-    return EvalTransform(mean=mean, std=std)
+    """Evaluation transform: normalise the image, keep the geometry (unless ``resize_to_range``: see
+    :class:`EvalTransform`), mask to int64."""
+    return EvalTransform(mean=mean, std=std, resize_to_range=resize_to_range)

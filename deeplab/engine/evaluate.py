@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from ..config import Config
+from ..config import Config, EvalConfig
 from ..data import SegmentationDataset, eval_transforms
 from ..inference import Predictor
 from ..metrics import check_threshold, empty_confusion, labels_from_logits, task_confusion, task_metrics
@@ -58,7 +58,7 @@ def evaluate(
 def evaluate_predictor(
     predictor: Predictor, dataset: SegmentationDataset, *, ignore_index: int = 255, batch_size: int = 1,
     num_workers: int = 0, progress: bool = True, crf_workers: int | None = None, distributed: bool = False,
-    threshold: float = 0.5, stop: dict[str, str | None] | None = None,
+    threshold: float = 0.5, stop: dict[str, str | None] | None = None, label_offset: int = 0,
 ) -> dict[str, Any]:
     """:func:`evaluate` for a ready :class:`Predictor` (any runner: eager, ONNX Runtime, TorchScript); its options
     (the DenseCRF included) say how each image is predicted.
@@ -66,7 +66,10 @@ def evaluate_predictor(
     With ``distributed`` every process of the current process group (torchrun) must call it: each evaluates
     its shard of ``dataset`` (:func:`deeplab.engine.dist.shard`) and the confusion matrices are summed, which
     gives exactly the single-process metrics, on every process. ``images`` in the result counts the images
-    evaluated by all processes.
+    evaluated by all processes. ``label_offset`` (multiclass): the model's class ``k + label_offset`` is the
+    dataset's class ``k`` (the zoo's ADE20K models: 1, their output 0 is "other", which the dataset ignores); the
+    confusion matrix is the model's, so a prediction of a class the dataset lacks counts against the true class, as
+    in the reference's ``mean_iou`` over all the model's classes.
 
     The task of the predictor's spec (multiclass when it has none) says how logits become labels; binary and
     multilabel models count a pixel (a label) as foreground where its sigmoid exceeds ``threshold``.
@@ -89,6 +92,8 @@ def evaluate_predictor(
         def add(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
             nonlocal cm, seen
             pred, mask = batch
+            if label_offset:
+                mask = torch.where(mask == ignore_index, mask, mask + label_offset)
             cm += task_confusion(pred, mask, task=task, num_classes=predictor.num_classes, ignore_index=ignore_index)
             seen += 1 if predictor.crf is not None else len(mask)  # the CRF yields one image at a time
 
@@ -186,14 +191,76 @@ def evaluate_on_config(predictor: Predictor, config: Config, source: str, *, pro
     :func:`evaluate_predictor`, also for ``stop``).
     """
     spec = predictor.spec
-    dataset = build_dataset(config.data, config.data.val_split, eval_transforms(mean=spec.mean, std=spec.std),
+    resize = resize_to_range(config.eval)
+    if resize is not None and predictor.crf is not None:
+        raise ValueError("eval.min_resize_value/max_resize_value and eval.crf cannot be combined: the DenseCRF "
+                         "reads the image at its stored size")
+    dataset = build_dataset(config.data, config.data.val_split,
+                            eval_transforms(mean=spec.mean, std=spec.std, resize_to_range=resize),
                             task=spec.task, in_channels=spec.in_channels)
     binary_pair = predictor_task(predictor) == "binary" and dataset.num_classes == 2  # background + foreground
-    if dataset.num_classes != predictor.num_classes and not binary_pair:
+    offset = label_offset(dataset, predictor.classes)
+    if offset is None and not binary_pair:
         raise ValueError(f"dataset {config.data.name!r} has {dataset.num_classes} classes but {source} "
                          f"predicts {predictor.num_classes}")
     metrics = evaluate_predictor(predictor, dataset, ignore_index=dataset.ignore_index,
                                  batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
                                  progress=progress, crf_workers=config.eval.crf_workers, distributed=distributed,
-                                 threshold=config.eval.threshold if threshold is None else threshold, stop=stop)
+                                 threshold=config.eval.threshold if threshold is None else threshold, stop=stop,
+                                 label_offset=offset or 0)
     return metrics, list(predictor.classes)
+
+
+def resize_to_range(config: EvalConfig) -> tuple[int, int, int | None] | None:
+    """``(min, max, factor)`` of ``eval.min_resize_value``, ``eval.max_resize_value``, ``eval.resize_factor``, or
+    ``None`` where none is set; the first two go together."""
+    low, high, factor = config.min_resize_value, config.max_resize_value, config.resize_factor
+    if low is None and high is None and factor is None:
+        return None
+    if low is None or high is None or low < 1 or high < low or (factor is not None and factor < 1):
+        raise ValueError(f"eval.min_resize_value={low}, eval.max_resize_value={high}, eval.resize_factor={factor}: "
+                         "expected two positive sides, min <= max (and a positive factor, or none)")
+    return low, high, factor
+
+
+def label_offset(dataset: SegmentationDataset, model_classes: list[str]) -> int | None:
+    """0 where the model predicts the dataset's classes; 1 where it predicts one more, first, that the dataset
+    ignores (``dataset.unlabeled_class``: ADE20K's "other", as the zoo's models and the annotation PNGs number
+    it); ``None`` where they do not match."""
+    if len(model_classes) == dataset.num_classes:
+        return 0
+    unlabeled = getattr(dataset, "unlabeled_class", None)
+    if unlabeled is not None and len(model_classes) == dataset.num_classes + 1 and model_classes[0] == unlabeled:
+        return 1
+    return None
+
+
+# ---------------------------------------------------------------- what an evaluation ran
+
+
+def eval_protocol(predictor: Predictor, trained_output_stride: int | None = None) -> dict[str, Any]:
+    """The protocol ``predictor`` runs (:meth:`Predictor.protocol`) and the output stride the model was trained at
+    (``None``: unknown), as ``deeplab eval`` prints it and records it in its JSON."""
+    return {**predictor.protocol(), "trained_output_stride": trained_output_stride}
+
+
+_NUMERICS = {"tf-reference": "TF reference (predict_labels_multi_scale's resizes, align_corners=True)",
+             "tf-align-corners": "TF resizes (align_corners=True) of each pass's input-size logits",
+             "pytorch": "PyTorch (align_corners=False)"}
+
+
+def describe_protocol(protocol: dict[str, Any]) -> str:
+    """One line for :func:`eval_protocol`'s dict, e.g. ``protocol: output stride 8 (trained at 16), scales 0.5,
+    0.75, 1.0, flip, padded to 513 x 513, ...``."""
+    stride, trained = protocol["output_stride"], protocol.get("trained_output_stride")
+    parts = [f"output stride {stride or 'unknown'}"
+             + (f" (trained at {trained})" if trained and stride and trained != stride else "")]
+    parts.append("scales " + ", ".join(f"{scale:g}" for scale in protocol["scales"]))
+    parts.append("flip" if protocol["flip"] else "no flip")
+    pad, window = protocol.get("pad_to"), protocol.get("window")
+    parts.append(f"padded to {pad[0]} x {pad[1]}" if pad else "no padding")
+    if window:
+        parts.append(f"sliding window {window[0]} x {window[1]}")
+    parts.append(f"{protocol['runtime']} {protocol['precision']}")
+    parts.append("numerics: " + _NUMERICS.get(protocol["numerics"], protocol["numerics"]))
+    return "protocol: " + ", ".join(parts)

@@ -155,6 +155,8 @@ class DeepLabV3PlusHead(nn.Module):
     separable for Xception); 1x1 classifier.
     """
 
+    logits_feature = "low_level"  # its logits are at this feature's resolution (Segmenter.logits_stride)
+
     def __init__(
         self,
         in_channels: int,

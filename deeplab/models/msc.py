@@ -95,9 +95,13 @@ class MSCSegmenter(Segmenter):
         return torch.stack(resized).amax(dim=0)
 
     def forward(self, x: Tensor) -> Tensor:
+        return upsample_to(self.coarse_logits(x), x.shape[-2:])
+
+    def coarse_logits(self, x: Tensor) -> Tensor:
+        """The fused logits at the largest scale's score resolution (before the resize to the input)."""
         self._check_input(x)
         scores, _ = self._scores(x, with_aux=False)
-        return upsample_to(self._fuse(scores), x.shape[-2:])
+        return self._fuse(scores)
 
     def forward_train(self, x: Tensor) -> dict[str, Tensor]:
         """``"out"`` (fused), ``"scale_<s>"`` per scale and ``"aux"`` if any, all at the input's size."""

@@ -53,8 +53,22 @@ class Segmenter(nn.Module):
             raise ValueError(f"expected an N x {self.in_channels} x H x W image batch, got shape {tuple(x.shape)}")
 
     def forward(self, x: Tensor) -> Tensor:
+        return upsample_to(self.coarse_logits(x), x.shape[-2:], self.align_corners)
+
+    def coarse_logits(self, x: Tensor) -> Tensor:
+        """The logits at the network's own output resolution (``logits_stride``), before the resize to the input.
+
+        The TF reference's multi-scale evaluation resizes these once, straight to the image
+        (:class:`deeplab.inference.Predictor`); ``forward`` is this plus the resize to ``x``'s size.
+        """
         self._check_input(x)
-        return upsample_to(self.head(self.backbone(x)), x.shape[-2:], self.align_corners)
+        return self.head(self.backbone(x))
+
+    @property
+    def logits_stride(self) -> int:
+        """The stride of :meth:`coarse_logits`: the feature the head's logits are aligned with (the decoder's
+        stride-4 ``low_level`` for v3+, else ``out`` at the output stride)."""
+        return self.backbone.feature_specs[getattr(self.head, "logits_feature", "out")].stride
 
     def forward_train(self, x: Tensor) -> dict[str, Tensor]:
         """Logits for the loss, all at the input's size: ``"out"`` (main) and ``"aux"`` with an aux head.

@@ -190,3 +190,15 @@ def test_normalize_image_values_and_batches():
 def test_bad_crop_size():
     with pytest.raises(ValueError, match="crop_size"):
         train_transforms(0)
+
+
+def test_resize_to_range_size_is_the_references():
+    """preprocess_utils.resize_to_range with the zoo's ADE20K flags (513, 513, 16), by hand: the longer side
+    becomes 513, the shorter floor(side * 513 / longer) raised to 16k + 1."""
+    from deeplab.data.transforms import resize_to_range_size
+
+    assert resize_to_range_size(375, 500, 513, 513, 16) == (385, 513)  # 375 * 1.026 = 384.75 -> 384 -> 385
+    assert resize_to_range_size(683, 512, 513, 513, 16) == (513, 385)  # 512 * 513 / 683 = 384.56 -> 385
+    assert resize_to_range_size(256, 256, 513, 513, 16) == (513, 513)  # small images grow
+    assert resize_to_range_size(375, 500, 513, 513, None) == (384, 513)
+    assert resize_to_range_size(300, 500, 400, 1000, 16) == (401, 673)  # the shorter side reaches min_size

@@ -87,6 +87,14 @@ def test_eval_protocol_applies_the_eval_section_and_matches_deeplab_eval(tiny, t
     assert all(torch.equal(a["x"], b["x"]) for a, b in zip(passes[0], passes[1], strict=True))
     alone = json.loads((tmp_path / "m.json").read_text())
     assert (during["miou"], during["pixel_accuracy"]) == (alone["miou"], alone["pixel_accuracy"])
+    # deeplab eval says what it ran, before its table, and records it (issue 28: OS 8 of an OS-16 model, said)
+    out = capsys.readouterr().out
+    stated = ("protocol: output stride 8 (trained at 16), scales 0.75, 1, flip, no padding, torch fp32, "
+              "numerics: PyTorch (align_corners=False)")
+    assert stated in out and out.index(stated) < out.index("mIoU")
+    assert alone["protocol"] == {"output_stride": 8, "trained_output_stride": 16, "scales": [0.75, 1.0], "flip": True,
+                                 "pad_to": None, "window": None, "precision": "fp32", "runtime": "torch",
+                                 "numerics": "pytorch"}
 
 
 def test_unknown_protocol_is_a_clear_error(tiny, capsys):

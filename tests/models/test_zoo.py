@@ -9,6 +9,7 @@ from deeplab.engine.checkpoint import save_checkpoint
 from deeplab.models import list_models, model_entry
 from deeplab.models.aspp import ImagePooling
 from deeplab.models.layers import ConvBNReLU, SeparableConv2d
+from deeplab.models.segmenter import upsample_to
 from deeplab.models.weights import load_weights
 
 ALL = list_models()
@@ -55,8 +56,15 @@ def test_training_step(name, output_stride):
 @pytest.mark.parametrize("name", ALL)
 def test_odd_input_size_in_eval(name):
     model = create_model(name, num_classes=3).eval()
+    x = torch.randn(1, 3, 97, 43)
     with torch.no_grad():
-        assert model(torch.randn(1, 3, 97, 43)).shape == (1, 3, 97, 43)
+        logits, coarse = model(x), model.coarse_logits(x)
+    assert logits.shape == (1, 3, 97, 43)
+    # the logits before their final resize (what the TF reference's multi-scale evaluation resizes) at logits_stride
+    stride = model.logits_stride
+    assert stride == (4 if name.startswith("deeplabv3plus") else model.output_stride)
+    assert all(abs(side - n / stride) <= 1 for side, n in zip(coarse.shape[-2:], (97, 43), strict=True))
+    torch.testing.assert_close(logits, upsample_to(coarse, (97, 43), model.align_corners))
 
 
 @pytest.mark.parametrize("name", ["deeplabv3plus_mobilenetv2", "deeplabv3_resnet50", "deeplabv1_vgg16"])
