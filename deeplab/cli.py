@@ -365,7 +365,8 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
     p.add_argument("--window", type=int, default=None, help="sliding-window side for large images")
     p.add_argument("--threshold", type=float, default=0.5,
-                   help="binary and multilabel models: a pixel holds a class where its probability exceeds this")
+                   help="binary and multilabel models: a pixel holds a class where its probability exceeds this "
+                        "(default 0.5)")
 
 
 def build_parser() -> argparse.ArgumentParser:
