@@ -25,6 +25,10 @@ SHIPPED_NAME = "sample images shipped with deeplab"
 MAX_MIOU_DROP = 1.0  # points of mIoU a reduced precision may lose against fp32 (the int8 export's default limit)
 MIN_AGREEMENT = 0.995  # fraction of pixels with fp32's class
 MAX_IMAGES = 8  # of a user's folder: the check runs on the load path, so it stays short
+# Classes that cover less of fp32's maps are left out of the mIoU (still counted in the pixel agreement): a class of
+# a few dozen pixels swings its IoU by whole points on a handful of boundary pixels, which says nothing about the
+# precision. Measured on the demo model (issue 24): a 25-pixel class at 92% IoU failed bf16 at 99.54% agreement.
+MIN_CLASS_SHARE = 0.01
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,8 @@ class ImageAgreement:
 
     Attributes:
         pixels: fraction of pixels with the reference's class.
-        miou: mIoU of the candidate's maps taking the reference's as ground truth (1.0: identical maps).
+        miou: mIoU of the candidate's maps taking the reference's as ground truth (1.0: identical maps), over the
+            classes that cover at least :data:`MIN_CLASS_SHARE` of the reference's pixels.
         images: how many images were compared.
         source: where they came from (a folder, or the shipped sample images).
     """
@@ -51,7 +56,7 @@ class ImageAgreement:
         """``on 4 sample images shipped with deeplab: same class as fp32 on 99.87% of pixels (>= 99.5%), ...``"""
         return (f"on {self.images} {self.source}: same class as fp32 on {100 * self.pixels:.2f}% of pixels "
                 f"(>= {100 * MIN_AGREEMENT:.1f}%), mIoU {100 * self.miou:.2f} against fp32's class maps "
-                f"(>= {100 - MAX_MIOU_DROP:.1f})")
+                f"(>= {100 - MAX_MIOU_DROP:.1f}; classes on >= {100 * MIN_CLASS_SHARE:g}% of its pixels)")
 
 
 def check_image_paths(folder: str | Path | None = None) -> tuple[list[Path], str]:
@@ -108,5 +113,11 @@ def compare_on_images(reference: Callable[[torch.Tensor], torch.Tensor],
             confusion = counts if confusion is None else confusion + counts
             same += int((got == expected).sum())
             total += expected.numel()
-    miou = segmentation_metrics(confusion)["miou"]
-    return ImageAgreement(same / total, miou, len(images), source)
+    return ImageAgreement(same / total, _miou_of_large_classes(confusion), len(images), source)
+
+
+def _miou_of_large_classes(confusion: torch.Tensor) -> float:
+    """mIoU over the classes on at least :data:`MIN_CLASS_SHARE` of the reference's pixels (rows: reference)."""
+    share = confusion.sum(1).double() / confusion.sum().clamp(min=1)
+    iou = torch.tensor(segmentation_metrics(confusion)["per_class_iou"], dtype=torch.float64)
+    return float(iou[share >= MIN_CLASS_SHARE].mean())

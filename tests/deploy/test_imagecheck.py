@@ -67,6 +67,26 @@ def test_agreement_counts_pixels_and_miou_against_the_reference():
                                        f"{100 * worse.pixels:.2f}% of pixels (>= 99.5%), mIoU")
 
 
+def test_a_class_on_few_pixels_is_left_out_of_the_miou_but_not_of_the_agreement():
+    image = torch.zeros(1, 3, 100, 100)
+    image[:, 0, :50] = 1.0  # class 1 on the top half, class 0 below
+    image[:, 2, 60, :30] = 2.0  # class 2 on 30 pixels: 0.3% of the map
+
+    def reference(x):
+        return torch.stack([torch.full_like(x[:, 0], 0.5), x[:, 0], x[:, 2]], dim=1)
+
+    def loses_the_small_class(x):  # 15 of the 30 pixels of class 2 become class 0: its IoU is 50%
+        logits = reference(x).clone()
+        logits[:, 2, 60, :15] = 0.0
+        return logits
+
+    result = compare_on_images(reference, loses_the_small_class, [image], "one image")
+    # class 0 (4,970 pixels, 15 more predicted) and class 1 count; class 2's 50% would have made it 83.2
+    assert result.pixels == pytest.approx(1 - 15 / 10_000)
+    assert result.miou == pytest.approx((4970 / 4985 + 1) / 2) and result.passed
+    assert "classes on >= 1% of its pixels" in result.describe()
+
+
 def test_precision_auto_runs_bf16_when_it_passes_the_check_on_real_images(checkpoint, bf16_cpu):
     path, model = checkpoint
     predictor = Predictor.from_file(path, runtime="torch")  # precision: the default, auto
