@@ -81,6 +81,8 @@ class Predictor:
         self.spec = spec if spec is not None else getattr(model, "spec", None)
         self.task = getattr(self.spec, "task", "multiclass")
         self.in_channels = getattr(self.spec, "in_channels", 3)
+        # The image value training read as 1.0 (its data.max_value), for readers of image files; None: the dtype's.
+        self.max_value: float | None = None
         if self.task == "binary" and num_classes != 1:
             raise ValueError(f"a binary model has one output (num_classes=1), got num_classes={num_classes}")
         if self.task == "multilabel" and self.crf is not None:
@@ -196,6 +198,7 @@ class Predictor:
         predictor = cls(chosen, num_classes=spec.num_classes, classes=card.classes, palette=card.palette,
                         device=device, spec=spec, options=options.replace(precision=choice.precision))
         predictor.runtime = choice
+        predictor.max_value = ((card.config or {}).get("data") or {}).get("max_value")
         return predictor
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:

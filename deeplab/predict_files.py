@@ -244,9 +244,10 @@ class _Decoded(Dataset):
     read gives the reason instead."""
 
     def __init__(self, jobs: list[_Job], out_dir: Path, num_classes: int, task: str = "multiclass",
-                 classes: Sequence[str] = (), in_channels: int = 3) -> None:
+                 classes: Sequence[str] = (), in_channels: int = 3, max_value: float | None = None) -> None:
         self.jobs, self.out_dir, self.num_classes = jobs, out_dir, num_classes
         self.task, self.classes, self.in_channels = task, list(classes), in_channels
+        self.max_value = max_value
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -258,7 +259,7 @@ class _Decoded(Dataset):
             if mask is not None:
                 return position, None, mask, None
         try:
-            return position, read_input(job.path, self.in_channels), None, None
+            return position, read_input(job.path, self.in_channels, self.max_value), None, None
         except ImageReadError as err:
             return position, None, None, str(err.__cause__ or err)
 
@@ -290,7 +291,7 @@ def _predict_share(predictor: Predictor, share: list[_Job], out_dir: Path, worke
     """
     part = _Part()
     decoded = _Decoded(share, out_dir, predictor.num_classes, predictor.task, predictor.classes,
-                       predictor.in_channels)
+                       predictor.in_channels, predictor.max_value)
     loader = DataLoader(decoded, batch_size=None, collate_fn=_as_is, num_workers=workers, **worker_options(workers))
     with bar, stop_on_signals() as requested:
         def one(item: tuple) -> None:
@@ -376,12 +377,13 @@ def _displayable(image: torch.Tensor) -> torch.Tensor:
     return image[:1].expand(3, *image.shape[1:])
 
 
-def read_input(path: Path, channels: int) -> torch.Tensor:
-    """An input image with the model's ``channels``: RGB through :func:`read_image`; other band counts through
-    :func:`read_bands` (multi-band TIFF, ``.npy``; 16-bit data as float32 on 0..1, as training reads it)."""
-    if channels == 3:
+def read_input(path: Path, channels: int, max_value: float | None = None) -> torch.Tensor:
+    """An input image with the model's ``channels``: RGB through :func:`read_image`; other band counts, or any
+    image when the training set a ``max_value``, through :func:`read_bands` (multi-band TIFF, ``.npy``; 16-bit data
+    as float32 on 0..1, divided by ``max_value`` where given: as training read it)."""
+    if channels == 3 and max_value is None:
         return read_image(path)
     try:
-        return read_bands(path, channels)
+        return read_bands(path, channels, max_value)
     except ChannelError as err:
         raise ImageReadError(str(err)) from err

@@ -1,10 +1,14 @@
 """Training on your own formats through the real CLI: colour masks, data.label_map and 16-bit grey images."""
 
 import numpy as np
+import torch
 from PIL import Image
 
 from deeplab.cli import main
+from deeplab.data.folder import FolderDataset
+from deeplab.inference import Predictor
 from deeplab.modelfile import read_checkpoint
+from deeplab.predict_files import read_input
 
 
 def test_train_on_colour_masks_16_bit_grey_images_and_a_label_map(tiny, tmp_path, capsys):
@@ -23,10 +27,18 @@ def test_train_on_colour_masks_16_bit_grey_images_and_a_label_map(tiny, tmp_path
     assert "masks: RGB colour masks" in capsys.readouterr().out
     # "thing" (id 2) ignored through the label map: training sees sky and ground only
     assert main(["train", "--set", *tiny("data.name=folder", f"data.root={root}", "data.crop_size=33",
-                                         "train.iterations=2", "data.label_map={2: 255}")]) == 0
+                                         "train.iterations=2", "data.label_map={2: 255}",
+                                         "data.max_value=50000")]) == 0
     checkpoint = read_checkpoint(tmp_path / "run" / "last.pt")
     assert checkpoint.classes == ["sky", "ground", "thing"] and checkpoint.step == 2
     assert checkpoint.config.data.label_map == {2: 255}
+    # predict reads the images as training did: divided by the run's data.max_value, not by 16 bits' 65535
+    predictor = Predictor.from_file(tmp_path / "run" / "last.pt", runtime="torch", precision="fp32")
+    assert predictor.max_value == 50000
+    dataset = FolderDataset(root, "train", in_channels=3, max_value=50000)
+    image = read_input(dataset.image_paths[0], predictor.in_channels, predictor.max_value)
+    assert image.dtype == torch.float32 and float(image.max()) > 43000 / 65535  # not the 16-bit range's scale
+    assert torch.equal(image, torch.as_tensor(dataset[0][0]))
 
 
 def _folder(root, masks_for):
