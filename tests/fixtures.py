@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -19,3 +21,18 @@ def with_random_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
                 module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
                 module.bias.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
     return model
+
+
+def three_class_checkpoint(folder: Path) -> tuple[Path, nn.Module]:
+    """A DeepLab v3 MobileNetV2 with 3 classes and random BatchNorm statistics (seed 0), saved as a training
+    checkpoint ``folder/ck.pt``: the runtime tests' model. Returns the path and the model (in eval mode)."""
+    from deeplab import create_model
+    from deeplab.config import Config
+    from deeplab.engine.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = with_random_statistics(create_model("deeplabv3_mobilenetv2", num_classes=3)).eval()
+    path = Path(folder) / "ck.pt"
+    save_checkpoint(path, model=model, optimizer=None, step=1, best_miou=0.0, config=Config(),
+                    classes=["a", "b", "c"], palette=[(0, 0, 0), (9, 9, 9), (99, 99, 99)])
+    return path, model

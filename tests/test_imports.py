@@ -106,27 +106,31 @@ def test_constants_import_nothing_of_ours():
         assert getattr(node, "level", 0) == 0 and not any(n.startswith("deeplab") for n in names), ast.dump(node)
 
 
-def test_the_layer_contract_holds_and_catches_an_upward_import_inside_a_function(tmp_path):
-    """`lint-imports` (run by `make test`) passes on the package, and fails once a model module imports the
-    engine from inside a function, the kind of arrow a module-level check cannot see."""
+def _lint_copy(tmp_path: Path, module: str = "", added: str = "") -> subprocess.CompletedProcess:
+    """`lint-imports` on a copy of the package, with ``added`` appended to ``deeplab/<module>`` if given."""
     import shutil
 
     lint = Path(sys.executable).with_name("lint-imports")
     if not lint.exists():
         pytest.skip("import-linter is not installed (it comes with the dev extra: pip install -e '.[dev]')")
     repo = Path(deeplab.__file__).parents[1]
-    shutil.copytree(repo / "deeplab", tmp_path / "deeplab", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(repo / "pyproject.toml", tmp_path)
+    if not (tmp_path / "deeplab").exists():
+        shutil.copytree(repo / "deeplab", tmp_path / "deeplab", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(repo / "pyproject.toml", tmp_path)
+    if added:
+        with open(tmp_path / "deeplab" / module, "a") as handle:
+            handle.write(added)
+    return subprocess.run([str(lint), "--no-cache"], capture_output=True, text=True, cwd=tmp_path,
+                          env={"PYTHONPATH": str(tmp_path), "PATH": ""})
 
-    def run() -> subprocess.CompletedProcess:
-        return subprocess.run([str(lint), "--no-cache"], capture_output=True, text=True, cwd=tmp_path,
-                              env={"PYTHONPATH": str(tmp_path), "PATH": ""})
 
-    clean = run()
+def test_the_layer_contract_holds_and_catches_an_upward_import_inside_a_function(tmp_path):
+    """`lint-imports` (run by `make test`) passes on the package, and fails once a model module imports the
+    engine from inside a function, the kind of arrow a module-level check cannot see."""
+    clean = _lint_copy(tmp_path)
     assert clean.returncode == 0, clean.stdout
-    with open(tmp_path / "deeplab" / "models" / "layers.py", "a") as handle:
-        handle.write("\n\ndef _sneaky():\n    from deeplab.engine import train  # noqa: F401\n")
-    broken = run()
+    sneaky = "\n\ndef _sneaky():\n    from deeplab.engine import train  # noqa: F401\n"
+    broken = _lint_copy(tmp_path, "models/layers.py", sneaky)
     assert broken.returncode == 1 and "deeplab.models is not allowed to import deeplab.engine" in broken.stdout
 
 
@@ -134,18 +138,8 @@ def test_the_models_package_is_layered_and_a_circle_through_a_function_breaks_th
     """Inside deeplab.models the builder registry (zoo) sits below the weights sources (published names, the TF
     zoo, timm's weights): an import of them from inside one of zoo's functions, the hidden circle this package
     used to have, fails `lint-imports`."""
-    import shutil
-
-    lint = Path(sys.executable).with_name("lint-imports")
-    if not lint.exists():
-        pytest.skip("import-linter is not installed (it comes with the dev extra: pip install -e '.[dev]')")
-    repo = Path(deeplab.__file__).parents[1]
-    shutil.copytree(repo / "deeplab", tmp_path / "deeplab", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(repo / "pyproject.toml", tmp_path)
-    with open(tmp_path / "deeplab" / "models" / "zoo.py", "a") as handle:
-        handle.write("\n\ndef _circle():\n    from .tf_hub import load_tf_backbone  # noqa: F401\n")
-    result = subprocess.run([str(lint), "--no-cache"], capture_output=True, text=True, cwd=tmp_path,
-                            env={"PYTHONPATH": str(tmp_path), "PATH": ""})
+    circle = "\n\ndef _circle():\n    from .tf_hub import load_tf_backbone  # noqa: F401\n"
+    result = _lint_copy(tmp_path, "models/zoo.py", circle)
     assert result.returncode == 1 and "deeplab.models.zoo is not allowed to import deeplab.models.tf_hub" in \
         result.stdout, result.stdout
     assert "imports point down the layers KEPT" in result.stdout  # only the models contract broke

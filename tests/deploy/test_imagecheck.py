@@ -6,23 +6,15 @@ import torch
 
 import deeplab.deploy.precision as precision
 import deeplab.deploy.runtimes as runtimes
-from deeplab import create_model
-from deeplab.config import Config
 from deeplab.deploy.imagecheck import SHIPPED_DIR, check_image_paths, check_images, compare_on_images
-from deeplab.engine.checkpoint import save_checkpoint
 from deeplab.imageio import read_image, save_rgb_png
 from deeplab.inference import Predictor
-from tests.fixtures import with_random_statistics
+from tests.fixtures import three_class_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = with_random_statistics(create_model("deeplabv3_mobilenetv2", num_classes=3)).eval()
-    path = tmp_path_factory.mktemp("imagecheck") / "ck.pt"
-    save_checkpoint(path, model=model, optimizer=None, step=1, best_miou=0.0, config=Config(),
-                    classes=["a", "b", "c"], palette=[(0, 0, 0), (9, 9, 9), (99, 99, 99)])
-    return path, model
+    return three_class_checkpoint(tmp_path_factory.mktemp("imagecheck"))
 
 
 @pytest.fixture

@@ -6,13 +6,10 @@ import pytest
 import torch
 
 import deeplab.deploy.runtimes as runtimes
-from deeplab import create_model
 from deeplab.cli import main
-from deeplab.config import Config
-from deeplab.engine.checkpoint import save_checkpoint
 from deeplab.imageio import read_image, save_rgb_png
 from deeplab.inference import Predictor
-from tests.fixtures import with_random_statistics
+from tests.fixtures import three_class_checkpoint
 
 pytest.importorskip("onnxruntime", reason="the deploy extra is not installed: pip install -e '.[deploy]'")
 
@@ -25,12 +22,7 @@ OTHER = "openvino" if HAS_OPENVINO else "onnxruntime"
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = with_random_statistics(create_model("deeplabv3_mobilenetv2", num_classes=3)).eval()
-    path = tmp_path_factory.mktemp("runtimes") / "ck.pt"
-    save_checkpoint(path, model=model, optimizer=None, step=1, best_miou=0.0, config=Config(),
-                    classes=["a", "b", "c"], palette=[(0, 0, 0), (9, 9, 9), (99, 99, 99)])
-    return path, model
+    return three_class_checkpoint(tmp_path_factory.mktemp("runtimes"))
 
 
 def _logits(predictor: Predictor) -> tuple[torch.Tensor, torch.Tensor]:
