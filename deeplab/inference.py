@@ -18,6 +18,7 @@ from .deploy.fastpath import fast_copy
 from .deploy.precision import autocast_dtype, check_precision
 from .deploy.runtimes import FP32_TOLERANCE, RuntimeChoice, default_runtime, open_with_runtime
 from .imageio import normalize_image, overlay
+from .metrics import labels_from_logits
 from .modelfile import ModelCard, Runner, read_model
 from .models.segmenter import upsample_to
 from .models.spec import ModelSpec
@@ -222,10 +223,7 @@ class Predictor:
         """The prediction from scores (``N x C x H x W`` or ``C x H x W``), int64: multiclass, the class map
         (argmax, ``N x H x W``); binary, the foreground map (sigmoid > ``threshold``, 0/1, ``N x H x W``);
         multilabel, one 0/1 map per class (``N x C x H x W``)."""
-        if self.task == "multiclass":
-            return scores.argmax(dim=-3)
-        above = (scores.sigmoid() > self.threshold).long()
-        return above.squeeze(-3) if self.task == "binary" else above
+        return labels_from_logits(scores, self.task, self.threshold)
 
     @torch.inference_mode()
     def logits_for_batch(self, x: torch.Tensor) -> torch.Tensor:

@@ -112,16 +112,16 @@ def _mean(values: torch.Tensor) -> float:
 
 
 def labels_from_logits(logits: torch.Tensor, task: str = "multiclass", threshold: float = 0.5) -> torch.Tensor:
-    """A model's prediction from its ``N x C x H x W`` logits: the class map (``N x H x W``, argmax) of a
-    multiclass model, the 0/1 map (``N x H x W``, sigmoid > ``threshold``) of a binary one, the 0/1 maps
-    (``N x C x H x W``) of a multilabel one."""
+    """A model's prediction from its logits (``N x C x H x W`` or ``C x H x W``), int64: the class map (argmax
+    over C) of a multiclass model, the 0/1 map (sigmoid > ``threshold``, C dropped) of a binary one, the 0/1
+    maps (one per class) of a multilabel one."""
     if task == "multiclass":
-        return logits.argmax(1)
+        return logits.argmax(dim=-3)
     if task not in ("binary", "multilabel"):
         raise ValueError(f"task {task!r} is not one of multiclass, binary, multilabel")
     check_threshold(threshold)
-    probs = torch.sigmoid(logits.float())
-    return (probs[:, 0] if task == "binary" else probs).gt(threshold).long()
+    above = torch.sigmoid(logits.float()).gt(threshold).long()
+    return above.select(-3, 0) if task == "binary" else above
 
 
 def check_threshold(threshold: float) -> None:
