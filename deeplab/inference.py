@@ -18,7 +18,7 @@ from .deploy.fastpath import fast_copy
 from .deploy.precision import autocast_dtype, check_precision
 from .deploy.runtimes import FP32_TOLERANCE, RuntimeChoice, default_runtime, open_with_runtime
 from .imageio import normalize_image, overlay
-from .metrics import labels_from_logits
+from .metrics import class_map, labels_from_logits
 from .modelfile import ModelCard, Runner, read_model
 from .models.segmenter import upsample_to
 from .models.spec import ModelSpec
@@ -257,7 +257,7 @@ class Predictor:
         ``C x H x W`` image (CRF-refined with ``crf``)."""
         logits = self.logits_for_batch(self.preprocess(image))[0]
         if self.crf is not None:  # DenseCRF hook: per-class probabilities + the uint8 image
-            return dense_crf(image, self._class_probabilities(logits).cpu(), self.crf).argmax(dim=0)
+            return class_map(dense_crf(image, self._class_probabilities(logits).cpu(), self.crf), 0)
         return self.decide(logits).cpu()
 
     def predict_batch(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -269,7 +269,7 @@ class Predictor:
         if self.crf is None:
             return list(self.decide(logits).cpu())
         probs = self._class_probabilities(logits).cpu()
-        return [dense_crf(image, prob, self.crf).argmax(dim=0) for image, prob in zip(images, probs, strict=True)]
+        return [class_map(dense_crf(image, prob, self.crf), 0) for image, prob in zip(images, probs, strict=True)]
 
     def overlay(self, image: torch.Tensor, prediction: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
         """A prediction (:meth:`decide`'s, or a mask of the same kind) drawn over a uint8 ``3 x H x W`` image, as uint8

@@ -272,3 +272,15 @@ def test_labels_from_logits_and_task_errors():
         labels_from_logits(logits, "binary", threshold=1.5)
     with pytest.raises(ValueError, match="multilabel pred and target must both be N x 3 x H x W"):
         task_confusion(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 4), task="multilabel", num_classes=3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_class_map_is_argmax_with_ties_and_nan(dtype):
+    from deeplab.metrics import class_map
+
+    scores = torch.randint(0, 3, (2, 6, 9, 11), generator=torch.Generator().manual_seed(0)).to(dtype)  # many ties
+    scores[0, 4, 2, 3] = scores[1, 1, 5, 5] = float("nan")
+    assert torch.equal(class_map(scores, 1), scores.argmax(1))
+    assert torch.equal(class_map(scores[0]), scores[0].argmax(0))
+    assert class_map(scores, 1)[0, 2, 3] == 4  # NaN wins, as in argmax
+    assert torch.equal(labels_from_logits(scores), scores.argmax(1))

@@ -31,6 +31,7 @@ from ..engine.data import build_dataset
 from ..engine.evaluate import evaluate_predictor
 from ..imageio import ImageReadError, atomic_write, normalize_image
 from ..inference import Predictor
+from ..metrics import class_map
 from ..modelfile import METADATA_KEY, ModelCard, read_model
 from ..models import Segmenter, build_with_weights
 from ..palettes import default_palette
@@ -238,7 +239,7 @@ def _verify_logits(model: nn.Module, candidate: Path, report: ExportReport, tole
             raise ExportError(f"the export returned {tuple(got.shape)} for input {shape}, expected "
                               f"{tuple(expected.shape)}; nothing written")
         worst = max(worst, (got - expected).abs().max().item())
-        same += (got.argmax(1) == expected.argmax(1)).sum().item()
+        same += (class_map(got, 1) == class_map(expected, 1)).sum().item()
         total += expected[:, 0].numel()
     report.max_abs_diff, report.agreement = worst, same / total
     if report.precision == "fp32" and not worst <= tolerance:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..imageio import IMAGE_EXTENSIONS, ImageReadError, normalize_image, read_image
-from ..metrics import confusion_matrix, segmentation_metrics
+from ..metrics import class_map, confusion_matrix, segmentation_metrics
 
 SHIPPED_DIR = Path(__file__).parent / "check_images"
 SHIPPED_NAME = "sample images shipped with deeplab"
@@ -95,7 +95,7 @@ def class_maps(logits: torch.Tensor) -> tuple[torch.Tensor, int]:
     (binary) its sign, as a 2-class map."""
     if logits.shape[1] == 1:
         return (logits[:, 0] > 0).long(), 2
-    return logits.argmax(1), logits.shape[1]
+    return class_map(logits, 1), logits.shape[1]
 
 
 def compare_on_images(reference: Callable[[torch.Tensor], torch.Tensor],

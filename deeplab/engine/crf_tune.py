@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..config import Config
 from ..data import eval_transforms
 from ..inference import Predictor
-from ..metrics import confusion_matrix, segmentation_metrics
+from ..metrics import class_map, confusion_matrix, segmentation_metrics
 from ..options import InferenceOptions
 from ..postprocess import CRF_SEARCH_GRID, CRFParams, dense_crf, map_in_processes
 from .data import build_dataset
@@ -95,7 +95,7 @@ def tune_crf(checkpoint: str | Path, config: Config, *, images: int = 100, grid:
             image, mask = dataset.load(index)
             x, target = dataset.transforms(image, mask)
             probs = predictor.logits_for_batch(x.unsqueeze(0)).softmax(dim=1)[0].cpu()
-            baseline += confusion_matrix(probs.argmax(dim=0), target, num_classes, dataset.ignore_index)
+            baseline += confusion_matrix(class_map(probs, 0), target, num_classes, dataset.ignore_index)
             path = Path(folder) / f"{k}.npy"
             np.save(path, probs.numpy().astype(np.float16))
             tasks.append((image.permute(1, 2, 0).numpy(), str(path), grid))
