@@ -1,7 +1,8 @@
 """`precision auto` against fp32: Predictor.from_file of a trained checkpoint on 513-px demo images.
 
 Prints what auto chose (its `runtime:` line), the share of pixels with fp32's class, and the per-round speed-up
-(fp32 and auto interleaved, median of the per-round ratios with their range).
+(fp32 and auto interleaved, each run after a short pause so that the other runtime's threads are idle; median of
+the per-round ratios with their range).
 
     python benchmarks/precision_auto.py runs/demo/best.pt --rounds 7 [--threads 2] [--check-images DIR]
 """
@@ -15,6 +16,7 @@ import time
 import torch
 
 from deeplab.data.demo import DemoDataset
+from deeplab.deploy.runners import timed_run
 from deeplab.inference import Predictor
 
 
@@ -44,12 +46,8 @@ def main() -> None:
     ratios, fp32_times, auto_times = [], [], []
     for round_ in range(args.rounds):
         image = images[round_ % len(images)]
-        started = time.perf_counter()
-        fp32.predict(image)
-        fp32_times.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        auto.predict(image)
-        auto_times.append(time.perf_counter() - started)
+        fp32_times.append(timed_run(fp32.predict, image)[0])
+        auto_times.append(timed_run(auto.predict, image)[0])
         ratios.append(fp32_times[-1] / auto_times[-1])
     print(f"fp32 {statistics.median(fp32_times):.3f} s, auto {statistics.median(auto_times):.3f} s (medians); "
           f"speed-up {statistics.median(ratios):.2f}x, per round {min(ratios):.2f}-{max(ratios):.2f}x "

@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +34,14 @@ from tqdm import tqdm
 
 from ..constants import BENCHMARK_MODELS
 from ..inference import Predictor
+from ..metrics import class_map
 from ..modelfile import ModelCard, read_model
 from ..models import build_model
 from ..models.weights import TORCHVISION_LAYOUT
 from ..palettes import default_palette
 from .export import export_model
 from .precision import INT8_REFUSAL, check_precision, cpu_has_bf16, cpu_has_int8, cpu_kind
+from .runners import timed_run
 from .runtimes import runtime_problem, runtime_runner
 
 DEFAULT_MODELS = BENCHMARK_MODELS
@@ -310,11 +311,10 @@ def run_benchmark(models: list[str], *, size: int = 513, batch: int = 1, runs: i
                 for round_ in range(runs):
                     _doing(bar, f"{name}: round {round_ + 1}/{runs}")
                     for label, run in paths.items():
-                        start = time.perf_counter()
-                        logits = run(x)
-                        rows[label].times.append(time.perf_counter() - start)
+                        seconds, logits = timed_run(run, x)
+                        rows[label].times.append(seconds)
                         if round_ == 0:
-                            classes = logits.float().argmax(1)
+                            classes = class_map(logits.float(), 1)
                             if reference is None:  # eager fp32 runs first: it is the reference
                                 reference = classes
                             rows[label].agreement = (classes == reference).float().mean().item()

@@ -8,13 +8,19 @@ with an error that names the extra to install.
 from __future__ import annotations
 
 import functools
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
 DEPLOY_EXTRA_HINT = 'pip install "deeplab[deploy]"'
+# Pause before each timed run where runtimes are compared in one process: ONNX Runtime's worker threads spin-wait
+# for a while after a run, and on a 2-core machine they took the cores of the run that followed (OpenVINO bf16 on
+# the demo model: 0.151 s right after an ONNX Runtime run, 0.130 s after 50 ms; 10 ms were not enough).
+SETTLE_SECONDS = 0.05
 OPENVINO_EXTRA_HINT = 'pip install "deeplab[openvino]"'
 
 
@@ -118,3 +124,12 @@ class OpenVinoRunner:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         return torch.from_numpy(self.compiled(array)[0].copy())
+
+
+def timed_run(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """(seconds, output) of ``run(x)``, started once other runtimes' threads have gone idle
+    (:data:`SETTLE_SECONDS`), so that a comparison in one process times each runtime as it runs alone."""
+    time.sleep(SETTLE_SECONDS)
+    start = time.perf_counter()
+    output = run(x)
+    return time.perf_counter() - start, output

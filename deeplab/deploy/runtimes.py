@@ -19,7 +19,6 @@ import json
 import os
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -44,7 +43,7 @@ from .precision import (
     cpu_has_bf16,
     cpu_has_int8,
 )
-from .runners import OnnxRunner, OpenVinoRunner, load_torchscript
+from .runners import OnnxRunner, OpenVinoRunner, load_torchscript, timed_run
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 RUNTIME_ENV = "DEEPLAB_RUNTIME"  # the default runtime where none is asked for (else auto)
@@ -442,9 +441,7 @@ def _time(runners: dict[str, Runner], precision: str, size: int,
             run(x)
         for _ in range(3):
             for name, run in runs.items():
-                start = time.perf_counter()
-                run(x)
-                times[name].append(time.perf_counter() - start)
+                times[name].append(timed_run(run, x)[0])
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -479,9 +476,10 @@ def _versions() -> dict[str, str]:
     return found
 
 
-# Bumped whenever the rule that accepts a reduced precision changes, so a choice cached under an older rule is made
-# again (2: the real-image check's mIoU leaves out classes on < 1% of the pixels).
-CHECK_RULE = 2
+# Bumped whenever the rule that accepts a reduced precision or the way runtimes are timed changes, so a choice cached
+# under an older rule is made again (2: the real-image check's mIoU leaves out classes on < 1% of the pixels; 3: each
+# timed run starts after a pause, deploy.runners.SETTLE_SECONDS, as the runtime that ran before may still hold cores).
+CHOICE_RULE = 3
 
 
 def _cache_key(digest: str, precision: str, device: torch.device, size: int, names: list[str],
@@ -490,7 +488,7 @@ def _cache_key(digest: str, precision: str, device: torch.device, size: int, nam
                                   "amx_int8"})
     parts = {"model": digest, "precision": precision, "device": str(device), "size": size,
              "runtimes": names, "checked_on": checked_on, "cpu": flags, "threads": torch.get_num_threads(),
-             "versions": _versions(), "check_rule": CHECK_RULE}
+             "versions": _versions(), "choice_rule": CHOICE_RULE}
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
