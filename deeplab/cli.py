@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -121,8 +122,12 @@ def _resume_command(argv: Sequence[str], processes: int) -> str:
     """The command line that continues a stopped ``predict``: the same arguments with ``--resume``."""
     import shlex
 
+    from .constants import LAUNCHER_ENV
+
     words = shlex.join([*argv, *(() if "--resume" in argv else ("--resume",))])
-    return f"torchrun --nproc-per-node {processes} -m deeplab {words}" if processes > 1 else f"deeplab {words}"
+    if processes == 1:
+        return f"deeplab {words}"
+    return f"{os.environ.get(LAUNCHER_ENV, 'torchrun')} --nproc-per-node {processes} -m deeplab {words}"
 
 
 def _report_eval(args: argparse.Namespace, config: Config, metrics: dict, classes: list[str], speed: str,

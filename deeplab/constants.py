@@ -60,3 +60,7 @@ def cache_dir() -> Path:
 # everything, so that the CLI's --help names them without importing the benchmark.
 BENCHMARK_MODELS = ("deeplabv3plus_resnet101", "deeplabv3plus_xception65", "deeplabv3plus_mobilenetv2",
                     "deeplabv3plus_mobilenetv2_light", "deeplabv3_resnet101")
+
+# Set by deeplab's own launcher (deeplab.launch) for the processes it starts, to its command's name, so that the
+# line a stopped run prints to continue names the launcher the user ran.
+LAUNCHER_ENV = "DEEPLAB_LAUNCHER"

@@ -15,10 +15,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun_command(*args: str, nproc: int = 2, launcher: tuple[str, ...] | None = None) -> list[str]:
-    """``python -m torch.distributed.run`` (torchrun) on this machine only, ``nproc`` processes."""
+def torchrun_command(*args: str, nproc: int = 2, launcher: tuple[str, ...] | None = None,
+                     module: str = "torch.distributed.run") -> list[str]:
+    """``python -m torch.distributed.run`` (torchrun) on this machine only, ``nproc`` processes (``module``
+    ``deeplab.launch``: deeplab-torchrun, which takes the same arguments)."""
     launcher = launcher or ("--standalone",)
-    return [sys.executable, "-m", "torch.distributed.run", *launcher, "--nproc-per-node", str(nproc), *args]
+    return [sys.executable, "-m", module, *launcher, "--nproc-per-node", str(nproc), *args]
 
 
 def process_env() -> dict[str, str]:
