@@ -146,6 +146,7 @@ class BenchmarkResult:
     skipped: list[str]
     cpu: str = ""  # cpu_kind() of the machine that ran it
     trained: str | None = None  # the checkpoint whose trained weights ran on demo images (else random weights)
+    notes: list[str] = dataclasses.field(default_factory=list)  # e.g. what the auto row ran
 
 
 def model_options(name: str) -> dict:
@@ -200,9 +201,9 @@ def _doing(bar: tqdm, what: str) -> None:
 
 
 def build_paths(name: str, model: torch.nn.Module, workdir: Path, size: int, skipped: list[str],
-                extra: Extra | None = None, bar: tqdm | None = None) -> dict[str, Run]:
+                extra: Extra | None = None, bar: tqdm | None = None, notes: list[str] | None = None) -> dict[str, Run]:
     """Every benchmarked path of one model, each a function of a normalised batch; ``bar`` moves by one per
-    export."""
+    export; ``notes`` receives what the auto row runs."""
     bar = bar if bar is not None else tqdm(disable=True)
     paths: dict[str, Run] = {"eager fp32": model}
     num_classes = model.spec.num_classes
@@ -229,7 +230,7 @@ def build_paths(name: str, model: torch.nn.Module, workdir: Path, size: int, ski
     except ValueError as err:
         skipped.append(f"{name}: bf16 not measured ({err})")
     _doing(bar, f"{name}: choosing the default runtime")
-    paths[AUTO] = _auto_path(model)
+    paths[AUTO] = _auto_path(model, notes if notes is not None else [], name)
     if extra is not None:
         paths.update({label: build() for label, build in extra(name, model).items()})
     return paths
@@ -253,12 +254,15 @@ def _file_path(workdir: Path, name: str, label: str) -> Run:
     return Predictor(runner, num_classes=card.spec.num_classes, spec=card.spec).logits_for_batch
 
 
-def _auto_path(model: torch.nn.Module) -> Run:
-    """What ``--runtime auto`` picks for ``model`` (verified, timed once at 513 px, as predict/eval/serve do)."""
+def _auto_path(model: torch.nn.Module, notes: list[str] | None = None, name: str = "") -> Run:
+    """What ``--runtime auto`` picks for ``model`` (verified, timed once at 513 px, as predict/eval/serve do);
+    its ``runtime:`` line goes to ``notes``."""
     count = model.spec.num_classes
     card = ModelCard(model.spec, [f"class_{i}" for i in range(count)], default_palette(count),
                      "checkpoint")
     chosen = Predictor.from_runner(model, card, runtime="auto", tolerance=RANDOM_WEIGHTS_TOLERANCE)
+    if notes is not None:
+        notes.append(f"{name}: auto (the default runtime) ran {chosen.runtime.describe().removeprefix('runtime: ')}")
     return chosen.logits_for_batch
 
 
@@ -284,6 +288,7 @@ def run_benchmark(models: list[str], *, size: int = 513, batch: int = 1, runs: i
         print(cpu, file=sys.stderr, flush=True)
     timings: list[Timing] = []
     skipped: list[str] = []
+    notes: list[str] = []
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     skipped += ["peak memory not measured (--checkpoint)"] if checkpoint is not None else []
     # One memory child per path; the count is exact once a model's paths are built (``extra`` adds some).
@@ -296,7 +301,7 @@ def run_benchmark(models: list[str], *, size: int = 513, batch: int = 1, runs: i
             _doing(bar, f"{name}: building")
             model = build(name)
             bar.update()
-            paths = build_paths(name, model, root, size, skipped, extra, bar)
+            paths = build_paths(name, model, root, size, skipped, extra, bar, notes=notes)
             if checkpoint is not None:
                 x = demo_batch(model.spec, size, batch)
             del model
@@ -328,7 +333,7 @@ def run_benchmark(models: list[str], *, size: int = 513, batch: int = 1, runs: i
                     bar.update()
             timings += rows.values()
     return BenchmarkResult(size, batch, runs, torch.get_num_threads(), timings, skipped, cpu,
-                           None if checkpoint is None else str(checkpoint))
+                           None if checkpoint is None else str(checkpoint), notes)
 
 
 def demo_batch(spec, size: int, batch: int) -> torch.Tensor:
@@ -420,7 +425,7 @@ def format_report(result: BenchmarkResult, targets: Callable[[BenchmarkResult], 
         lines.append(f"| {t.model} | {t.path} | {t.median:.3f} | {t.min:.3f} | {ratio.median:.2f}x "
                      f"| {ratio.low:.2f}-{ratio.high:.2f}x ({100 * ratio.spread:.0f}%) | {agreement} | {memory} |")
     lines += ["", *timing_warnings(result.runs, ratios), *int8_targets(result), *(targets(result) if targets else [])]
-    lines += [f"skipped: {note}" for note in result.skipped]
+    lines += [f"note: {note}" for note in result.notes] + [f"skipped: {note}" for note in result.skipped]
     return "\n".join(lines)
 
 

@@ -26,7 +26,8 @@ def _result() -> BenchmarkResult:
             row("deeplabv3plus_mobilenetv2", "eager fp32", 0.4),
             row("deeplabv3plus_mobilenetv2", "ONNX Runtime int8", 0.1, (1.0, 1.6, 1.0, 0.7, 1.0))]
     return BenchmarkResult(size=513, batch=1, runs=5, threads=2, timings=rows, skipped=["x: bf16 not measured"],
-                           cpu="CPU: Test CPU, 2 cores, 2 torch threads; AVX2 (no AMX); torch CPU capability AVX2")
+                           cpu="CPU: Test CPU, 2 cores, 2 torch threads; AVX2 (no AMX); torch CPU capability AVX2",
+                           notes=["x: auto (the default runtime) ran onnxruntime fp32 (fastest verified ...)"])
 
 
 def test_a_speed_up_is_the_median_of_per_round_ratios_not_a_ratio_of_medians():
@@ -69,7 +70,8 @@ def test_report_gives_per_round_speed_ups_with_their_range_warns_and_judges_the_
     assert warning.startswith("warning: per-round speed-ups spread by more than 25% of their median for "
                               "deeplabv3plus_mobilenetv2 ONNX Runtime int8 (80%): the machine was busy")
     assert "target: fast fp32" not in report  # the peer target is benchmarks/peers.py's (tests/benchmarks)
-    assert lines[-1] == "skipped: x: bf16 not measured"
+    assert lines[-2:] == ["note: x: auto (the default runtime) ran onnxruntime fp32 (fastest verified ...)",
+                          "skipped: x: bf16 not measured"]
 
 
 def test_report_warns_when_the_rounds_are_too_few():
@@ -104,7 +106,7 @@ def test_benchmark_command_runs_every_path_of_a_small_model_showing_progress(cap
     assert "5/5" in err  # build, three exports, one round
 
 
-def _fake_paths(name, model, workdir, size, skipped, extra=None, bar=None):
+def _fake_paths(name, model, workdir, size, skipped, extra=None, bar=None, notes=None):
     for _ in benchmark._EXPORTS:
         bar.update()
     return {"eager fp32": model, "fast fp32": model}
@@ -136,7 +138,7 @@ def test_no_progress_writes_nothing_to_stderr(monkeypatch, capsys):
 def test_int8_is_not_measured_on_a_cpu_without_8_bit_integer_instructions(monkeypatch, tmp_path):
     pytest.importorskip("onnxruntime")
     monkeypatch.setattr(benchmark, "cpu_has_int8", lambda: False)
-    monkeypatch.setattr(benchmark, "_auto_path", lambda model: model)  # auto's 513 px probe is not the subject
+    monkeypatch.setattr(benchmark, "_auto_path", lambda model, *args: model)  # auto's 513 px probe is not the subject
     skipped = []
     paths = benchmark.build_paths("deeplabv3_mobilenetv2", benchmark.benchmark_model("deeplabv3_mobilenetv2"),
                                   tmp_path, 33, skipped)
