@@ -7,6 +7,7 @@ A tarball or a converted file placed there by hand is used without a network con
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +18,12 @@ from torch import nn
 from ..imageio import atomic_write
 from ..tfcheckpoint import is_training_state, read_tf_checkpoint
 from ..torchfile import read_torch_file
+from .channels import adaptation_rule, input_convolutions
 
 if TYPE_CHECKING:
     from .published import PublishedWeights, TFBackbone
 
+logger = logging.getLogger(__name__)
 CACHE_FORMAT = "deeplab-tf-zoo-1"  # bump when the import's output changes, so old conversions are redone
 
 
@@ -90,8 +93,15 @@ def load_tf_backbone(model: nn.Module, backbone: TFBackbone) -> None:
     variables = zoo_variables(backbone.url, backbone.cache_path(), f"the TF ImageNet checkpoint {backbone.name!r}")
     from .tf_import import backbone_state_from_tf
 
+    # a model of other than 3 input channels: the 3-channel ImageNet weights of the convolutions reading the image
+    inputs = input_convolutions(model, spec.in_channels) if spec.in_channels != 3 else []
     try:
-        state = backbone_state_from_tf(variables, model)  # keys as model.backbone names them
+        state = backbone_state_from_tf(variables, model, adapt={f"{name}.weight" for name in inputs})
     except ValueError as err:
         raise ValueError(f"{backbone.cache_path()}: {err}") from err
-    model.backbone.load_state_dict(state, strict=True)
+    model.backbone.load_state_dict(state, strict=True)  # keys as model.backbone names them
+    notes = [f"input: {name} adapted from {backbone.name}'s 3 channels to {spec.in_channels} "
+             f"({adaptation_rule(spec.in_channels)})" for name in inputs]
+    model.init_notes = [*getattr(model, "init_notes", []), *notes]
+    for note in notes:
+        logger.info(note)

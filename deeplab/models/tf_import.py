@@ -21,7 +21,7 @@ Facts of the reference that shape the import, read from its code:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..constants import INCEPTION_MEAN, INCEPTION_STD
 from ..tfcheckpoint import is_training_state
+from .channels import adapt_input_weight
 from .segmenter import Segmenter
 from .spec import ModelSpec
 from .zoo import build_model, resolve_spec
@@ -314,11 +315,13 @@ def import_tf_variables(variables: Mapping[str, np.ndarray],
 
 
 def model_state_from_tf(variables: Mapping[str, np.ndarray], model: Segmenter, *,
-                        backbone_only: bool = False) -> dict[str, Tensor]:
+                        backbone_only: bool = False, adapt: Collection[str] = ()) -> dict[str, Tensor]:
     """``model``'s state dict filled from TF variables; every TF variable must find its place.
 
     With ``backbone_only`` (an ImageNet checkpoint), only backbone parameters are read and TF variables
-    outside the backbone's scope (its classifier) are ignored.
+    outside the backbone's scope (its classifier) are ignored. ``adapt``: keys of weights that read the image,
+    whose 3-channel TF values are adapted to the model's input channels
+    (:func:`deeplab.models.channels.adapt_input_weight`).
     """
     rules = _rules(model)
     if backbone_only:
@@ -331,6 +334,8 @@ def model_state_from_tf(variables: Mapping[str, np.ndarray], model: Segmenter, *
             missing.append(tf_name)
             continue
         value = _to_torch(np.asarray(variables[tf_name]), kind)
+        if key in adapt and value.shape != state[key].shape and value.shape[1] == 3:
+            value = adapt_input_weight(value, state[key].shape[1])
         if value.shape != state[key].shape:
             misshapen.append(f"{tf_name} {tuple(np.shape(variables[tf_name]))} (for {key} {tuple(state[key].shape)})")
             continue
@@ -353,9 +358,11 @@ def model_state_from_tf(variables: Mapping[str, np.ndarray], model: Segmenter, *
     return state
 
 
-def backbone_state_from_tf(variables: Mapping[str, np.ndarray], model: Segmenter) -> dict[str, Tensor]:
-    """The backbone's state dict (keys as ``model.backbone`` names them) from an ImageNet TF checkpoint."""
-    state = model_state_from_tf(variables, model, backbone_only=True)
+def backbone_state_from_tf(variables: Mapping[str, np.ndarray], model: Segmenter,
+                           adapt: Collection[str] = ()) -> dict[str, Tensor]:
+    """The backbone's state dict (keys as ``model.backbone`` names them) from an ImageNet TF checkpoint
+    (``adapt``: see :func:`model_state_from_tf`)."""
+    state = model_state_from_tf(variables, model, backbone_only=True, adapt=adapt)
     return {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
 
 

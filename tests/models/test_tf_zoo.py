@@ -270,3 +270,23 @@ def test_tf_imagenet_backbone_loads_into_the_backbone(hub, monkeypatch):
     assert asked == [(TF_BACKBONES["xception_65_imagenet"].url, TF_BACKBONES["xception_65_imagenet"].cache_path())]
     for key, value in source.backbone.state_dict().items():
         assert torch.equal(model.backbone.state_dict()[key], value), key
+
+
+def test_tf_imagenet_backbone_adapts_its_stem_to_other_input_channels(hub, monkeypatch):
+    import deeplab.models.tf_hub as tf_hub
+    from deeplab.models.channels import adapt_input_weight
+    from deeplab.models.tf_import import tf_variables
+
+    torch.manual_seed(0)
+    source = with_random_statistics(create_model("deeplabv3plus_xception65", num_classes=3))
+    imagenet = {k: v for k, v in tf_variables(source).items() if k.startswith("xception_65/")}
+    monkeypatch.setattr(tf_hub, "zoo_variables", lambda url, path, what: imagenet)
+    model = create_model("deeplabv3plus_xception65", num_classes=3, in_channels=4,
+                         pretrained_backbone="xception_65_imagenet")
+    own, theirs = model.backbone.state_dict(), source.backbone.state_dict()
+    (stem,) = [key for key in own if own[key].shape != theirs[key].shape]  # the one convolution reading the image
+    assert own[stem].shape[1] == 4 and torch.equal(own[stem], adapt_input_weight(theirs[stem], 4))
+    assert all(torch.equal(own[key], theirs[key]) for key in own if key != stem)
+    assert model.init_notes == [f"input: backbone.{stem.removesuffix('.weight')} adapted from xception_65_imagenet's "
+                                "3 channels to 4 (RGB weights repeated over 4 channels and scaled by 3/4)"]
+    assert model(torch.randn(1, 4, 65, 65)).shape == (1, 3, 65, 65)
