@@ -57,21 +57,25 @@ class MSCSegmenter(Segmenter):
 
     Args:
         scales: input scales; the fusion happens at the score resolution of the largest one.
+        align_corners: the final resize of the logits to the input's size, as :class:`Segmenter`'s (the
+            rescaled inputs and the fusion's resizes keep PyTorch's convention).
         Others as :class:`Segmenter`.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, aux_head: nn.Module | None = None, *,
-                 num_classes: int, output_stride: int, scales: Sequence[float] = PAPER_SCALES) -> None:
-        super().__init__(backbone, head, aux_head, num_classes=num_classes, output_stride=output_stride)
+                 num_classes: int, output_stride: int, scales: Sequence[float] = PAPER_SCALES,
+                 align_corners: bool = False) -> None:
+        super().__init__(backbone, head, aux_head, num_classes=num_classes, output_stride=output_stride,
+                         align_corners=align_corners)
         self.scales = check_scales(scales)
         if not self.scales:
             raise ValueError("msc_scales needs at least one scale")
 
     @classmethod
     def from_segmenter(cls, model: Segmenter, scales: Sequence[float]) -> MSCSegmenter:
-        """The same modules (so the same weights, shared) run at ``scales``."""
+        """The same modules (so the same weights, shared) run at ``scales``, with the same final resize."""
         return cls(model.backbone, model.head, model.aux_head, num_classes=model.num_classes,
-                   output_stride=model.output_stride, scales=scales)
+                   output_stride=model.output_stride, scales=scales, align_corners=model.align_corners)
 
     def _rescaled(self, x: Tensor, scale: float) -> Tensor:
         if scale == 1.0:
@@ -95,7 +99,7 @@ class MSCSegmenter(Segmenter):
         return torch.stack(resized).amax(dim=0)
 
     def forward(self, x: Tensor) -> Tensor:
-        return upsample_to(self.coarse_logits(x), x.shape[-2:])
+        return upsample_to(self.coarse_logits(x), x.shape[-2:], self.align_corners)
 
     def coarse_logits(self, x: Tensor) -> Tensor:
         """The fused logits at the largest scale's score resolution (before the resize to the input)."""
@@ -108,10 +112,10 @@ class MSCSegmenter(Segmenter):
         self._check_input(x)
         size = x.shape[-2:]
         scores, aux = self._scores(x, with_aux=self.aux_head is not None)
-        outputs = {"out": upsample_to(self._fuse(scores), size)}
-        outputs.update({scale_key(scale): upsample_to(s, size) for scale, s in scores.items()})
+        outputs = {"out": upsample_to(self._fuse(scores), size, self.align_corners)}
+        outputs.update({scale_key(scale): upsample_to(s, size, self.align_corners) for scale, s in scores.items()})
         if aux is not None:
-            outputs["aux"] = upsample_to(aux, size)
+            outputs["aux"] = upsample_to(aux, size, self.align_corners)
         return outputs
 
     def extra_repr(self) -> str:

@@ -149,3 +149,17 @@ def test_training_with_batch_size_one():
         optimizer.step()
         assert torch.isfinite(loss)
     assert any(not torch.equal(b, p) for b, p in zip(before, model.head.parameters(), strict=True))
+
+
+def test_the_final_resize_keeps_the_plain_models_align_corners():
+    torch.manual_seed(0)
+    plain = create_model("deeplabv3plus_mobilenetv2", num_classes=3, align_corners=True).eval()
+    msc = MSCSegmenter.from_segmenter(plain, [1.0])
+    x = torch.randn(1, 3, 57, 71)
+    with torch.no_grad():
+        assert msc.align_corners and torch.equal(msc(x), plain(x))
+        outputs = []
+        for model in (msc, plain):
+            torch.manual_seed(1)  # the same dropout masks
+            outputs.append(model.train().forward_train(x)["out"])
+        assert torch.equal(*outputs)
