@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -147,6 +148,7 @@ class BenchmarkResult:
     cpu: str = ""  # cpu_kind() of the machine that ran it
     trained: str | None = None  # the checkpoint whose trained weights ran on demo images (else random weights)
     notes: list[str] = dataclasses.field(default_factory=list)  # e.g. what the auto row ran
+    channels: int = 3  # of the input (a checkpoint's model may take other than 3)
 
 
 def model_options(name: str) -> dict:
@@ -183,16 +185,28 @@ def benchmark_model(name: str) -> torch.nn.Module:
     return calibrate_batchnorm(build_model(name, num_classes=NUM_CLASSES, **model_options(name)))
 
 
-def _calibration_folder(folder: Path, size: int, count: int = 4) -> Path:
-    """A few demo-dataset scenes at the benchmark's size (speed does not depend on what they show)."""
+def _calibration_folder(folder: Path, size: int, count: int = 4, channels: int = 3) -> Path:
+    """A few demo-dataset scenes at the benchmark's size (speed does not depend on what they show): PNGs, or for a
+    model of other than 3 input channels ``.npy`` files of :func:`demo_bands`."""
     from ..data.demo import DemoDataset
     from ..imageio import save_rgb_png
 
     folder.mkdir(parents=True, exist_ok=True)
     scenes = DemoDataset(split="train", image_size=size, num_images=count)
     for index in range(count):
-        save_rgb_png(scenes[index][0].permute(1, 2, 0), folder / f"scene_{index}.png")
+        if channels == 3:
+            save_rgb_png(scenes[index][0].permute(1, 2, 0), folder / f"scene_{index}.png")
+        else:
+            np.save(folder / f"scene_{index}.npy", demo_bands(scenes[index][0], channels).numpy())
     return folder
+
+
+def demo_bands(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """A uint8 ``3 x H x W`` demo scene as ``channels`` bands: its grey level for one, else its R, G, B repeated in
+    turn (the demo set has no other bands; a model's speed does not depend on what they show)."""
+    if channels == 1:
+        return image.float().mean(0, keepdim=True).round().to(torch.uint8)
+    return image[[index % 3 for index in range(channels)]]
 
 
 def _doing(bar: tqdm, what: str) -> None:
@@ -208,7 +222,7 @@ def build_paths(name: str, model: torch.nn.Module, workdir: Path, size: int, ski
     paths: dict[str, Run] = {"eager fp32": model}
     num_classes = model.spec.num_classes
     paths["fast fp32"] = Predictor(model, num_classes=num_classes).logits_for_batch
-    calibration = _calibration_folder(workdir / "calibration", size)
+    calibration = _calibration_folder(workdir / "calibration", size, channels=model.spec.in_channels)
     for label, (fmt, precision, suffix) in _EXPORTS.items():
         if precision == "int8" and not cpu_has_int8():
             skipped.append(f"{name}: int8 not measured ({INT8_REFUSAL})")
@@ -333,7 +347,7 @@ def run_benchmark(models: list[str], *, size: int = 513, batch: int = 1, runs: i
                     bar.update()
             timings += rows.values()
     return BenchmarkResult(size, batch, runs, torch.get_num_threads(), timings, skipped, cpu,
-                           None if checkpoint is None else str(checkpoint), notes)
+                           None if checkpoint is None else str(checkpoint), notes, int(x.shape[1]))
 
 
 def demo_batch(spec, size: int, batch: int) -> torch.Tensor:
@@ -343,7 +357,8 @@ def demo_batch(spec, size: int, batch: int) -> torch.Tensor:
     from ..imageio import normalize_image
 
     scenes = DemoDataset(split="val", image_size=size, num_images=batch)
-    return normalize_image(torch.stack([scenes.load(i)[0] for i in range(batch)]), spec.mean, spec.std)
+    images = [demo_bands(scenes.load(i)[0], spec.in_channels) for i in range(batch)]
+    return normalize_image(torch.stack(images), spec.mean, spec.std)
 
 
 _MEMORY_CHILD = """
@@ -404,7 +419,7 @@ def format_report(result: BenchmarkResult, targets: Callable[[BenchmarkResult], 
     range, argmax agreement, peak memory), then warnings about the timings' reliability, the int8 target and
     whatever ``targets`` adds, and anything that was skipped."""
     lines = [*([result.cpu] if result.cpu else []),
-             f"1x3x{result.size}x{result.size} (batch {result.batch}), CPU, {result.threads} threads, "
+             f"1x{result.channels}x{result.size}x{result.size} (batch {result.batch}), CPU, {result.threads} threads, "
              f"median/min of {result.runs} interleaved rounds (one run of every path per round)",
              "speed-up vs eager: median over the rounds of eager fp32's time / the path's time in the same round; "
              "per-round range: the lowest and highest of those ratios, spread = range / median",

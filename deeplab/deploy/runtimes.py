@@ -88,6 +88,7 @@ class RuntimeChoice:
         check: the check the chosen runtime passed, in words.
         precision_note: under ``precision auto``, why this precision.
         decided_by: who made the choice when it was not this process (``process 0`` under torchrun).
+        channels: the probe input's channels (the model's input channels).
     """
 
     runtime: str
@@ -99,6 +100,7 @@ class RuntimeChoice:
     check: str = ""
     precision_note: str = ""
     decided_by: str = ""
+    channels: int = 3
 
     def describe(self) -> str:
         """One line for the user."""
@@ -106,7 +108,7 @@ class RuntimeChoice:
         if len(self.seconds) > 1:
             times = ", ".join(f"{name} {seconds:.3f} s" for name, seconds in sorted(self.seconds.items(),
                                                                                      key=lambda item: item[1]))
-            why = f"fastest verified at 1x3x{self.probe_size}x{self.probe_size} on this CPU: {times}"
+            why = f"fastest verified at 1x{self.channels}x{self.probe_size}x{self.probe_size} on this CPU: {times}"
         elif self.seconds or self.refused:
             why = "the only verified runtime"
         notes = [why] + (["cached choice"] if self.cached else []) + ([f"chosen by {self.decided_by}"]
@@ -359,7 +361,7 @@ class _Opening:
             if candidate is not None:
                 return candidate, RuntimeChoice(cached["runtime"], precision, dict(cached["seconds"]),
                                                 dict(cached.get("refused", {})), self.probe_size, cached=True,
-                                                check=cached.get("check", ""))
+                                                check=cached.get("check", ""), channels=self.card.spec.in_channels)
         verified: dict[str, tuple[Runner, str]] = {}
         for name in names:
             unwritable = [why for why in refused.values() if why.startswith(ONNX_FAILURE)]
@@ -390,7 +392,7 @@ class _Opening:
         best = min(seconds, key=seconds.get) if seconds else next(iter(verified))
         _store_choice(key, {"runtime": best, "seconds": seconds, "refused": refused, "check": verified[best][1]})
         return verified[best][0], RuntimeChoice(best, precision, seconds, refused, self.probe_size,
-                                                check=verified[best][1])
+                                                check=verified[best][1], channels=self.card.spec.in_channels)
 
 
 def _torchrun_store() -> tuple[torch.distributed.Store | None, int]:

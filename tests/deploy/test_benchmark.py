@@ -176,3 +176,27 @@ def test_a_trained_checkpoint_runs_on_demo_images_and_the_report_says_so(monkeyp
     report = format_report(result)
     assert f"weights trained ({tmp_path / 'ck.pt'}), inputs demo val images: the pixels each path changes" in report
     assert "weights are random" not in report and "skipped: peak memory not measured (--checkpoint)" in report
+
+
+def test_a_checkpoint_of_four_input_channels_is_timed_on_four_band_demo_scenes(monkeypatch, tmp_path):
+    from deeplab import create_model, save_model
+    from deeplab.imageio import read_bands
+
+    torch.manual_seed(0)
+    model = create_model("deeplabv3_mobilenetv2", num_classes=3, in_channels=4).eval()
+    save_model(model, tmp_path / "four.pt")
+    seen = []
+
+    def paths(name, model, *args, **kwargs):
+        _fake_paths(name, model, *args, **kwargs)
+        return {"eager fp32": model, "fast fp32": lambda x: seen.append(x) or model(x)}
+
+    monkeypatch.setattr(benchmark, "build_paths", paths)
+    result = run_benchmark(["ignored"], size=33, runs=1, warmup=0, checkpoint=tmp_path / "four.pt")
+    assert seen[0].shape == (1, 4, 33, 33) and torch.equal(seen[0], benchmark.demo_batch(model.spec, 33, 1))
+    assert "1x4x33x33 (batch 1)" in format_report(result).splitlines()[1]
+    scene = seen[0][0] * torch.tensor(model.spec.std).view(4, 1, 1) + torch.tensor(model.spec.mean).view(4, 1, 1)
+    assert torch.allclose(scene[3], scene[0])  # R, G, B, then R again
+    folder = benchmark._calibration_folder(tmp_path / "calibration", 33, count=2, channels=4)  # what int8 reads
+    assert [read_bands(path, 4).shape for path in sorted(folder.iterdir())] == [(4, 33, 33)] * 2
+    assert benchmark.demo_bands(torch.full((3, 2, 2), 9, dtype=torch.uint8), 1).shape == (1, 2, 2)
