@@ -166,13 +166,20 @@ def _throughput(images: int, seconds: float, processes: int) -> str:
 
 
 def _open_predictor(source: str | Path, device_name: str, output_stride: int | None, options, runtime: str | None,
-                    local_rank: int = 0, check_folder: Path | None = None):
+                    local_rank: int = 0, check_folder: Path | None = None, threshold: float | None = None):
     """The Predictor for any model source (read once), on the device ``device_name`` resolves to and the runtime
-    ``runtime`` picks (what it picked and why goes to stderr)."""
+    ``runtime`` picks (what it picked and why goes to stderr). ``threshold`` None (not asked): the training run's
+    ``eval.threshold`` where the source records it, else ``options``'."""
+    from dataclasses import replace
+
     from .inference import Predictor
     from .modelfile import read_model
 
     model_file = read_model(source)
+    if threshold is None and model_file.card.eval_threshold is not None:  # not asked: the run's own
+        options = replace(options, threshold=model_file.card.eval_threshold)
+        if model_file.card.spec.task != "multiclass":
+            _note(f"threshold {options.threshold:g} (the run's eval.threshold)")
     device = _device(device_name, model_file.card, local_rank)
     runner = model_file.open(output_stride=output_stride, device=device)
     predictor = Predictor.from_runner(runner, model_file.card, device=device, runtime=runtime, log=_note,
@@ -186,10 +193,11 @@ def _note(line: str) -> None:
 
 
 def _inference_options(args: argparse.Namespace, crf=None):
+    from .config import DEFAULT_THRESHOLD
     from .options import InferenceOptions
 
     return InferenceOptions(scales=args.scales, flip=args.flip, window=args.window, precision=args.precision, crf=crf,
-                            threshold=args.threshold)
+                            threshold=DEFAULT_THRESHOLD if args.threshold is None else args.threshold)
 
 
 def parse_crf_params(text: str | None, enabled: bool):
@@ -207,7 +215,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     env = dist.env_from_torchrun()
     predictor = _open_predictor(args.pretrained or args.model or args.checkpoint, args.device, args.output_stride,
                                 _inference_options(args, parse_crf_params(args.crf_params, args.crf)), args.runtime,
-                                local_rank=env.local_rank, check_folder=args.check_images)
+                                local_rank=env.local_rank, check_folder=args.check_images, threshold=args.threshold)
     with dist.process_group(env, predictor.device):  # under torchrun each process predicts its share
         report = predict_paths(predictor, args.inputs, args.out, area_table=args.areas, progress=env.is_main,
                                workers=args.workers, resume=args.resume, distributed=env.distributed,
@@ -261,7 +269,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     source = args.model or args.checkpoint
     predictor = _open_predictor(source, args.device, args.output_stride, _inference_options(args), args.runtime,
-                                check_folder=args.check_images)
+                                check_folder=args.check_images, threshold=args.threshold)
     info = model_info(predictor, source)
     settings = ServeSettings(max_upload_bytes=round(args.max_upload_mb * 2**20), max_side=args.max_side,
                              max_batch=args.max_batch)
@@ -369,9 +377,9 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
                    help="multi-scale inference, e.g. 0.75 1 1.25 (default 1)")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
     p.add_argument("--window", type=int, default=None, help="sliding-window side for large images")
-    p.add_argument("--threshold", type=float, default=0.5,
+    p.add_argument("--threshold", type=float, default=None,
                    help="binary and multilabel models: a pixel holds a class where its probability exceeds this "
-                        "(default 0.5)")
+                        "(default: the training run's eval.threshold, else 0.5)")
 
 
 def build_parser() -> argparse.ArgumentParser:

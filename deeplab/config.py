@@ -16,6 +16,11 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema; the message names the key."""
 
 
+# Binary and multilabel models: a pixel holds a class where its sigmoid probability exceeds this (eval.threshold's
+# default, and predict's and serve's where the run does not record one).
+DEFAULT_THRESHOLD = 0.5
+
+
 @dataclass
 class ModelConfig:
     """The model to build. Every architecture option defaults to ``None``: "the model's own default"
@@ -114,7 +119,7 @@ class EvalConfig:
     min_resize_value: int | None = None
     max_resize_value: int | None = None
     resize_factor: int | None = None
-    threshold: float = 0.5  # binary and multilabel models: a pixel is foreground where the sigmoid exceeds it
+    threshold: float = DEFAULT_THRESHOLD  # binary and multilabel models: foreground where the sigmoid exceeds it
 
 
 @dataclass

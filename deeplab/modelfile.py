@@ -106,6 +106,12 @@ class ModelCard:
         return self.spec.mean
 
     @property
+    def eval_threshold(self) -> float | None:
+        """The training run's ``eval.threshold`` (binary and multilabel models' sigmoid cut), if its config says."""
+        value = ((self.config or {}).get("eval") or {}).get("threshold")
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    @property
     def std(self) -> tuple[float, float, float]:
         return self.spec.std
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .config import EvalConfig
+from .config import DEFAULT_THRESHOLD, EvalConfig
 from .deploy.precision import AUTO, precision_entry
 from .postprocess import CRFParams
 
@@ -51,7 +51,7 @@ class InferenceOptions:
     precision: str = "fp32"
     crf: CRFParams | None = None
     pad_to: tuple[int, int] | None = None
-    threshold: float = 0.5
+    threshold: float = DEFAULT_THRESHOLD
 
     def __post_init__(self) -> None:
         scales = tuple(float(scale) for scale in self.scales)

@@ -113,6 +113,28 @@ def test_predict_command_takes_threshold_and_save_probs(images, tmp_path, capsys
     assert not (tmp_path / "out" / "im1_color.png").exists() and (tmp_path / "out" / "im1_overlay.png").is_file()
 
 
+def test_predict_defaults_to_the_runs_eval_threshold(images, tmp_path, capsys):
+    from deeplab.cli import main
+    from deeplab.config import Config, apply_overrides
+    from deeplab.engine.checkpoint import save_checkpoint
+
+    model = _model(task="binary")
+    image = torch.from_numpy(np.array(Image.open(images / "im1.png"))).permute(2, 0, 1)
+    probs = _logits(Predictor(model, num_classes=1, fast=False), image).sigmoid()[0]
+    tuned = round(float(probs.quantile(0.75)), 4)  # what the run was evaluated at, far from the 0.5 default
+    config = apply_overrides(Config(), [f"eval.threshold={tuned}"])
+    save_checkpoint(tmp_path / "ck.pt", model=model, optimizer=None, step=1, best_miou=0.0, config=config,
+                    classes=["background", "leaf"], palette=[(0, 0, 0), (0, 255, 0)])
+    for asked, expected in ((None, tuned), (0.5, 0.5)):
+        out = tmp_path / f"out{asked}"
+        args = [] if asked is None else ["--threshold", str(asked)]
+        assert main(["predict", "--checkpoint", str(tmp_path / "ck.pt"), str(images / "im1.png"), "--out", str(out),
+                     "--runtime", "torch", "--precision", "fp32", *args]) == 0
+        mask = read_mask(out / "im1.png")
+        assert (mask == 255).mean() == pytest.approx((probs > expected).float().mean().item(), abs=0.01)
+        assert (f"threshold {tuned:g} (the run's eval.threshold)" in capsys.readouterr().err) == (asked is None)
+
+
 def test_float_images_on_the_unit_scale_are_normalised_like_uint8():
     predictor = Predictor(_model(in_channels=2, num_classes=3), num_classes=3, fast=False)
     image = torch.randint(0, 256, (2, 9, 11), dtype=torch.uint8)
