@@ -165,13 +165,16 @@ class Predictor:
             options, **option_values: see the class. Without ``options``, ``precision`` is ``auto`` unless given:
                 bf16 where the CPU computes it natively and it passes the real-image check, else fp32 (see
                 :mod:`deeplab.deploy.runtimes`); ``precision="fp32"`` keeps exact numerics. An export runs at the
-                precision it was exported at; ``auto``, ``fp32`` or that precision is accepted.
+                precision it was exported at; ``auto``, ``fp32`` or that precision is accepted. Without
+                ``options``, ``threshold`` is the training run's ``eval.threshold`` where the source records it.
             check_folder: images for the reduced-precision check (default: the sample images deeplab ships).
         """
         model_file = read_model(source)
         runner = model_file.open(output_stride=output_stride, device=device)
         if options is None:
             option_values.setdefault("precision", "auto")
+            if model_file.card.eval_threshold is not None:
+                option_values.setdefault("threshold", model_file.card.eval_threshold)
         return cls.from_runner(runner, model_file.card, device=device, runtime=runtime, options=options,
                                check_folder=check_folder, **option_values)
 

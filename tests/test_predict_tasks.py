@@ -133,6 +133,8 @@ def test_predict_defaults_to_the_runs_eval_threshold(images, tmp_path, capsys):
         mask = read_mask(out / "im1.png")
         assert (mask == 255).mean() == pytest.approx((probs > expected).float().mean().item(), abs=0.01)
         assert (f"threshold {tuned:g} (the run's eval.threshold)" in capsys.readouterr().err) == (asked is None)
+    assert Predictor.from_file(tmp_path / "ck.pt", runtime="torch").threshold == tuned
+    assert Predictor.from_file(tmp_path / "ck.pt", runtime="torch", threshold=0.5).threshold == 0.5
 
 
 def test_float_images_on_the_unit_scale_are_normalised_like_uint8():
