@@ -560,6 +560,11 @@ def create_model(name: str, *, weights: WeightsLike | None = None, pretrained_ba
     """
     loaded = None if weights is None else read_weights(weights, name)
     hub_backbone = parse_hub_name(pretrained_backbone) if isinstance(pretrained_backbone, str) else None
+    if hub_backbone is not None and hub_backbone.repo_id.startswith("timm/"):  # timm's own weights: timm loads them
+        tag = hub_backbone.repo_id.removeprefix("timm/")
+        raise ValueError(f"pretrained_backbone={hub_backbone} is timm's ImageNet checkpoint of {tag}: name the "
+                         f"encoder with its tag and let timm load it, model {name.split('_')[0]}_tu-{tag} with "
+                         "pretrained_backbone=true")
     model = build_model(name, weights=loaded, pretrained_backbone=False if hub_backbone else pretrained_backbone,
                         **options)
     if hub_backbone is not None and loaded is None:  # whole-model weights replace the backbone's anyway

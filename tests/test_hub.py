@@ -284,3 +284,10 @@ def test_loading_our_files_imports_neither_transformers_nor_the_hub_client_early
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["[]", "False"]
+
+
+def test_a_timm_hub_backbone_points_to_the_encoder_name_that_loads_it():
+    with pytest.raises(ValueError, match=r"pretrained_backbone=hf-hub:timm/resnet18.a1_in1k is timm's ImageNet "
+                                         r"checkpoint of resnet18.a1_in1k: .* model deeplabv3plus_tu-resnet18.a1_in1k "
+                                         r"with pretrained_backbone=true"):
+        deeplab.create_model("deeplabv3plus_tu-resnet18", pretrained_backbone="hf-hub:timm/resnet18.a1_in1k")
