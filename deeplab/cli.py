@@ -4,6 +4,7 @@ call the library, print."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -60,6 +61,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint, an export or published weights on a dataset's val split: metrics table, optional JSON."""
     from .config import apply_overrides, from_dict, load_config, parse_override
     from .engine import dist
+    from .engine.eval_progress import model_identity, progress_file
     from .engine.evaluate import describe_protocol, eval_protocol, evaluate_on_config
     from .engine.stops import stop_on_signals
     from .inference import Predictor
@@ -91,25 +93,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     protocol = eval_protocol(predictor, card.spec.output_stride if card.spec is not None else None)
     if env.is_main:
         print(describe_protocol(protocol), flush=True)
+    saved = progress_file({"model": model_identity(source), "data": dataclasses.asdict(config.data),
+                           "eval": dataclasses.asdict(config.eval), "protocol": protocol})
     with dist.process_group(env, device), stop_on_signals() as stop:  # each process evaluates its shard
         started = time.perf_counter()
         metrics, classes = evaluate_on_config(predictor, config, str(source), progress=env.is_main,
-                                              distributed=env.distributed, stop=stop)
+                                              distributed=env.distributed, stop=stop, progress_file=saved,
+                                              resume=args.resume)
         seconds = time.perf_counter() - started
+    resumed = metrics["resumed"]
+    if env.is_main and args.resume:
+        print(f"resumed: {resumed} image(s) evaluated before ({saved})" if resumed else
+              "nothing to resume: evaluating the whole split", flush=True)
     if "stopped" in metrics:
-        return _report_stopped_eval(metrics, env.is_main)
+        return _report_stopped_eval(metrics, env.is_main, _resume_command(_argv(args), env.world_size))
     if not env.is_main:
         return 0
-    return _report_eval(args, config, metrics, classes, _throughput(metrics["images"], seconds, env.world_size),
-                        protocol)
+    speed = _throughput(metrics["images"] - resumed, seconds, env.world_size)
+    return _report_eval(args, config, metrics, classes, speed, protocol)
 
 
-def _report_stopped_eval(metrics: dict, is_main: bool) -> int:
+def _report_stopped_eval(metrics: dict, is_main: bool, resume: str) -> int:
     """One line for an evaluation a SIGINT / SIGTERM stopped; the exit status says which signal."""
     stopped = metrics["stopped"]
     if is_main:
         print(f"{stopped.describe()}: stopped after {metrics['images']} of {metrics['images_total']} image(s); "
-              "no metrics from part of the split (eval has no --resume: run the same command again)")
+              f"no metrics from part of the split; continue with: {resume}")
     return stopped.exit_status
 
 
@@ -119,7 +128,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
 
 
 def _resume_command(argv: Sequence[str], processes: int) -> str:
-    """The command line that continues a stopped ``predict``: the same arguments with ``--resume``."""
+    """The command line that continues a stopped ``predict`` or ``eval``: the same arguments with ``--resume``."""
     import shlex
 
     from .constants import LAUNCHER_ENV
@@ -405,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML config for the data and eval sections (e.g. "
                                                "configs/eval/tf_zoo_*.yaml; default: the checkpoint's own config)")
     p.add_argument("--json", type=Path, help="also write the metrics as JSON here")
+    p.add_argument("--resume", action="store_true",
+                   help="go on from where the same evaluation was stopped (Ctrl-C / SIGTERM): only the images it "
+                        "had not evaluated are, and the metrics are the whole split's")
     p.epilog = ("several processes: torchrun --nproc-per-node N -m deeplab eval ... (each evaluates its shard of "
                 "the split; the same metrics; see docs/distributed.md)")
     _config_args(p, "eval")

@@ -4,6 +4,7 @@ The torchrun runs go through the user's entry point, ``python -m torch.distribut
 """
 
 import csv
+import json
 import shlex
 import shutil
 import textwrap
@@ -346,12 +347,14 @@ def test_sigint_to_torchrun_stops_every_process_without_a_traceback_and_resume_f
     assert _tree(out) == _tree(single)
 
 
-def test_sigterm_stops_an_evaluation_with_one_line(scene, monkeypatch, capsys):
+def test_sigterm_stops_an_evaluation_with_one_line_and_resume_gives_the_whole_splits_metrics(
+        scene, monkeypatch, capsys, tmp_path):
     import signal
 
     from deeplab.engine import evaluate as evaluate_module
 
     root, _ = scene
+    monkeypatch.setenv("DEEPLAB_CACHE", str(tmp_path / "cache"))
     plain, calls = evaluate_module.task_confusion, []
 
     def terminated_after_one(*args, **kwargs):
@@ -360,9 +363,58 @@ def test_sigterm_stops_an_evaluation_with_one_line(scene, monkeypatch, capsys):
             signal.raise_signal(signal.SIGTERM)
         return plain(*args, **kwargs)
 
+    args = ["eval", "--checkpoint", str(root / "ck.pt"), "--set", "train.device=cpu"]
+    assert main([*args, "--json", str(tmp_path / "whole.json")]) == 0  # the reference: once, uninterrupted
     monkeypatch.setattr(evaluate_module, "task_confusion", terminated_after_one)
-    assert main(["eval", "--checkpoint", str(root / "ck.pt"), "--set", "train.device=cpu"]) == 128 + signal.SIGTERM
+    assert main([*args, "--json", str(tmp_path / "resumed.json")]) == 128 + signal.SIGTERM
     stdout = capsys.readouterr().out
     assert _stop_line(stdout) == ("SIGTERM received by 1 of 1 process(es): stopped after 1 of 5 image(s); no metrics "
-                                  "from part of the split (eval has no --resume: run the same command again)")
-    assert "mIoU" not in stdout and len(calls) == 1
+                                  f"from part of the split; continue with: deeplab eval --checkpoint {root / 'ck.pt'} "
+                                  f"--set train.device=cpu --json {tmp_path / 'resumed.json'} --resume")
+    assert "mIoU" not in stdout.split("SIGTERM received")[1] and len(calls) == 1
+    (saved,) = (tmp_path / "cache" / "eval_progress").iterdir()
+    assert main([*args, "--json", str(tmp_path / "resumed.json"), "--resume"]) == 0
+    assert len(calls) == 1 + 4 and f"resumed: 1 image(s) evaluated before ({saved})" in capsys.readouterr().out
+    whole, resumed = (json.loads((tmp_path / name).read_text()) for name in ("whole.json", "resumed.json"))
+    assert resumed == whole and not saved.exists()  # the whole split's metrics; the progress is gone
+
+
+STOPPED_EVAL_WORKER = """
+import os
+import signal
+import sys
+from deeplab.cli import main
+from deeplab.engine import evaluate
+
+plain = evaluate.task_confusion
+
+
+def terminated(*args, **kwargs):
+    if os.environ["RANK"] == "0":  # after its first image: every process stops at the same batch
+        signal.raise_signal(signal.SIGTERM)
+    return plain(*args, **kwargs)
+
+
+evaluate.task_confusion = terminated
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@needs_dist
+def test_an_evaluation_stopped_under_torchrun_resumes_in_one_process_to_the_whole_splits_metrics(scene, tmp_path,
+                                                                                               monkeypatch, capsys):
+    root, _ = scene
+    monkeypatch.setenv("DEEPLAB_CACHE", str(tmp_path / "cache"))
+    args = ["eval", "--checkpoint", str(root / "ck.pt"), "--set", "train.device=cpu", "--json"]
+    assert main([*args, str(tmp_path / "whole.json")]) == 0
+    (tmp_path / "worker.py").write_text(textwrap.dedent(STOPPED_EVAL_WORKER))
+    result = run_processes(torchrun_command(str(tmp_path / "worker.py"), *args, str(tmp_path / "resumed.json")),
+                           timeout=120)
+    line = _stop_line(result.stdout)  # each of the 2 processes had evaluated its first image: 0 and 1
+    assert line.startswith("SIGTERM received by 1 of 2 process(es): stopped after 2 of 5 image(s)"), line
+    assert line.endswith(f"continue with: torchrun --nproc-per-node 2 -m deeplab eval --checkpoint {root / 'ck.pt'} "
+                         f"--set train.device=cpu --json {tmp_path / 'resumed.json'} --resume"), line
+    assert main([*args, str(tmp_path / "resumed.json"), "--resume"]) == 0  # any number of processes resumes
+    assert "resumed: 2 image(s) evaluated before" in capsys.readouterr().out
+    whole, resumed = (json.loads((tmp_path / name).read_text()) for name in ("whole.json", "resumed.json"))
+    assert resumed == whole

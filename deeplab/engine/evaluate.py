@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from ..options import InferenceOptions
 from ..postprocess import CRFParams, refine_many
 from . import dist
 from .data import build_dataset
+from .eval_progress import EvalProgress, load_progress, save_progress
 from .stops import in_lockstep
 from .workers import worker_options
 
@@ -59,6 +61,7 @@ def evaluate_predictor(
     predictor: Predictor, dataset: SegmentationDataset, *, ignore_index: int = 255, batch_size: int = 1,
     num_workers: int = 0, progress: bool = True, crf_workers: int | None = None, distributed: bool = False,
     threshold: float = 0.5, stop: dict[str, str | None] | None = None, label_offset: int = 0,
+    resume: EvalProgress | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate` for a ready :class:`Predictor` (any runner: eager, ONNX Runtime, TorchScript); its options
     (the DenseCRF included) say how each image is predicted.
@@ -77,15 +80,18 @@ def evaluate_predictor(
     ``stop``: the flag of :func:`~deeplab.engine.stops.stop_on_signals`; after each batch the processes agree
     whether any got SIGINT / SIGTERM, and if so all stop there and return only ``stopped`` (the
     :class:`~deeplab.engine.stops.Stop`), ``images`` (how many were evaluated) and ``images_total``: no metrics of
-    a partial split.
+    a partial split; and ``progress``, the :class:`EvalProgress` that ``resume`` takes to evaluate only the rest.
     """
     task = predictor_task(predictor)
     if task != "multiclass" and predictor.crf is not None:
         raise ValueError(f"the DenseCRF refines the softmax of a multiclass model; this model is {task}: "
                          "evaluate it without eval.crf")
     check_threshold(threshold)
+    done = set(resume.indices) if resume is not None else set()
+    remaining = [index for index in range(len(dataset)) if index not in done]
+    mine = [remaining[j] for j in dist.shard(len(remaining))] if distributed else remaining
 
-    def confusion() -> tuple[torch.Tensor, int, Any]:
+    def confusion() -> tuple[torch.Tensor, int, Any, list[int]]:
         cm = empty_confusion(task, predictor.num_classes)
         seen = 0
 
@@ -97,22 +103,23 @@ def evaluate_predictor(
             cm += task_confusion(pred, mask, task=task, num_classes=predictor.num_classes, ignore_index=ignore_index)
             seen += 1 if predictor.crf is not None else len(mask)  # the CRF yields one image at a time
 
-        batches = _predictions(predictor, dataset, batch_size=batch_size, num_workers=num_workers,
-                               crf_workers=crf_workers, progress=progress, distributed=distributed,
-                               task=task, threshold=threshold)
+        batches = _predictions(predictor, dataset, mine, batch_size=batch_size, num_workers=num_workers,
+                               crf_workers=crf_workers, progress=progress, task=task, threshold=threshold)
         if stop is None:
             for batch in batches:
                 add(batch)
-            return cm, seen, None
-        share = math.ceil(len(dataset) / dist.rank_and_size()[1]) if distributed else len(dataset)
+            return cm, seen, None, mine
+        share = math.ceil(len(remaining) / dist.rank_and_size()[1]) if distributed else len(remaining)
         rounds = share if predictor.crf is not None else math.ceil(share / batch_size)  # the same on every process
         stopped = in_lockstep(batches, add, rounds=rounds, requested=stop, device=predictor.device)
-        return cm, seen, stopped
+        return cm, seen, stopped, mine[:seen]  # the loader keeps the order: the first ``seen`` are done
 
     parts = dist.gather_results(confusion) if distributed else [confusion()]
+    cm = sum(part[0] for part in parts) + (resume.confusion if resume is not None else 0)
     if parts[0][2] is not None:
-        return {"stopped": parts[0][2], "images": sum(seen for _, seen, _ in parts), "images_total": len(dataset)}
-    cm = sum(cm for cm, _, _ in parts)
+        indices = sorted(done.union(*(part[3] for part in parts)))
+        return {"stopped": parts[0][2], "images": len(indices), "images_total": len(dataset),
+                "progress": EvalProgress(indices, cm)}
     metrics = task_metrics(cm, task)
     metrics["confusion_matrix"] = cm.tolist()
     metrics["images"] = len(dataset)
@@ -124,12 +131,12 @@ def predictor_task(predictor: Predictor) -> str:
     return getattr(predictor.spec, "task", "multiclass")
 
 
-def _predictions(predictor: Predictor, dataset: SegmentationDataset, *, batch_size: int, num_workers: int,
-                 crf_workers: int | None, progress: bool, distributed: bool, task: str = "multiclass",
+def _predictions(predictor: Predictor, dataset: SegmentationDataset, indices: list[int], *, batch_size: int,
+                 num_workers: int, crf_workers: int | None, progress: bool, task: str = "multiclass",
                  threshold: float = 0.5) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(label map, mask) batches of this process's share of ``dataset`` (all of it unless ``distributed``)."""
+    """(label map, mask) batches of the items ``indices`` of ``dataset`` (this process's share), in that order."""
     def share(samples: Dataset) -> Dataset:
-        return Subset(samples, dist.shard(len(dataset))) if distributed else samples
+        return samples if len(indices) == len(dataset) else Subset(samples, indices)
 
     if predictor.crf is not None:
         yield from _crf_predictions(predictor, share(WithRawImages(dataset)), predictor.crf, batch_size=batch_size,
@@ -182,13 +189,18 @@ def _crf_predictions(predictor: Predictor, samples: Dataset, crf: CRFParams, *, 
 
 def evaluate_on_config(predictor: Predictor, config: Config, source: str, *, progress: bool = True,
                        distributed: bool = False, threshold: float | None = None,
-                       stop: dict[str, str | None] | None = None) -> tuple[dict[str, Any], list[str]]:
+                       stop: dict[str, str | None] | None = None, progress_file: Path | None = None,
+                       resume: bool = False) -> tuple[dict[str, Any], list[str]]:
     """``predictor`` on ``config.data``'s validation split, normalised as its spec says; ``source`` names it.
 
     The predictor carries the inference options (``InferenceOptions.from_eval_config(config.eval)`` gives
     the config's); batch size, loader workers, CRF processes and the binary/multilabel ``threshold`` (unless
     given) come from ``config``. ``distributed``: each process of the group evaluates its shard (see
     :func:`evaluate_predictor`, also for ``stop``).
+
+    ``progress_file`` (:func:`~deeplab.engine.eval_progress.progress_file`): where a stopped evaluation keeps what
+    it did (process 0 writes it) and a finished one removes it; with ``resume`` the evaluation goes on from what it
+    holds, if anything (``metrics["resumed"]``: how many images were evaluated before).
     """
     spec = predictor.spec
     resize = resize_to_range(config.eval)
@@ -203,11 +215,21 @@ def evaluate_on_config(predictor: Predictor, config: Config, source: str, *, pro
     if offset is None and not binary_pair:
         raise ValueError(f"dataset {config.data.name!r} has {dataset.num_classes} classes but {source} "
                          f"predicts {predictor.num_classes}")
+    before = None
+    if progress_file is not None and resume:
+        shape = tuple(empty_confusion(predictor_task(predictor), predictor.num_classes).shape)
+        before = load_progress(progress_file, len(dataset), shape)
     metrics = evaluate_predictor(predictor, dataset, ignore_index=dataset.ignore_index,
                                  batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
                                  progress=progress, crf_workers=config.eval.crf_workers, distributed=distributed,
                                  threshold=config.eval.threshold if threshold is None else threshold, stop=stop,
-                                 label_offset=offset or 0)
+                                 label_offset=offset or 0, resume=before)
+    metrics["resumed"] = len(before.indices) if before is not None else 0
+    if progress_file is not None and dist.rank_and_size()[0] == 0:
+        if "stopped" in metrics:
+            save_progress(progress_file, metrics["progress"], len(dataset))
+        else:
+            progress_file.unlink(missing_ok=True)
     return metrics, list(predictor.classes)
 
 
