@@ -400,9 +400,20 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+RESUMING_WORKER = """
+import os
+import sys
+
+if os.environ["RANK"] == "1":
+    os.environ["DEEPLAB_CACHE"] = sys.argv[1]
+from deeplab.cli import main
+
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 @needs_dist
-def test_an_evaluation_stopped_under_torchrun_resumes_in_one_process_to_the_whole_splits_metrics(scene, tmp_path,
-                                                                                               monkeypatch, capsys):
+def test_an_evaluation_stopped_under_torchrun_resumes_to_the_whole_splits_metrics(scene, tmp_path, monkeypatch):
     root, _ = scene
     monkeypatch.setenv("DEEPLAB_CACHE", str(tmp_path / "cache"))
     args = ["eval", "--checkpoint", str(root / "ck.pt"), "--set", "train.device=cpu", "--json"]
@@ -414,7 +425,10 @@ def test_an_evaluation_stopped_under_torchrun_resumes_in_one_process_to_the_whol
     assert line.startswith("SIGTERM received by 1 of 2 process(es): stopped after 2 of 5 image(s)"), line
     assert line.endswith(f"continue with: torchrun --nproc-per-node 2 -m deeplab eval --checkpoint {root / 'ck.pt'} "
                          f"--set train.device=cpu --json {tmp_path / 'resumed.json'} --resume"), line
-    assert main([*args, str(tmp_path / "resumed.json"), "--resume"]) == 0  # any number of processes resumes
-    assert "resumed: 2 image(s) evaluated before" in capsys.readouterr().out
+    # resumed under torchrun again, process 1 as if on another node, whose cache lacks the saved progress
+    (tmp_path / "resume.py").write_text(textwrap.dedent(RESUMING_WORKER))
+    result = _check(run_processes(torchrun_command(str(tmp_path / "resume.py"), str(tmp_path / "other-node"), *args,
+                                                   str(tmp_path / "resumed.json"), "--resume"), timeout=120))
+    assert "resumed: 2 image(s) evaluated before" in result.stdout
     whole, resumed = (json.loads((tmp_path / name).read_text()) for name in ("whole.json", "resumed.json"))
-    assert resumed == whole
+    assert resumed == whole and not list((tmp_path / "cache" / "eval_progress").iterdir())

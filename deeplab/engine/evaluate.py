@@ -218,7 +218,12 @@ def evaluate_on_config(predictor: Predictor, config: Config, source: str, *, pro
     before = None
     if progress_file is not None and resume:
         shape = tuple(empty_confusion(predictor_task(predictor), predictor.num_classes).shape)
-        before = load_progress(progress_file, len(dataset), shape)
+        main = dist.rank_and_size()[0] == 0
+
+        def read() -> EvalProgress | None:  # process 0's file: other nodes' caches may not have it
+            return load_progress(progress_file, len(dataset), shape) if main else None
+
+        before = dist.gather_results(read)[0] if distributed else read()
     metrics = evaluate_predictor(predictor, dataset, ignore_index=dataset.ignore_index,
                                  batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
                                  progress=progress, crf_workers=config.eval.crf_workers, distributed=distributed,
