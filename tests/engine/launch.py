@@ -1,6 +1,8 @@
 """Starting several training processes the way users do: torchrun (``python -m torch.distributed.run``)."""
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,7 +35,20 @@ def process_env() -> dict[str, str]:
 
 
 def run_processes(command: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=process_env(), cwd=REPO)
+    """Runs the launcher in a session of its own; past ``timeout`` it and its workers (torchrun starts each in a
+    session of its own) are killed with their process groups: subprocess's own timeout kills the launcher alone,
+    and workers waiting in a collective would be left running."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=process_env(),
+                          cwd=REPO, start_new_session=True) as launcher:
+        try:
+            stdout, stderr = launcher.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for group in (*(worker_pids(launcher.pid) or {}).values(), launcher.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(group, signal.SIGKILL)
+            launcher.communicate()
+            raise
+    return subprocess.CompletedProcess(command, launcher.returncode, stdout, stderr)
 
 
 def worker_pids(launcher_pid: int) -> dict[int, int] | None:
