@@ -244,7 +244,10 @@ def build_paths(name: str, model: torch.nn.Module, workdir: Path, size: int, ski
     except ValueError as err:
         skipped.append(f"{name}: bf16 not measured ({err})")
     _doing(bar, f"{name}: choosing the default runtime")
-    paths[AUTO] = _auto_path(model, notes if notes is not None else [], name)
+    auto = _auto_predictor(model)
+    paths[AUTO] = auto.logits_for_batch
+    if notes is not None:
+        notes.append(f"{name}: auto (the default runtime) ran {auto.runtime.describe().removeprefix('runtime: ')}")
     if extra is not None:
         paths.update({label: build() for label, build in extra(name, model).items()})
     return paths
@@ -268,16 +271,13 @@ def _file_path(workdir: Path, name: str, label: str) -> Run:
     return Predictor(runner, num_classes=card.spec.num_classes, spec=card.spec).logits_for_batch
 
 
-def _auto_path(model: torch.nn.Module, notes: list[str] | None = None, name: str = "") -> Run:
-    """What ``--runtime auto`` picks for ``model`` (verified, timed once at 513 px, as predict/eval/serve do);
-    its ``runtime:`` line goes to ``notes``."""
+def _auto_predictor(model: torch.nn.Module) -> Predictor:
+    """The predictor ``--runtime auto`` opens for ``model`` (verified, timed once at 513 px, as predict/eval/serve
+    do); its ``runtime`` says what it picked."""
     count = model.spec.num_classes
     card = ModelCard(model.spec, [f"class_{i}" for i in range(count)], default_palette(count),
                      "checkpoint")
-    chosen = Predictor.from_runner(model, card, runtime="auto", tolerance=RANDOM_WEIGHTS_TOLERANCE)
-    if notes is not None:
-        notes.append(f"{name}: auto (the default runtime) ran {chosen.runtime.describe().removeprefix('runtime: ')}")
-    return chosen.logits_for_batch
+    return Predictor.from_runner(model, card, runtime="auto", tolerance=RANDOM_WEIGHTS_TOLERANCE)
 
 
 def run_benchmark(models: list[str], *, size: int = 513, batch: int = 1, runs: int = 7, warmup: int = 2,
@@ -400,7 +400,7 @@ def _measure_in_child(name: str, label: str, root: str, size: int, batch: int, t
         if label == "eager fp32":
             run = model
         elif label == AUTO:
-            run = _auto_path(model)
+            run = _auto_predictor(model).logits_for_batch
         elif label.startswith("fast"):
             run = Predictor(model, num_classes=NUM_CLASSES, precision=label.split()[-1]).logits_for_batch
         else:

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 DEPLOY_EXTRA_HINT = 'pip install "deeplab[deploy]"'
+OPENVINO_EXTRA_HINT = 'pip install "deeplab[openvino]"'
 # Pause before each timed run where runtimes are compared in one process: ONNX Runtime's worker threads spin-wait
 # for a while after a run, and on a 2-core machine they took the cores of the run that followed (OpenVINO bf16 on
 # the demo model: 0.151 s right after an ONNX Runtime run, 0.130 s after 50 ms; 10 ms were not enough).
 SETTLE_SECONDS = 0.05
-OPENVINO_EXTRA_HINT = 'pip install "deeplab[openvino]"'
 
 
 def require_onnxruntime():

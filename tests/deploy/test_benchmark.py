@@ -1,6 +1,7 @@
 """The deploy benchmark's report: ratios against the right baselines, targets judged, skips said."""
 
 import importlib.util
+import types
 
 import pytest
 import torch
@@ -138,7 +139,8 @@ def test_no_progress_writes_nothing_to_stderr(monkeypatch, capsys):
 def test_int8_is_not_measured_on_a_cpu_without_8_bit_integer_instructions(monkeypatch, tmp_path):
     pytest.importorskip("onnxruntime")
     monkeypatch.setattr(benchmark, "cpu_has_int8", lambda: False)
-    monkeypatch.setattr(benchmark, "_auto_path", lambda model, *args: model)  # auto's 513 px probe is not the subject
+    auto = types.SimpleNamespace(logits_for_batch=None, runtime=types.SimpleNamespace(describe=lambda: "runtime: x"))
+    monkeypatch.setattr(benchmark, "_auto_predictor", lambda model: auto)  # auto's 513 px probe is not the subject
     skipped = []
     paths = benchmark.build_paths("deeplabv3_mobilenetv2", benchmark.benchmark_model("deeplabv3_mobilenetv2"),
                                   tmp_path, 33, skipped)
