@@ -373,7 +373,8 @@ def test_sigterm_stops_an_evaluation_with_one_line_and_resume_gives_the_whole_sp
                                   f"--set train.device=cpu --json {tmp_path / 'resumed.json'} --resume")
     assert "mIoU" not in stdout.split("SIGTERM received")[1] and len(calls) == 1
     (saved,) = (tmp_path / "cache" / "eval_progress").iterdir()
-    assert main([*args, "--json", str(tmp_path / "resumed.json"), "--resume"]) == 0
+    # a setting of speed alone (CRF processes: none run here) may change; the saved progress still counts
+    assert main([*args, "eval.crf_workers=1", "--json", str(tmp_path / "resumed.json"), "--resume"]) == 0
     assert len(calls) == 1 + 4 and f"resumed: 1 image(s) evaluated before ({saved})" in capsys.readouterr().out
     whole, resumed = (json.loads((tmp_path / name).read_text()) for name in ("whole.json", "resumed.json"))
     assert resumed == whole and not saved.exists()  # the whole split's metrics; the progress is gone

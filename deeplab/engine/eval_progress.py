@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,17 @@ class EvalProgress:
     confusion: torch.Tensor
 
 
-def progress_file(key: Mapping[str, Any]) -> Path:
-    """The cache file of the evaluation that ``key`` (JSON-able: model, data, protocol) describes."""
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+# Settings of the config's sections that change how fast an evaluation runs, not its metrics: a resumed run may
+# change them (another batch size, more loader workers) and still goes on from the saved progress.
+SPEED_ONLY = {"data": ("num_workers", "verify"), "eval": ("batch_size", "crf_workers")}
+
+
+def progress_file(key: Mapping[str, Any], ignore: Mapping[str, Sequence[str]] = SPEED_ONLY) -> Path:
+    """The cache file of the evaluation that ``key`` (JSON-able: model, data, protocol) describes; the entries
+    ``ignore`` names (section -> keys) leave the name unchanged."""
+    kept = {section: {k: v for k, v in value.items() if k not in ignore.get(section, ())}
+            if isinstance(value, Mapping) else value for section, value in key.items()}
+    digest = hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:20]
     return cache_dir() / "eval_progress" / f"{digest}.json"
 
 

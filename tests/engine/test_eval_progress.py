@@ -11,6 +11,8 @@ def test_progress_round_trips_and_a_file_of_another_split_or_a_damaged_one_is_re
     monkeypatch.setenv("DEEPLAB_CACHE", str(tmp_path))
     path = progress_file({"model": {"name": "x"}, "eval": {"flip": True}})
     assert path.parent == tmp_path / "eval_progress" and path != progress_file({"model": {"name": "x"}})
+    assert path == progress_file({"model": {"name": "x"}, "eval": {"flip": True, "batch_size": 4}})  # speed only
+    assert path != progress_file({"model": {"name": "x"}, "eval": {"flip": True, "scales": [1.0]}})
     assert load_progress(path, 5, (3, 3)) is None  # nothing saved: start from the beginning
     confusion = torch.arange(9).reshape(3, 3)
     save_progress(path, EvalProgress([3, 0], confusion), total=5)
