@@ -1,20 +1,15 @@
 """benchmarks/ablation_decoder.py runs end to end on a tiny budget and prints its table."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ablation_decoder.py"
+from tests.fixtures import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def ablation():
-    spec = importlib.util.spec_from_file_location("ablation_decoder", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("ablation_decoder")
 
 
 def test_the_two_models_share_the_encoder(ablation):

@@ -1,20 +1,15 @@
 """benchmarks/binary_losses.py runs end to end on a tiny budget and prints its table."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "binary_losses.py"
+from tests.fixtures import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("binary_losses", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("binary_losses")
 
 
 def test_tiny_run_prints_the_table(bench, tmp_path, capsys):

@@ -1,24 +1,17 @@
 """benchmarks/peers.py: torchvision's model shares our weights, the peer target is judged, smp is optional."""
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from deeplab.deploy.benchmark import BenchmarkResult, Timing, format_report
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "peers.py"
+from tests.fixtures import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def peers():
-    spec = importlib.util.spec_from_file_location("peers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["peers"] = module  # its memory child imports it by this name
-    spec.loader.exec_module(module)
-    yield module
+    yield load_benchmark("peers")
     del sys.modules["peers"]
 
 
