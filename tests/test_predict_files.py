@@ -366,16 +366,17 @@ def test_sigterm_stops_an_evaluation_with_one_line_and_resume_gives_the_whole_sp
     args = ["eval", "--checkpoint", str(root / "ck.pt"), "--set", "train.device=cpu"]
     assert main([*args, "--json", str(tmp_path / "whole.json")]) == 0  # the reference: once, uninterrupted
     monkeypatch.setattr(evaluate_module, "task_confusion", terminated_after_one)
-    assert main([*args, "--json", str(tmp_path / "resumed.json")]) == 128 + signal.SIGTERM
+    assert main([*args, "eval.batch_size=2", "--json", str(tmp_path / "resumed.json")]) == 128 + signal.SIGTERM
     stdout = capsys.readouterr().out
-    assert _stop_line(stdout) == ("SIGTERM received by 1 of 1 process(es): stopped after 1 of 5 image(s); no metrics "
+    assert _stop_line(stdout) == ("SIGTERM received by 1 of 1 process(es): stopped after 2 of 5 image(s); no metrics "
                                   f"from part of the split; continue with: deeplab eval --checkpoint {root / 'ck.pt'} "
-                                  f"--set train.device=cpu --json {tmp_path / 'resumed.json'} --resume")
-    assert "mIoU" not in stdout.split("SIGTERM received")[1] and len(calls) == 1
+                                  f"--set train.device=cpu eval.batch_size=2 --json {tmp_path / 'resumed.json'} "
+                                  "--resume")
+    assert "mIoU" not in stdout.split("SIGTERM received")[1] and len(calls) == 1  # one batch of two
     (saved,) = (tmp_path / "cache" / "eval_progress").iterdir()
-    # a setting of speed alone (CRF processes: none run here) may change; the saved progress still counts
-    assert main([*args, "eval.crf_workers=1", "--json", str(tmp_path / "resumed.json"), "--resume"]) == 0
-    assert len(calls) == 1 + 4 and f"resumed: 1 image(s) evaluated before ({saved})" in capsys.readouterr().out
+    # a setting of speed alone (the batch size) may change: the saved progress still counts
+    assert main([*args, "--json", str(tmp_path / "resumed.json"), "--resume"]) == 0
+    assert len(calls) == 1 + 3 and f"resumed: 2 image(s) evaluated before ({saved})" in capsys.readouterr().out
     whole, resumed = (json.loads((tmp_path / name).read_text()) for name in ("whole.json", "resumed.json"))
     assert resumed == whole and not saved.exists()  # the whole split's metrics; the progress is gone
 
